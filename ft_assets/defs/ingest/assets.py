@@ -1,0 +1,70 @@
+"""raw/<corpus>: the landing folder's files, row for row, in the warehouse."""
+
+
+import dagster as dg
+from dagster_duckdb import DuckDBResource
+
+from ft_assets.defs.resources import WAREHOUSE_POOL
+from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
+from ft_assets.lib.ingest import read_corpus, write_raw
+from ft_assets.lib.schemas import RawRows, validate
+
+
+def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.AssetsDefinition:
+    key = dg.AssetKey(["raw", corpus.name])
+    landing = config.corpus_path(corpus)
+
+    @dg.asset(
+        key=key,
+        group_name="raw",
+        kinds={"duckdb"},
+        pool=WAREHOUSE_POOL,
+        code_version=stable_hash(corpus.model_dump(mode="json"))[:12],
+        description=(
+            f"Every {corpus.format} file under `{landing}` read into `raw.{corpus.name}` with its source URI, "
+            "file sha256 and row number; records that do not parse go to "
+            f"`raw.{corpus.name}__rejects` with the line and the parser's message. Files are never modified."
+        ),
+        metadata={"landing_path": dg.MetadataValue.path(str(landing)), "format": corpus.format},
+        check_specs=[dg.AssetCheckSpec("raw_contract", asset=key,
+                                       description="pandera RawRows: provenance present, sha256 well-formed, rows unique")],
+    )
+    def raw_corpus(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
+        try:
+            raw = read_corpus(corpus, landing)
+        except (FileNotFoundError, ValueError) as e:
+            raise dg.Failure(description=f"raw/{corpus.name}: {e}") from e
+        config.root.mkdir(parents=True, exist_ok=True)
+        with warehouse.get_connection() as conn:
+            write_raw(conn, corpus.name, raw)
+            frame = conn.sql(f'SELECT * FROM raw."{corpus.name}"').df()
+        problems = validate(RawRows, frame)
+        files = raw.files.to_pylist()
+        if raw.rejects.num_rows:
+            context.log.warning(f"raw/{corpus.name}: {raw.rejects.num_rows} record(s) did not parse; "
+                                f"see raw.{corpus.name}__rejects")
+        return dg.MaterializeResult(
+            metadata={
+                "files": len(files),
+                "rows": raw.rows.num_rows,
+                "rejects": raw.rejects.num_rows,
+                "bytes": sum(f["bytes"] for f in files),
+                "dagster/row_count": raw.rows.num_rows,
+                "file_table": dg.MetadataValue.md(_files_markdown(files)),
+            },
+            # The corpus changes exactly when the set of file contents changes.
+            data_version=dg.DataVersion(stable_hash(sorted(f["file_sha256"] for f in files))[:16]),
+            check_results=[dg.AssetCheckResult(
+                check_name="raw_contract", passed=not problems,
+                metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
+            )],
+        )
+
+    return raw_corpus
+
+
+def _files_markdown(files: list[dict]) -> str:
+    lines = ["| file | sha256 | bytes | rows | rejects |", "| --- | --- | ---: | ---: | ---: |"]
+    lines += [f"| {f['source_uri']} | `{f['file_sha256'][:12]}…` | {f['bytes']:,} | {f['rows']:,} | {f['rejects']:,} |"
+              for f in files]
+    return "\n".join(lines)

@@ -1,0 +1,186 @@
+"""Cleaned task datasets, built in DuckDB SQL from the raw tables.
+
+Every raw record ends in exactly one of three tables of the `datasets` schema:
+  datasets.<name>               row_id, split, text, label, source_uri, file_sha256, row_number
+  datasets.<name>__quarantine   source_uri, file_sha256, row_number, line, text, label, reason, detail
+  datasets.<name>__duplicates   row_id, source_uri, file_sha256, row_number, duplicate_of
+Rules, in order: unicode NFC and whitespace normalisation; records the parser rejected, empty
+texts, over-long texts, missing and unknown labels, and identical texts with different labels go
+to quarantine; identical texts after normalisation keep one row (a test row first, so nothing
+in the test split also sits in train); the rest is split by a hash of the text, so a text
+lands in the same split in every run and on every machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import duckdb
+import pyarrow as pa
+
+from ft_assets.lib.config import DatasetConfig
+
+QUARANTINE_REASONS = (
+    "unparseable", "empty_text", "too_long", "missing_label", "unknown_label", "conflicting_labels",
+)
+
+# RE2 `\s` is ASCII only; \p{Z} adds no-break and other unicode spaces, \p{Cc} control characters.
+_NORMALISE = r"trim(regexp_replace(nfc_normalize(coalesce({col}, '')), '[\s\p{{Z}}\p{{Cc}}]+', ' ', 'g'))"
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    version: str
+    rows_by_split: dict[str, int]
+    label_counts: dict[str, dict[str, int]]  # split -> label -> rows
+    quarantine_by_reason: dict[str, int]
+    raw_records: int
+    clean_rows: int
+    quarantined: int
+    duplicates: int
+
+    @property
+    def accounted(self) -> bool:
+        return self.raw_records == self.clean_rows + self.quarantined + self.duplicates
+
+
+def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> DatasetSummary:
+    """Replaces the dataset's three tables from raw.<corpus> (and raw.<test_corpus>), in one transaction."""
+    name = dataset.name
+    sources = [(dataset.corpus, "main")] + ([(dataset.test_corpus, "test")] if dataset.test_corpus else [])
+    rows_union = " UNION ALL ".join(
+        f"SELECT *, '{role}' AS role FROM raw.\"{corpus}\"" for corpus, role in sources
+    )
+    rejects_union = " UNION ALL ".join(f'SELECT * FROM raw."{corpus}__rejects"' for corpus, _ in sources)
+    labels = dataset.labels
+    test_share = 0.0 if dataset.test_corpus else dataset.test_fraction
+
+    conn.execute("CREATE SCHEMA IF NOT EXISTS datasets")
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _normalised AS
+            SELECT source_uri, file_sha256, row_number, role,
+                   text AS raw_text, label AS raw_label,
+                   {_NORMALISE.format(col='text')} AS text,
+                   nullif(trim(label), '') AS label,
+                   substr(sha256(file_sha256 || ':' || row_number::VARCHAR), 1, 16) AS row_id
+            FROM ({rows_union})
+        """)
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _checked AS
+            SELECT *,
+                   CASE WHEN text = '' THEN 'empty_text'
+                        WHEN length(text) > {dataset.max_chars} THEN 'too_long'
+                        WHEN label IS NULL THEN 'missing_label'
+                        WHEN ? AND NOT list_contains(?, label) THEN 'unknown_label'
+                   END AS reason,
+                   CASE WHEN length(text) > {dataset.max_chars}
+                            THEN length(text)::VARCHAR || ' characters, limit {dataset.max_chars}'
+                        WHEN label IS NOT NULL AND ? AND NOT list_contains(?, label)
+                            THEN 'label ' || label || ' is not one of the dataset labels'
+                   END AS detail
+            FROM _normalised
+        """, [labels is not None, labels or [], labels is not None, labels or []])
+        # Identical texts with different labels: no way to tell which label is right.
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE _conflicts AS
+            SELECT text, string_agg(DISTINCT label, ', ' ORDER BY label) AS labels
+            FROM _checked WHERE reason IS NULL GROUP BY text HAVING count(DISTINCT label) > 1
+        """)
+        conn.execute(f"""
+            CREATE OR REPLACE TABLE datasets."{name}__quarantine" AS
+            SELECT source_uri, file_sha256, NULL::BIGINT AS row_number, line, raw_line AS text,
+                   NULL::VARCHAR AS label, 'unparseable' AS reason, error AS detail
+            FROM ({rejects_union})
+            UNION ALL
+            SELECT source_uri, file_sha256, row_number, NULL, raw_text, raw_label, reason, detail
+            FROM _checked WHERE reason IS NOT NULL
+            UNION ALL
+            SELECT c.source_uri, c.file_sha256, c.row_number, NULL, c.raw_text, c.raw_label,
+                   'conflicting_labels', 'the same text is labelled ' || k.labels
+            FROM _checked c JOIN _conflicts k USING (text) WHERE c.reason IS NULL
+            ORDER BY source_uri, coalesce(row_number, 0), line
+        """)
+        conn.execute("""
+            CREATE OR REPLACE TEMP TABLE _ranked AS
+            SELECT *,
+                   first_value(row_id) OVER w AS first_id,
+                   row_number() OVER w AS rank_in_text
+            FROM _checked
+            WHERE reason IS NULL AND text NOT IN (SELECT text FROM _conflicts)
+            WINDOW w AS (PARTITION BY text ORDER BY role = 'test' DESC, source_uri, row_number)
+        """)
+        conn.execute(f"""
+            CREATE OR REPLACE TABLE datasets."{name}__duplicates" AS
+            SELECT row_id, source_uri, file_sha256, row_number, first_id AS duplicate_of
+            FROM _ranked WHERE rank_in_text > 1 ORDER BY source_uri, row_number
+        """)
+        conn.execute(f"""
+            CREATE OR REPLACE TABLE datasets."{name}" AS
+            WITH kept AS (
+                SELECT *, ('0x' || substr(md5(? || text), 1, 8))::BIGINT / 4294967296.0 AS u
+                FROM _ranked WHERE rank_in_text = 1
+            )
+            SELECT row_id,
+                   CASE WHEN role = 'test' OR u < {test_share} THEN 'test'
+                        WHEN u < {test_share + dataset.validation_fraction} THEN 'validation'
+                        ELSE 'train' END AS split,
+                   text, label, source_uri, file_sha256, row_number
+            FROM kept ORDER BY source_uri, row_number
+        """, [dataset.split_salt])
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return summarize_dataset(conn, dataset)
+
+
+def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> DatasetSummary:
+    name = dataset.name
+    corpora = [dataset.corpus] + ([dataset.test_corpus] if dataset.test_corpus else [])
+    raw_records = sum(
+        conn.sql(
+            f'SELECT (SELECT count(*) FROM raw."{c}") + (SELECT count(*) FROM raw."{c}__rejects")'
+        ).fetchall()[0][0]
+        for c in corpora
+    )
+    rows_by_split = dict(conn.sql(f'SELECT split, count(*) FROM datasets."{name}" GROUP BY split ORDER BY split').fetchall())
+    label_counts: dict[str, dict[str, int]] = {}
+    for split, label, n in conn.sql(
+        f'SELECT split, label, count(*) FROM datasets."{name}" GROUP BY ALL ORDER BY split, label'
+    ).fetchall():
+        label_counts.setdefault(split, {})[label] = n
+    quarantine = dict(conn.sql(
+        f'SELECT reason, count(*) FROM datasets."{name}__quarantine" GROUP BY reason ORDER BY reason'
+    ).fetchall())
+    duplicates = conn.sql(f'SELECT count(*) FROM datasets."{name}__duplicates"').fetchall()[0][0]
+    # Content hash of what a trainer sees: any change to a row, label or split changes it.
+    version = conn.sql(
+        f"""SELECT coalesce(sha256(string_agg(row_id || ':' || split || ':' || label || ':' || md5(text), chr(10)
+                                              ORDER BY row_id)), sha256(''))
+            FROM datasets."{name}" """
+    ).fetchall()[0][0]
+    return DatasetSummary(
+        version=version,
+        rows_by_split=rows_by_split,
+        label_counts=label_counts,
+        quarantine_by_reason=quarantine,
+        raw_records=raw_records,
+        clean_rows=sum(rows_by_split.values()),
+        quarantined=sum(quarantine.values()),
+        duplicates=duplicates,
+    )
+
+
+def read_split(conn: duckdb.DuckDBPyConnection, dataset_name: str, split: str) -> pa.Table:
+    """One split as Arrow (row_id, text, label), in a fixed order."""
+    return conn.sql(
+        f'SELECT row_id, text, label FROM datasets."{dataset_name}" WHERE split = ? ORDER BY row_id', params=[split]
+    ).to_arrow_table()
+
+
+def read_table(conn: duckdb.DuckDBPyConnection, table: str):
+    """A whole table as a pandas DataFrame, e.g. for contract checks."""
+    schema, name = table.split(".", 1)
+    return conn.sql(f'SELECT * FROM {schema}."{name}"').df()

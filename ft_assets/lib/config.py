@@ -1,0 +1,271 @@
+"""The project YAML as pydantic models: corpora, datasets, recipes and where they live.
+
+Every default lives on a model here, so a recipe never reads `cfg.get(key, default)`. Loading
+reports every problem at once, each naming the file, the entry and the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+
+
+class ConfigError(ValueError):
+    """The YAML does not describe a valid project; the message lists every problem."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageConfig(_Strict):
+    root: str = "data"
+
+
+class CorpusConfig(_Strict):
+    name: Name
+    # A landing folder (every file in it is read) or one file; relative to the storage root.
+    path: str
+    format: Literal["csv", "tsv", "jsonl", "parquet", "txt"]
+    # Column names of header-less csv/tsv files, in order.
+    columns: list[str] | None = None
+    text_field: str = "text"
+    label_field: str | None = None
+
+    @model_validator(mode="after")
+    def _columns_only_for_delimited(self) -> CorpusConfig:
+        if self.columns is not None:
+            if self.format not in ("csv", "tsv"):
+                raise ValueError(f"columns is only for header-less csv/tsv, not format {self.format!r}")
+            missing = [f for f in (self.text_field, self.label_field) if f and f not in self.columns]
+            if missing:
+                raise ValueError(f"columns {self.columns} lack the field(s) {missing}")
+        if self.format == "txt" and self.label_field is not None:
+            raise ValueError("txt corpora have one text per line and no labels; drop label_field")
+        return self
+
+
+class DatasetConfig(_Strict):
+    name: Name
+    corpus: Name
+    task: Literal["classification"] = "classification"
+    validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    # A corpus whose cleaned rows are the fixed test split instead of a hashed share.
+    test_corpus: Name | None = None
+    # The allowed labels; rows with any other label are quarantined. None: every label seen.
+    labels: list[str] | None = None
+    # Texts longer than this (after normalisation) are quarantined, not truncated.
+    max_chars: int = Field(2000, gt=0)
+    # Changing the salt reshuffles which rows land in which split.
+    split_salt: str = ""
+
+    @model_validator(mode="after")
+    def _fractions(self) -> DatasetConfig:
+        test = 0.0 if self.test_corpus else self.test_fraction
+        if self.validation_fraction + test >= 0.9:
+            raise ValueError("validation_fraction + test_fraction must leave at least 10% for training")
+        if self.test_corpus is None and self.test_fraction == 0.0:
+            raise ValueError("a dataset needs a test split: set test_fraction > 0 or test_corpus")
+        if self.labels is not None and len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"labels has duplicates: {self.labels}")
+        return self
+
+
+class FullArgs(_Strict):
+    pass
+
+
+class HeadOnlyArgs(_Strict):
+    pass
+
+
+class LoraArgs(_Strict):
+    r: int = Field(8, gt=0)
+    alpha: float = Field(16, gt=0)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    # None: PEFT's default for the architecture (query/value projections for BERT).
+    target_modules: list[str] | None = None
+
+
+METHOD_ARGS: dict[str, type[_Strict]] = {"full": FullArgs, "head_only": HeadOnlyArgs, "lora": LoraArgs}
+
+# Learning rates differ by an order of magnitude between methods: a full update of a pretrained
+# encoder wants a small step, a freshly initialised head or low-rank adapter a large one.
+DEFAULT_LEARNING_RATE = {"full": 5e-5, "lora": 5e-4, "head_only": 2e-3}
+
+
+class TrainingConfig(_Strict):
+    epochs: int = Field(3, gt=0)
+    learning_rate: float | None = Field(None, gt=0)  # None: DEFAULT_LEARNING_RATE[method]
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(64, gt=0, le=8192)
+    seed: int = 0
+    weight_decay: float = Field(0.01, ge=0.0)
+    warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    log_every_steps: int = Field(10, gt=0)
+
+
+class RecipeConfig(_Strict):
+    name: Name
+    dataset: Name
+    # "default" is the packaged all-MiniLM-L6-v2; otherwise a local save_pretrained dir or hub id.
+    base_model: str = "default"
+    method: Literal["full", "lora", "head_only"]
+    method_args: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingConfig = TrainingConfig()
+
+    @model_validator(mode="after")
+    def _method_args(self) -> RecipeConfig:
+        args = METHOD_ARGS[self.method].model_validate(self.method_args)
+        # Store the resolved arguments so the recipe hash covers the defaults too.
+        object.__setattr__(self, "method_args", args.model_dump())
+        if self.training.learning_rate is None:
+            training = self.training.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATE[self.method]})
+            object.__setattr__(self, "training", training)
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        assert self.training.learning_rate is not None  # filled in by _method_args
+        return self.training.learning_rate
+
+    def recipe_hash(self) -> str:
+        return stable_hash(self.model_dump(mode="json"))
+
+
+class ProjectConfig(_Strict):
+    storage: StorageConfig = StorageConfig()
+    corpora: list[CorpusConfig]
+    datasets: list[DatasetConfig]
+    recipes: list[RecipeConfig] = []
+
+    # Set by load_config, not by the YAML: where the file lives, for resolving relative paths.
+    _source: Path = PrivateAttr(DEFAULT_CONFIG_PATH)
+
+    @property
+    def source(self) -> Path:
+        return self._source
+
+    def corpus(self, name: str) -> CorpusConfig:
+        return next(c for c in self.corpora if c.name == name)
+
+    def dataset(self, name: str) -> DatasetConfig:
+        return next(d for d in self.datasets if d.name == name)
+
+    def dataset_corpora(self, dataset: DatasetConfig) -> list[CorpusConfig]:
+        names = [dataset.corpus] + ([dataset.test_corpus] if dataset.test_corpus else [])
+        return [self.corpus(n) for n in names]
+
+    @property
+    def root(self) -> Path:
+        """The storage root: FT_ASSETS_ROOT, else storage.root against the config file's folder."""
+        root = os.environ.get("FT_ASSETS_ROOT") or self.storage.root
+        return (self.source.parent / root).resolve()
+
+    def corpus_path(self, corpus: CorpusConfig) -> Path:
+        return (self.root / corpus.path).resolve()
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.root / "warehouse.duckdb"
+
+    def dataset_hash(self, dataset: DatasetConfig) -> str:
+        return stable_hash(
+            {"dataset": dataset.model_dump(mode="json"),
+             "corpora": [c.model_dump(mode="json") for c in self.dataset_corpora(dataset)]}
+        )
+
+
+def stable_hash(payload: Any) -> str:
+    """sha256 of canonical JSON: the same settings give the same hash in every process."""
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def load_config(path: str | Path | None = None) -> ProjectConfig:
+    """Reads and validates a project YAML.
+
+    Args:
+        path: the YAML file; None reads FT_ASSETS_CONFIG, else the packaged default.
+
+    Returns:
+        The validated ProjectConfig, with `source` set to the file's absolute path.
+
+    Raises:
+        ConfigError: naming the file, and for each problem the entry and field.
+    """
+    path = Path(path or os.environ.get("FT_ASSETS_CONFIG") or DEFAULT_CONFIG_PATH).resolve()
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: config file not found") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping with corpora, datasets and recipes at the top")
+    try:
+        config = ProjectConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_describe_errors(path, raw, e)) from e
+    config._source = path
+    problems = _cross_reference_problems(config)
+    if problems:
+        raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))
+    return config
+
+
+def _describe_errors(path: Path, raw: dict, error: ValidationError) -> str:
+    lines = []
+    for err in error.errors():
+        loc = list(err["loc"])
+        where = ".".join(str(p) for p in loc)
+        # Name list entries by their `name`, e.g. "recipes[1] (tickets_lora)".
+        if len(loc) >= 2 and isinstance(loc[1], int) and isinstance(raw.get(loc[0]), list):
+            entry = raw[loc[0]][loc[1]]
+            label = f"{loc[0]}[{loc[1]}]"
+            if isinstance(entry, dict) and "name" in entry:
+                label += f" ({entry['name']})"
+            field = ".".join(str(p) for p in loc[2:]) or "(entry)"
+            where = f"{label}: field {field}"
+        value = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
+        lines.append(f"  - {where}: {err['msg']}{value}")
+    return f"{path}: {len(lines)} problem(s):\n" + "\n".join(lines)
+
+
+def _cross_reference_problems(config: ProjectConfig) -> list[str]:
+    problems = []
+    for kind, entries in (("corpora", config.corpora), ("datasets", config.datasets), ("recipes", config.recipes)):
+        names = [e.name for e in entries]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"{kind}: name {dup!r} is used more than once")
+    corpora = {c.name: c for c in config.corpora}
+    datasets = {d.name for d in config.datasets}
+    for i, d in enumerate(config.datasets):
+        for field in ("corpus", "test_corpus"):
+            ref = getattr(d, field)
+            if ref is None:
+                continue
+            if ref not in corpora:
+                problems.append(f"datasets[{i}] ({d.name}): field {field}: no corpus named {ref!r}")
+            elif d.task == "classification" and corpora[ref].label_field is None:
+                problems.append(
+                    f"datasets[{i}] ({d.name}): field {field}: corpus {ref!r} has no label_field, "
+                    "which a classification dataset needs"
+                )
+        if d.test_corpus is not None and d.test_corpus == d.corpus:
+            problems.append(f"datasets[{i}] ({d.name}): field test_corpus: must differ from corpus")
+    for i, r in enumerate(config.recipes):
+        if r.dataset not in datasets:
+            problems.append(f"recipes[{i}] ({r.name}): field dataset: no dataset named {r.dataset!r}")
+    return problems

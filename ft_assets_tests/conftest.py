@@ -1,0 +1,90 @@
+"""Fixtures: a tiny real BERT (random weights, real tokenizer) and tiny real corpora on disk."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+
+LABELS = ["billing", "shipping", "access"]
+KEYWORDS = {
+    "billing": ["invoice", "charged", "refund", "payment", "card"],
+    "shipping": ["parcel", "delivery", "tracking", "courier", "arrive"],
+    "access": ["password", "login", "locked", "reset", "account"],
+}
+FILLER = ["please", "help", "my", "the", "is", "not", "working", "today", "again", "order", "thanks", "hi"]
+
+
+def ticket_rows(n_per_label: int, seed: int = 0) -> list[tuple[str, str]]:
+    """Short labelled texts: each carries two keywords of its label among shared filler words."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n_per_label):
+        for label in LABELS:
+            words = rng.sample(KEYWORDS[label], 2) + rng.sample(FILLER, 4) + [f"n{i}"]
+            rng.shuffle(words)
+            rows.append((label, " ".join(words)))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple], header: tuple = ("label", "text")) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT with random weights and a word-level vocabulary over the fixture words."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    out = tmp_path_factory.mktemp("tiny_bert")
+    words = sorted({w for ws in KEYWORDS.values() for w in ws} | set(FILLER)) + [f"n{i}" for i in range(200)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    (out / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(out / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def write_project(tmp_path: Path, model_dir: Path, *, recipes: list[dict] | None = None,
+                  n_per_label: int = 40, dataset: dict | None = None) -> Path:
+    """A project YAML over a tiny ticket corpus in tmp_path/data/raw/tickets/; returns the YAML path."""
+    rows = ticket_rows(n_per_label)
+    write_csv(tmp_path / "data" / "raw" / "tickets" / "part1.csv", rows[: len(rows) // 2])
+    write_csv(tmp_path / "data" / "raw" / "tickets" / "part2.csv", rows[len(rows) // 2:])
+    training = {"epochs": 2, "batch_size": 16, "max_length": 16, "log_every_steps": 2}
+    config = {
+        "storage": {"root": "data"},
+        "corpora": [{"name": "tickets", "path": "raw/tickets/", "format": "csv", "label_field": "label"}],
+        "datasets": [{"name": "tickets", "corpus": "tickets", "labels": LABELS, "test_fraction": 0.2,
+                      **(dataset or {})}],
+        "recipes": recipes if recipes is not None else [
+            {"name": "tiny_full", "dataset": "tickets", "base_model": str(model_dir), "method": "full",
+             "training": {**training, "learning_rate": 1e-3}},
+            {"name": "tiny_lora", "dataset": "tickets", "base_model": str(model_dir), "method": "lora",
+             "method_args": {"r": 4, "alpha": 8}, "training": {**training, "learning_rate": 5e-3}},
+            {"name": "tiny_head", "dataset": "tickets", "base_model": str(model_dir), "method": "head_only",
+             "training": training},
+        ],
+    }
+    path = tmp_path / "project.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def pytest_addoption(parser):
+    parser.addoption("--snapshot-update", action="store_true", help="rewrite the definitions snapshot")

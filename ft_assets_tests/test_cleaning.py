@@ -1,0 +1,120 @@
+import duckdb
+import pytest
+
+from ft_assets.lib.cleaning import build_dataset, read_split
+from ft_assets.lib.config import CorpusConfig, DatasetConfig
+from ft_assets.lib.ingest import read_corpus, write_raw
+from ft_assets.lib.schemas import clean_rows_schema, validate
+from ft_assets_tests.conftest import ticket_rows, write_csv
+
+
+@pytest.fixture
+def warehouse(tmp_path):
+    return duckdb.connect(str(tmp_path / "warehouse.duckdb"))
+
+
+def load(conn, tmp_path, rows, name="c", raw_bytes: bytes | None = None):
+    landing = tmp_path / name
+    if raw_bytes is not None:
+        landing.mkdir()
+        (landing / "a.csv").write_bytes(raw_bytes)
+    else:
+        write_csv(landing / "a.csv", rows)
+    write_raw(conn, name, read_corpus(CorpusConfig(name=name, path=name, format="csv", label_field="label"), landing))
+
+
+def dataset(**kw):
+    return DatasetConfig(**{"name": "d", "corpus": "c", "labels": ["billing", "shipping"], **kw})
+
+
+def quarantine(conn):
+    return {(r[0], r[1]) for r in conn.sql('SELECT text, reason FROM datasets."d__quarantine"').fetchall()}
+
+
+def clean(conn):
+    return {r[0]: r[1] for r in conn.sql('SELECT text, label FROM datasets."d"').fetchall()}
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("", "empty_text"),
+    (" \t\u00a0 ", "empty_text"),
+    ("x" * 101, "too_long"),
+])
+def test_text_rules_quarantine_with_a_reason(warehouse, tmp_path, text, reason):
+    load(warehouse, tmp_path, [("billing", text), ("billing", "fine")])
+    build_dataset(warehouse, dataset(max_chars=100))
+    assert quarantine(warehouse) == {(text if text else None, reason)}
+    assert clean(warehouse) == {"fine": "billing"}
+
+
+@pytest.mark.parametrize("label, reason", [("", "missing_label"), ("biling", "unknown_label")])
+def test_label_rules_quarantine_with_a_reason(warehouse, tmp_path, label, reason):
+    load(warehouse, tmp_path, [(label, "some text"), ("billing", "fine")])
+    build_dataset(warehouse, dataset())
+    assert {r for _, r in quarantine(warehouse)} == {reason}
+
+
+def test_labels_are_inferred_when_not_declared(warehouse, tmp_path):
+    load(warehouse, tmp_path, [("anything", "a"), ("else", "b")])
+    build_dataset(warehouse, dataset(labels=None))
+    assert clean(warehouse) == {"a": "anything", "b": "else"}
+
+
+def test_unicode_and_whitespace_are_normalised_before_deduplication(warehouse, tmp_path):
+    decomposed = "cafe\u0301  bill"  # e + combining accent, two spaces
+    load(warehouse, tmp_path, [("billing", "caf\u00e9 bill"), ("billing", decomposed),
+                               ("billing", " caf\u00e9\tbill\u00a0"), ("billing", "other")])
+    build_dataset(warehouse, dataset())
+    assert clean(warehouse) == {"caf\u00e9 bill": "billing", "other": "billing"}
+    dupes = warehouse.sql('SELECT row_number, duplicate_of FROM datasets."d__duplicates" ORDER BY 1').fetchall()
+    first_id = warehouse.sql("SELECT row_id FROM datasets.\"d\" WHERE row_number = 1").fetchall()[0][0]
+    assert dupes == [(2, first_id), (3, first_id)]
+
+
+def test_identical_texts_with_different_labels_are_all_quarantined(warehouse, tmp_path):
+    load(warehouse, tmp_path, [("billing", "same"), ("shipping", "same"), ("billing", "same"), ("billing", "ok")])
+    build_dataset(warehouse, dataset())
+    rows = warehouse.sql('SELECT reason, detail FROM datasets."d__quarantine"').fetchall()
+    assert rows == [("conflicting_labels", "the same text is labelled billing, shipping")] * 3
+
+
+def test_unparseable_records_reach_the_quarantine_with_the_parser_message(warehouse, tmp_path):
+    load(warehouse, tmp_path, None, raw_bytes=b"label,text\nbilling,ok\nbilling,caf\xe9\n")
+    build_dataset(warehouse, dataset())
+    row = warehouse.sql('SELECT reason, line, detail FROM datasets."d__quarantine"').fetchall()[0]
+    assert row[0] == "unparseable" and row[1] == 3 and "unicode" in row[2].lower()
+
+
+def test_every_raw_record_is_accounted_for_and_the_contract_holds(warehouse, tmp_path):
+    rows = ticket_rows(30) + [("billing", ""), ("nope", "x y"), ("billing", ticket_rows(1)[0][1])]
+    load(warehouse, tmp_path, rows)
+    d = dataset(labels=["billing", "shipping", "access"])
+    summary = build_dataset(warehouse, d)
+    assert summary.accounted
+    assert summary.raw_records == len(rows) == summary.clean_rows + summary.quarantined + summary.duplicates
+    assert summary.duplicates == 1 and summary.quarantined == 2
+    assert validate(clean_rows_schema(d), warehouse.sql('SELECT * FROM datasets."d"').df()) == []
+
+
+def test_split_is_deterministic_and_follows_the_fractions(warehouse, tmp_path):
+    load(warehouse, tmp_path, ticket_rows(300))
+    d = dataset(labels=None, validation_fraction=0.1, test_fraction=0.2)
+    first = build_dataset(warehouse, d)
+    ids = {s: read_split(warehouse, "d", s).column("row_id").to_pylist() for s in ("train", "validation", "test")}
+    again = build_dataset(warehouse, d)
+    assert again.version == first.version
+    assert ids == {s: read_split(warehouse, "d", s).column("row_id").to_pylist() for s in ids}
+    n = first.clean_rows
+    assert abs(first.rows_by_split["test"] / n - 0.2) < 0.04
+    assert abs(first.rows_by_split["validation"] / n - 0.1) < 0.03
+    salted = build_dataset(warehouse, d.model_copy(update={"split_salt": "other"}))
+    assert salted.version != first.version
+
+
+def test_a_test_corpus_is_the_test_split_and_its_texts_leave_train(warehouse, tmp_path):
+    load(warehouse, tmp_path, [("billing", "shared text"), ("billing", "train only"), ("shipping", "more")], name="c")
+    load(warehouse, tmp_path, [("billing", "shared  text"), ("shipping", "test only")], name="t")
+    summary = build_dataset(warehouse, dataset(test_corpus="t", validation_fraction=0.0))
+    assert summary.rows_by_split == {"test": 2, "train": 2}
+    assert sorted(read_split(warehouse, "d", "test").column("text").to_pylist()) == ["shared text", "test only"]
+    assert summary.duplicates == 1 and summary.accounted

@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ft_assets.lib.config import DEFAULT_LEARNING_RATE, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL = {
+    "corpora": [{"name": "c", "path": "raw/c/", "format": "csv", "label_field": "label"}],
+    "datasets": [{"name": "d", "corpus": "c"}],
+    "recipes": [{"name": "r", "dataset": "d", "method": "lora"}],
+}
+
+
+def write(tmp_path: Path, payload: dict) -> Path:
+    path = tmp_path / "project.yaml"
+    path.write_text(yaml.safe_dump(payload))
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("ft_assets/configs/*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_project_yaml_validates(path):
+    config = load_config(path)
+    for corpus in config.corpora:
+        assert config.corpus_path(corpus).exists(), f"{path.name}: corpus {corpus.name} points at nothing"
+
+
+def test_default_config_resolves_to_the_repo_data_folder(monkeypatch):
+    monkeypatch.delenv("FT_ASSETS_CONFIG", raising=False)
+    monkeypatch.delenv("FT_ASSETS_ROOT", raising=False)
+    config = load_config()
+    assert config.root == REPO / "data"
+    assert config.corpus_path(config.corpora[0]) == REPO / "data" / "raw" / "tickets"
+    assert {r.method for r in config.recipes} == {"full", "lora", "head_only"}
+
+
+def test_env_vars_pick_the_file_and_override_the_root(tmp_path, monkeypatch):
+    path = write(tmp_path, MINIMAL)
+    monkeypatch.setenv("FT_ASSETS_CONFIG", str(path))
+    assert load_config().root == tmp_path / "data"
+    monkeypatch.setenv("FT_ASSETS_ROOT", str(tmp_path / "elsewhere"))
+    assert load_config().root == tmp_path / "elsewhere"
+
+
+def test_defaults_are_resolved_into_the_recipe_and_its_hash(tmp_path):
+    recipe = load_config(write(tmp_path, MINIMAL)).recipes[0]
+    assert recipe.method_args == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None}
+    assert recipe.learning_rate == DEFAULT_LEARNING_RATE["lora"]
+    explicit = {**MINIMAL, "recipes": [{**MINIMAL["recipes"][0], "method_args": {"r": 8},
+                                        "training": {"learning_rate": DEFAULT_LEARNING_RATE["lora"]}}]}
+    assert load_config(write(tmp_path, explicit)).recipes[0].recipe_hash() == recipe.recipe_hash()
+    changed = {**MINIMAL, "recipes": [{**MINIMAL["recipes"][0], "method_args": {"r": 16}}]}
+    assert load_config(write(tmp_path, changed)).recipes[0].recipe_hash() != recipe.recipe_hash()
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda c: c["recipes"][0].update(lerning_rate=1), "recipes[0] (r): field lerning_rate: Extra inputs are not permitted"),
+    (lambda c: c["recipes"][0].update(training={"learning_rate": -1}), "recipes[0] (r): field training.learning_rate"),
+    (lambda c: c["recipes"][0].update(method="adapterz"), "recipes[0] (r): field method"),
+    (lambda c: c["recipes"][0].update(method_args={"rank": 4}), "field rank: Extra inputs are not permitted"),
+    (lambda c: c["corpora"][0].update(format="xlsx"), "corpora[0] (c): field format"),
+    (lambda c: c["corpora"][0].update(columns=["a", "b"]), "lack the field(s) ['text', 'label']"),
+    (lambda c: c["datasets"][0].update(test_fraction=0.0), "a dataset needs a test split"),
+    (lambda c: c["datasets"][0].update(corpus="nope"), "datasets[0] (d): field corpus: no corpus named 'nope'"),
+    (lambda c: c["recipes"][0].update(dataset="nope"), "recipes[0] (r): field dataset: no dataset named 'nope'"),
+    (lambda c: c["corpora"][0].pop("label_field"), "has no label_field"),
+    (lambda c: c.update(extra_section=1), "extra_section: Extra inputs are not permitted"),
+])
+def test_bad_values_name_the_file_the_entry_and_the_field(tmp_path, mutate, expected):
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    mutate(payload)
+    path = write(tmp_path, payload)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(path) in str(error.value)
+    assert expected in str(error.value)
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    payload["recipes"][0]["training"] = {"epochs": 0, "batch_size": -1}
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, payload))
+    assert "2 problem(s)" in str(error.value)
+    assert "training.epochs" in str(error.value) and "training.batch_size" in str(error.value)
+
+
+def test_unreadable_files_get_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("corpora: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)

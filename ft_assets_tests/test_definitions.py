@@ -1,0 +1,63 @@
+"""The shipped Definitions: they load, every asset is described, and the graph matches its snapshot."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+from ft_assets.definitions import defs
+
+SNAPSHOT = Path(__file__).parent / "snapshots" / "default_defs.json"
+
+
+def asset_specs() -> list[dict]:
+    graph = defs.resolve_asset_graph()
+    rows = []
+    for spec in defs.resolve_all_asset_specs():
+        node = graph.get(spec.key)
+        rows.append({
+            "key": spec.key.to_user_string(),
+            "group": spec.group_name,
+            "deps": sorted(d.asset_key.to_user_string() for d in spec.deps),
+            "kinds": sorted(spec.kinds),
+            "pool": node.pools and sorted(node.pools),
+            "checks": sorted(k.name for k in node.check_keys),
+            "code_version": spec.code_version,
+        })
+    return sorted(rows, key=lambda r: r["key"])
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+
+
+def test_groups_and_descriptions():
+    specs = list(defs.resolve_all_asset_specs())
+    assert {s.group_name for s in specs} == {"raw", "datasets", "training", "evaluation"}
+    for spec in specs:
+        assert spec.description and len(spec.description) > 40, spec.key
+
+
+def test_only_training_assets_need_the_gpu_and_they_queue_on_its_pool():
+    graph = defs.resolve_asset_graph()
+    for assets_def in defs.assets:
+        for key in assets_def.keys:
+            training = key.path[0] == "checkpoints"
+            assert ("gpu" in assets_def.required_resource_keys) == training, key
+            if training:
+                assert graph.get(key).pools == {"gpu"}
+
+
+def test_loading_the_code_location_imports_no_torch():
+    code = "import sys, ft_assets.definitions; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_asset_graph_matches_the_snapshot(request):
+    current = asset_specs()
+    if request.config.getoption("--snapshot-update"):
+        SNAPSHOT.write_text(json.dumps(current, indent=2) + "\n")
+    assert current == json.loads(SNAPSHOT.read_text()), "run `make update-snapshot` if the change is intended"

@@ -1,0 +1,102 @@
+"""The real Definitions, built from a project YAML over a tiny corpus and a tiny model, materialized."""
+
+import json
+
+import dagster as dg
+import duckdb
+import pytest
+
+from ft_assets.defs import build_definitions
+from ft_assets.lib.config import load_config
+from ft_assets.lib.storage import sha256_file
+from ft_assets_tests.conftest import ticket_rows, write_csv, write_project
+
+
+def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance, selection=None, raise_on_error=True):
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    return dg.materialize(assets, resources=defs.resources, instance=instance, selection=selection,
+                          raise_on_error=raise_on_error)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("project")
+    config_path = write_project(tmp, tiny_model_dir)
+    # A few bad rows, so quarantine and duplicates have something to hold.
+    write_csv(tmp / "data" / "raw" / "tickets" / "part3.csv",
+              [("billing", "   "), ("biling", "typo in the label"), ticket_rows(40)[0]])
+    config = load_config(config_path)
+    instance = dg.DagsterInstance.ephemeral()
+    raw_hashes = {p: sha256_file(p) for p in (tmp / "data" / "raw" / "tickets").iterdir()}
+    result = materialize_all(build_definitions(config), instance)
+    return config, instance, result, raw_hashes
+
+
+def test_every_asset_materializes_and_every_check_passes(project):
+    config, _, result, _ = project
+    assert result.success
+    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert materialized == {"raw/tickets", "datasets/tickets"} | {
+        f"{kind}/{r}" for kind in ("checkpoints", "reports") for r in ("tiny_full", "tiny_lora", "tiny_head")}
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    blocking = {k: v for k, v in checks.items() if k[1] != "beats_baselines"}
+    assert blocking and all(blocking.values()), blocking
+
+
+def test_raw_files_are_untouched_and_every_row_is_accounted_for(project):
+    config, _, _, raw_hashes = project
+    assert {p: sha256_file(p) for p in raw_hashes} == raw_hashes
+    conn = duckdb.connect(str(config.warehouse_path), read_only=True)
+    reasons = dict(conn.sql('SELECT reason, count(*) FROM datasets."tickets__quarantine" GROUP BY 1').fetchall())
+    assert reasons == {"empty_text": 1, "unknown_label": 1}
+    assert conn.sql('SELECT count(*) FROM datasets."tickets__duplicates"').fetchall() == [(1,)]
+
+
+def test_eval_json_and_report_exist_for_every_recipe(project):
+    config, _, _, _ = project
+    for recipe in config.recipes:
+        out = config.root / "reports" / recipe.name
+        report = json.loads((out / "eval.json").read_text())
+        for key in ("accuracy", "macro_f1", "n_test", "trainable_params", "total_params", "train_seconds"):
+            assert isinstance(report[key], (int, float)), key
+        assert 0.0 <= report["accuracy"] <= 1.0 and report["n_test"] > 0
+        assert "majority" in report["baselines"]
+        assert ("base_head_only" in report["baselines"]) == (recipe.method != "head_only")
+        assert sum(map(sum, report["metrics"]["confusion_matrix"])) == report["n_test"]
+        assert "## Confusion matrix" in (out / "report.md").read_text()
+
+
+def test_manifest_sha256_values_equal_the_files_own(project):
+    config, instance, _, raw_hashes = project
+    event = instance.get_latest_materialization_event(dg.AssetKey(["checkpoints", "tiny_lora"]))
+    manifest = event.asset_materialization.metadata["manifest"].value
+    files = {f["uri"]: f["sha256"] for f in manifest["dataset"]["raw_files"]}
+    assert files == {p.resolve().as_uri(): sha for p, sha in raw_hashes.items()}
+    checkpoint = event.asset_materialization.metadata["checkpoint_path"].value
+    assert json.loads((config.root / "checkpoints" / "tiny_lora" / checkpoint.split("/")[-1] / "manifest.json")
+                      .read_text()) == manifest
+    assert manifest["dagster"]["run_id"] == event.run_id
+    assert manifest["recipe_hash"] == config.recipes[1].recipe_hash()
+    assert len(manifest["code"]["git"]["sha"]) in (40, len("unknown"))
+
+
+def test_rematerializing_a_checkpoint_adds_a_version_and_keeps_the_old_one(project):
+    config, instance, _, _ = project
+    defs = build_definitions(config)
+    before = sorted(p.name for p in (config.root / "checkpoints" / "tiny_head").iterdir())
+    result = materialize_all(defs, instance, selection="checkpoints/tiny_head+")
+    assert result.success
+    after = sorted(p.name for p in (config.root / "checkpoints" / "tiny_head").iterdir())
+    assert len(after) == len(before) + 1 and set(before) < set(after)
+    assert not [p for p in after if "partial" in p]
+
+
+def test_a_file_missing_a_column_fails_the_raw_asset_with_the_file_named(tmp_path, tiny_model_dir):
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[])
+    bad = write_csv(tmp_path / "data" / "raw" / "tickets" / "zz_bad.csv", [("hello",)], header=("body",))
+    result = materialize_all(build_definitions(load_config(config_path)), dg.DagsterInstance.ephemeral(),
+                             selection="raw/tickets", raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert str(bad) in message and "'text'" in message
