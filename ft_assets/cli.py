@@ -21,9 +21,10 @@ def summary(args: argparse.Namespace) -> int:
             missing.append(recipe.name)
             continue
         r = json.loads(path.read_text())
-        head = r["baselines"].get("base_head_only", {}).get("accuracy")
+        head = r["baselines"].get("base_head_only")
+        head_text = "-" if head is None else f"{head['accuracy']:.4f}"
         print(f"{recipe.name:<24} {recipe.method:<10} {r['accuracy']:>8.4f} {r['macro_f1']:>8.4f} "
-              f"{r['baselines']['majority']['accuracy']:>8.4f} {head if head is None else f'{head:.4f}':>9} "
+              f"{r['baselines']['majority']['accuracy']:>8.4f} {head_text:>9} "
               f"{r['trainable_params']:>12,} {r['train_seconds']:>8.1f}")
     print(f"\nreports: {config.root / 'reports'}/<recipe>/report.md (and eval.json)")
     if missing:

@@ -118,3 +118,23 @@ def test_a_test_corpus_is_the_test_split_and_its_texts_leave_train(warehouse, tm
     assert summary.rows_by_split == {"test": 2, "train": 2}
     assert sorted(read_split(warehouse, "d", "test").column("text").to_pylist()) == ["shared text", "test only"]
     assert summary.duplicates == 1 and summary.accounted
+
+
+def test_a_fixed_test_corpus_keeps_its_own_repeats(warehouse, tmp_path):
+    load(warehouse, tmp_path, [("billing", "train text"), ("shipping", "more")], name="c")
+    load(warehouse, tmp_path, [("billing", "asked twice"), ("billing", "asked  twice"), ("shipping", "x")], name="t")
+    d = dataset(test_corpus="t", validation_fraction=0.0)
+    summary = build_dataset(warehouse, d)
+    assert summary.rows_by_split == {"test": 3, "train": 2} and summary.duplicates == 0 and summary.accounted
+    assert validate(clean_rows_schema(d), warehouse.sql('SELECT * FROM datasets."d"').df()) == []
+
+
+def test_the_contract_catches_a_train_text_that_leaks_into_test(warehouse, tmp_path):
+    load(warehouse, tmp_path, ticket_rows(10))
+    d = dataset(labels=None)
+    build_dataset(warehouse, d)
+    frame = warehouse.sql('SELECT * FROM datasets."d"').df()
+    test_text = frame.loc[frame["split"] == "test", "text"].iloc[0]
+    frame.loc[frame.index[frame["split"] == "train"][0], "text"] = test_text
+    problems = validate(clean_rows_schema(d), frame)
+    assert any("repeats" in p for p in problems), problems

@@ -6,9 +6,10 @@ Every raw record ends in exactly one of three tables of the `datasets` schema:
   datasets.<name>__duplicates   row_id, source_uri, file_sha256, row_number, duplicate_of
 Rules, in order: unicode NFC and whitespace normalisation; records the parser rejected, empty
 texts, over-long texts, missing and unknown labels, and identical texts with different labels go
-to quarantine; identical texts after normalisation keep one row (a test row first, so nothing
-in the test split also sits in train); the rest is split by a hash of the text, so a text
-lands in the same split in every run and on every machine.
+to quarantine; identical texts after normalisation keep one row, and a text that is in the test
+split never also sits in train or validation; the rest is split by a hash of the text, so a text
+lands in the same split in every run and on every machine. A fixed `test_corpus` is a benchmark
+as published: its own repeated texts all stay in the test split.
 """
 
 from __future__ import annotations
@@ -114,13 +115,13 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}__duplicates" AS
             SELECT row_id, source_uri, file_sha256, row_number, first_id AS duplicate_of
-            FROM _ranked WHERE rank_in_text > 1 ORDER BY source_uri, row_number
+            FROM _ranked WHERE rank_in_text > 1 AND role <> 'test' ORDER BY source_uri, row_number
         """)
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}" AS
             WITH kept AS (
                 SELECT *, ('0x' || substr(md5(? || text), 1, 8))::BIGINT / 4294967296.0 AS u
-                FROM _ranked WHERE rank_in_text = 1
+                FROM _ranked WHERE rank_in_text = 1 OR role = 'test'
             )
             SELECT row_id,
                    CASE WHEN role = 'test' OR u < {test_share} THEN 'test'
@@ -171,6 +172,13 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
         quarantined=sum(quarantine.values()),
         duplicates=duplicates,
     )
+
+
+def dataset_labels(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> list[str]:
+    """The label set in classifier output order: as declared, else every label in the clean rows, sorted."""
+    if dataset.labels is not None:
+        return list(dataset.labels)
+    return [r[0] for r in conn.sql(f'SELECT DISTINCT label FROM datasets."{dataset.name}" ORDER BY 1').fetchall()]
 
 
 def read_split(conn: duckdb.DuckDBPyConnection, dataset_name: str, split: str) -> pa.Table:

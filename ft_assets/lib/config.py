@@ -102,7 +102,7 @@ METHOD_ARGS: dict[str, type[_Strict]] = {"full": FullArgs, "head_only": HeadOnly
 
 # Learning rates differ by an order of magnitude between methods: a full update of a pretrained
 # encoder wants a small step, a freshly initialised head or low-rank adapter a large one.
-DEFAULT_LEARNING_RATE = {"full": 5e-5, "lora": 5e-4, "head_only": 2e-3}
+DEFAULT_LEARNING_RATE = {"full": 5e-5, "lora": 1e-3, "head_only": 2e-3}
 
 
 class TrainingConfig(_Strict):

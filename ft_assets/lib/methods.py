@@ -3,6 +3,9 @@
   full       every parameter
   head_only  the encoder frozen; only the pooler and the classification head train
   lora       PEFT low-rank adapters on the attention projections; the head trains in full
+
+"The head" is the pooler and the classifier: sentence encoders such as all-MiniLM-L6-v2 were
+trained with mean pooling, so their [CLS] pooler is untrained for the task and must learn too.
 """
 
 from __future__ import annotations
@@ -30,12 +33,9 @@ def apply_method(model, method: str, method_args: dict[str, Any]):
             p.requires_grad = True
         return model
     if method == "head_only":
-        found = False
+        heads = head_modules(model)
         for name, p in model.named_parameters():
-            p.requires_grad = any(part in HEAD_MODULES for part in name.split("."))
-            found |= p.requires_grad
-        if not found:
-            raise ValueError(f"head_only: {type(model).__name__} has none of the head modules {HEAD_MODULES}")
+            p.requires_grad = any(part in heads for part in name.split("."))
         return model
     if method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
@@ -46,9 +46,23 @@ def apply_method(model, method: str, method_args: dict[str, Any]):
             lora_alpha=method_args["alpha"],
             lora_dropout=method_args["dropout"],
             target_modules=method_args["target_modules"],
+            modules_to_save=head_modules(model),
         )
         return get_peft_model(model, config)
     raise ValueError(f"unknown method {method!r}")
+
+
+def head_modules(model) -> list[str]:
+    """The names of HEAD_MODULES that the model has.
+
+    Raises:
+        ValueError: the model has none, so there is no head to train.
+    """
+    parts = {part for name, _ in model.named_modules() for part in name.split(".")}
+    found = [m for m in HEAD_MODULES if m in parts]
+    if not found:
+        raise ValueError(f"{type(model).__name__} has none of the head modules {HEAD_MODULES}")
+    return found
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -43,6 +43,16 @@ def weights_sha256(model_dir: str) -> str | None:
     return hashlib.sha256("".join(f"{f.name}:{sha256_file(f)}\n" for f in files).encode()).hexdigest()
 
 
+def quiet_hf_logging() -> None:
+    """Progress bars and load reports would bury the training log; errors still show."""
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 def load_classifier(base_model_path: str, labels: list[str]):
     """A sequence classifier over `labels` on top of a pretrained encoder, and its tokenizer.
 
@@ -53,6 +63,7 @@ def load_classifier(base_model_path: str, labels: list[str]):
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    quiet_hf_logging()
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -73,6 +84,7 @@ def load_checkpoint(checkpoint_dir: Path):
     """A tuned checkpoint (full model or PEFT adapter), its tokenizer and its labels, ready for eval."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    quiet_hf_logging()
     labels = json.loads((checkpoint_dir / LABELS_FILE).read_text())["labels"]
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
     if (checkpoint_dir / "adapter_config.json").exists():

@@ -35,14 +35,26 @@ class CleanRows(pa.DataFrameModel):
     class Config:
         strict = True
 
+    @pa.dataframe_check(error="a train/validation text repeats, or also appears in the test split")
+    def no_repeated_text(cls, frame: pd.DataFrame) -> pd.Series:
+        learn = frame["split"] != "test"
+        repeated = frame["text"].where(learn).duplicated(keep=False) & learn
+        leaked = learn & frame["text"].isin(set(frame.loc[~learn, "text"]))
+        return ~(repeated | leaked)
+
 
 def clean_rows_schema(dataset: DatasetConfig) -> pa.DataFrameSchema:
-    """CleanRows plus the dataset's own rules: its label set, its length limit, unique texts."""
+    """CleanRows plus the dataset's own rules: its label set, its length limit, no repeated text.
+
+    A fixed test corpus may repeat its own texts (it is kept as published), but no test text
+    may also appear in train or validation.
+    """
     label_checks = [pa.Check.isin(dataset.labels)] if dataset.labels is not None else []
-    return CleanRows.to_schema().update_columns({
-        "text": {"checks": [pa.Check.str_length(min_value=1, max_value=dataset.max_chars)], "unique": True},
+    schema = CleanRows.to_schema().update_columns({
+        "text": {"checks": [pa.Check.str_length(min_value=1, max_value=dataset.max_chars)]},
         "label": {"checks": label_checks},
     })
+    return schema
 
 
 def validate(schema: pa.DataFrameSchema | type[pa.DataFrameModel], frame: pd.DataFrame) -> list[str]:

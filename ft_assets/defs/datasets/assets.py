@@ -5,7 +5,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import WAREHOUSE_POOL
-from ft_assets.lib.cleaning import DatasetSummary, build_dataset, read_table
+from ft_assets.lib.cleaning import DatasetSummary, build_dataset, dataset_labels, read_table
 from ft_assets.lib.config import DatasetConfig, ProjectConfig
 from ft_assets.lib.schemas import clean_rows_schema, validate
 
@@ -41,7 +41,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         with warehouse.get_connection() as conn:
             summary = build_dataset(conn, dataset)
             problems = validate(clean_rows_schema(dataset), read_table(conn, f"datasets.{dataset.name}"))
-        labels = dataset.labels or sorted({label for counts in summary.label_counts.values() for label in counts})
+            labels = dataset_labels(conn, dataset)
         uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
                      if not summary.label_counts.get(split, {}).get(label)]
         return dg.MaterializeResult(

@@ -12,7 +12,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import GPU_POOL, GpuResource
-from ft_assets.lib.cleaning import read_split
+from ft_assets.lib.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.lineage import dataset_files, git_state
 from ft_assets.lib.models import MANIFEST_FILE
@@ -48,9 +48,7 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         with tempfile.TemporaryDirectory(prefix=f"ft_assets_{recipe.name}_") as tmp:
             with warehouse.get_connection() as conn:
                 splits = {s: read_split(conn, dataset.name, s) for s in ("train", "validation")}
-                labels = dataset.labels or sorted(
-                    r[0] for r in conn.sql(f'SELECT DISTINCT label FROM datasets."{dataset.name}"').fetchall()
-                )
+                labels = dataset_labels(conn, dataset)
                 files = dataset_files(conn, dataset.name, [c.name for c in config.dataset_corpora(dataset)])
             if splits["train"].num_rows == 0:
                 raise dg.Failure(description=f"checkpoints/{recipe.name}: datasets/{dataset.name} has no train rows; "

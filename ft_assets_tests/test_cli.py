@@ -1,0 +1,47 @@
+"""The command-line path a user takes: FT_ASSETS_CONFIG + `dagster asset materialize`, then `ft-assets summary`."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from ft_assets_tests.conftest import write_project
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_materialize_the_whole_graph_through_the_cli_and_summarize(tmp_path, tiny_model_dir):
+    recipe = {"name": "cli_head", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
+              "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}
+    config = write_project(tmp_path, tiny_model_dir, recipes=[recipe])
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "data" / "dagster" / "dagster.yaml", home / "dagster.yaml")
+    env = {**os.environ, "FT_ASSETS_CONFIG": str(config), "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    bin_dir = Path(sys.executable).parent
+
+    run = subprocess.run([str(bin_dir / "dagster"), "asset", "materialize", "--select", "*",
+                          "-m", "ft_assets.definitions"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "data" / "reports" / "cli_head" / "eval.json").read_text())
+    assert report["n_test"] > 0
+
+    summary = subprocess.run([str(bin_dir / "ft-assets"), "summary"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert summary.returncode == 0, summary.stderr
+    line = next(x for x in summary.stdout.splitlines() if x.startswith("cli_head"))
+    assert f"{report['accuracy']:.4f}" in line and f"{report['trainable_params']:,}" in line
+    assert str(tmp_path / "data" / "reports") in summary.stdout
+
+
+def test_a_bad_config_fails_loading_with_the_file_and_field(tmp_path, tiny_model_dir):
+    config = write_project(tmp_path, tiny_model_dir, recipes=[
+        {"name": "bad", "dataset": "tickets", "method": "lora", "method_args": {"rank": 4}}])
+    env = {**os.environ, "FT_ASSETS_CONFIG": str(config)}
+    run = subprocess.run([sys.executable, "-c", "import ft_assets.definitions"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode != 0
+    assert str(config) in run.stderr and "recipes[0] (bad): field rank" in run.stderr
