@@ -93,3 +93,31 @@ def test_unreadable_files_get_a_clear_error(tmp_path):
     bad.write_text("corpora: [unclosed")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+@pytest.mark.parametrize("update, expected", [
+    ({"method": "prefix_tuning"}, "field method: prefix_tuning cannot tune a sequence classifier"),
+    ({"method": "qlora"}, "field method: qlora needs"),  # this machine has no CUDA GPU (CI neither)
+    ({"method": "freeze", "method_args": {"layers": 7}},
+     "field method_args.layers: 7 but the base model has only 6 transformer blocks"),
+    ({"method": "prompt_tuning", "export": "merged"}, "field export: merged folds adapter weights"),
+])
+def test_combinations_that_cannot_run_fail_at_load_naming_the_recipe(tmp_path, update, expected):
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    payload["recipes"][0].update(update)
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, payload))
+    assert f"recipes[0] (r): {expected}" in str(error.value)
+
+
+def test_peft_still_cannot_prefix_tune_a_sequence_classifier():
+    """The premise of the prefix_tuning rule above; when this fails, PEFT learned it: lift the rule."""
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    model = BertForSequenceClassification(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                     num_attention_heads=2, intermediate_size=32))
+    peft_model = get_peft_model(model, PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=2))
+    with pytest.raises(ValueError, match="past key values"):
+        peft_model(input_ids=torch.ones(1, 4, dtype=torch.long))

@@ -22,7 +22,7 @@ def asset_specs() -> list[dict]:
             "group": spec.group_name,
             "deps": sorted(d.asset_key.to_user_string() for d in spec.deps),
             "kinds": sorted(spec.kinds),
-            "pool": node.pools and sorted(node.pools),
+            "pools": sorted(node.pools or []),
             "checks": sorted(k.name for k in node.check_keys),
             "code_version": spec.code_version,
         })

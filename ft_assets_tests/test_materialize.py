@@ -36,7 +36,7 @@ def test_every_asset_materializes_and_every_check_passes(project):
     config, _, result, _ = project
     assert result.success
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
-    assert materialized == {"raw/tickets", "datasets/tickets"} | {
+    assert materialized == {"raw/tickets", "datasets/tickets", "reports/leaderboard/tickets"} | {
         f"{kind}/{r}" for kind in ("checkpoints", "reports") for r in ("tiny_full", "tiny_lora", "tiny_head")}
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     blocking = {k: v for k, v in checks.items() if k[1] != "beats_baselines"}
@@ -64,6 +64,23 @@ def test_eval_json_and_report_exist_for_every_recipe(project):
         assert ("base_head_only" in report["baselines"]) == (recipe.method != "head_only")
         assert sum(map(sum, report["metrics"]["confusion_matrix"])) == report["n_test"]
         assert "## Confusion matrix" in (out / "report.md").read_text()
+
+
+def test_the_leaderboard_compares_every_recipe_in_one_schema(project):
+    config, _, _, _ = project
+    out = config.root / "reports" / "leaderboard" / "tickets"
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert sorted(r["recipe"] for r in rows) == ["tiny_full", "tiny_head", "tiny_lora"]
+    assert [r["accuracy"] for r in rows] == sorted((r["accuracy"] for r in rows), reverse=True)
+    for row in rows:
+        report = json.loads((config.root / "reports" / row["recipe"] / "eval.json").read_text())
+        assert row["accuracy"] == report["accuracy"] and row["trainable_params"] == report["trainable_params"]
+        assert 0 < row["trainable_share"] <= 1
+    by_name = {r["recipe"]: r for r in rows}
+    assert by_name["tiny_lora"]["checkpoint_bytes"] < by_name["tiny_full"]["checkpoint_bytes"]
+    assert by_name["tiny_head"]["delta_vs_base"] == 0.0
+    assert (out / "leaderboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| 1 |" in (out / "leaderboard.md").read_text()
 
 
 def test_manifest_sha256_values_equal_the_files_own(project):

@@ -16,15 +16,22 @@ def rows(n_per_label, seed=0):
     return {"text": [t for _, t in pairs], "label": [label for label, _ in pairs]}
 
 
+# Larger steps than the defaults: a tiny random model and a few steps.
+TINY_LEARNING_RATE = {"full": 1e-3, "freeze": 1e-3, "head_only": 5e-3, "lora": 5e-3, "rslora": 5e-3, "dora": 5e-3,
+                      "ia3": 5e-3, "prompt_tuning": 3e-2}
+TINY_METHOD_ARGS = {"lora": {"r": 4, "alpha": 8}, "rslora": {"r": 4, "alpha": 8}, "dora": {"r": 4, "alpha": 8},
+                    "freeze": {"layers": 1}, "prompt_tuning": {"num_virtual_tokens": 4}}
+METHODS = sorted(TINY_LEARNING_RATE)
+
+
 def recipe(model_dir, method, **training):
-    lr = {"full": 1e-3, "lora": 5e-3, "head_only": 5e-3}[method]
     return RecipeConfig(name=f"t_{method}", dataset="d", base_model=str(model_dir), method=method,
-                        method_args={"r": 4, "alpha": 8} if method == "lora" else {},
-                        training={"epochs": 4, "batch_size": 16, "max_length": 16, "learning_rate": lr,
-                                  "log_every_steps": 1, **training})
+                        method_args=TINY_METHOD_ARGS.get(method, {}),
+                        training={"epochs": 4, "batch_size": 16, "max_length": 16,
+                                  "learning_rate": TINY_LEARNING_RATE[method], "log_every_steps": 1, **training})
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "head_only"])
+@pytest.mark.parametrize("method", METHODS)
 def test_loss_goes_down_and_the_checkpoint_reloads_to_the_same_predictions(tiny_model_dir, tmp_path, method):
     train = rows(20)
     result = fit(recipe(tiny_model_dir, method), LABELS, train, rows(5, seed=1), device="cpu")
@@ -38,7 +45,8 @@ def test_loss_goes_down_and_the_checkpoint_reloads_to_the_same_predictions(tiny_
 
     out = tmp_path / "ckpt"
     save_checkpoint(result, recipe(tiny_model_dir, method), LABELS, out, {"dataset": {"name": "d"}})
-    weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+    peft = method not in ("full", "head_only", "freeze")
+    weights = "adapter_model.safetensors" if peft else "model.safetensors"
     assert (out / weights).exists() and (out / "tokenizer.json").exists()
     model, tokenizer, labels = load_checkpoint(out)
     assert labels == LABELS
@@ -84,3 +92,42 @@ def test_setup_errors_say_what_to_fix(tiny_model_dir, tmp_path):
         fit(recipe(tmp_path / "no_model_here", "full"), LABELS, rows(2), None, device="cpu")
     with pytest.raises(ValueError, match="needs a CUDA device"):
         fit(recipe(tiny_model_dir, "full"), LABELS, rows(2), None, device="cpu", precision="bf16")
+
+
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_a_merged_export_loads_without_peft_and_predicts_like_the_adapter(tiny_model_dir, tmp_path, method):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    r = recipe(tiny_model_dir, method, epochs=2).model_copy(update={"export": "merged"})
+    result = fit(r, LABELS, rows(10), None, device="cpu")
+    save_checkpoint(result, r, LABELS, tmp_path / "ckpt", {})
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ckpt" / "merged")
+    assert not any("lora" in n or "ia3" in n for n, _ in merged.named_parameters())
+    texts = rows(3, seed=2)["text"]
+    adapter_model, tokenizer, _ = load_checkpoint(tmp_path / "ckpt")
+    expected = predict_logits(adapter_model, tokenizer, texts, max_length=16, batch_size=4, device="cpu")
+    got = predict_logits(merged, AutoTokenizer.from_pretrained(tmp_path / "ckpt" / "merged"), texts,
+                         max_length=16, batch_size=4, device="cpu")
+    assert abs(expected - got).max() < 1e-4
+    assert (expected.argmax(-1) == got.argmax(-1)).all()
+
+
+def test_imbalance_settings_reweigh_the_loss_or_the_batches():
+    from ft_assets.lib.train import _imbalance_handling
+
+    ids = [0] * 8 + [1] * 2  # 80% / 20%, and label 2 absent
+    weights, sampler = _imbalance_handling("class_weights", ids, 3, seed=0)
+    assert sampler is None and weights.tolist() == pytest.approx([10 / 24, 10 / 6, 0.0])
+    weights, sampler = _imbalance_handling("balanced_sampler", ids, 3, seed=0)
+    drawn = [ids[i] for _ in range(50) for i in sampler]
+    assert weights is None and 0.4 < drawn.count(1) / len(drawn) < 0.6
+    assert _imbalance_handling("none", ids, 3, seed=0) == (None, None)
+
+
+@pytest.mark.parametrize("imbalance", ["class_weights", "balanced_sampler"])
+def test_training_runs_with_each_imbalance_setting(tiny_model_dir, imbalance):
+    skewed = rows(12)
+    keep = [i for i, label in enumerate(skewed["label"]) if label != "access" or i % 6 == 0]
+    skewed = {k: [v[i] for i in keep] for k, v in skewed.items()}
+    r = recipe(tiny_model_dir, "head_only", epochs=1, imbalance=imbalance)
+    assert fit(r, LABELS, skewed, None, device="cpu").train_info["steps"] > 0

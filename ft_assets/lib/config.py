@@ -90,6 +90,11 @@ class HeadOnlyArgs(_Strict):
     pass
 
 
+class FreezeArgs(_Strict):
+    # The top `layers` transformer blocks train, with the head; the blocks below stay frozen.
+    layers: int = Field(2, gt=0)
+
+
 class LoraArgs(_Strict):
     r: int = Field(8, gt=0)
     alpha: float = Field(16, gt=0)
@@ -98,11 +103,42 @@ class LoraArgs(_Strict):
     target_modules: list[str] | None = None
 
 
-METHOD_ARGS: dict[str, type[_Strict]] = {"full": FullArgs, "head_only": HeadOnlyArgs, "lora": LoraArgs}
+class IA3Args(_Strict):
+    # None: PEFT's defaults for the architecture (BERT: key, value and the feed-forward output).
+    target_modules: list[str] | None = None
+    feedforward_modules: list[str] | None = None
 
-# Learning rates differ by an order of magnitude between methods: a full update of a pretrained
-# encoder wants a small step, a freshly initialised head or low-rank adapter a large one.
-DEFAULT_LEARNING_RATE = {"full": 5e-5, "lora": 1e-3, "head_only": 2e-3}
+
+class PromptTuningArgs(_Strict):
+    num_virtual_tokens: int = Field(20, gt=0)
+    # Start the soft prompt from the embeddings of this text instead of at random.
+    init_text: str | None = None
+
+
+class PrefixTuningArgs(_Strict):
+    num_virtual_tokens: int = Field(20, gt=0)
+    # Reparametrise the prefix through a small MLP (more stable, more parameters while training).
+    prefix_projection: bool = False
+
+
+METHOD_ARGS: dict[str, type[_Strict]] = {
+    "full": FullArgs, "head_only": HeadOnlyArgs, "freeze": FreezeArgs,
+    "lora": LoraArgs, "rslora": LoraArgs, "dora": LoraArgs, "qlora": LoraArgs,
+    "ia3": IA3Args, "prompt_tuning": PromptTuningArgs, "prefix_tuning": PrefixTuningArgs,
+}
+Method = Literal["full", "head_only", "freeze", "lora", "rslora", "dora", "qlora", "ia3", "prompt_tuning",
+                 "prefix_tuning"]
+
+MERGEABLE_METHODS = ("lora", "rslora", "dora", "qlora", "ia3")
+
+# The fewer parameters a method trains, and the fresher they are, the larger the step they want:
+# a full update of a pretrained encoder wants ~1e-5..1e-4, low-rank adapters ~1e-4..1e-3, scaling
+# vectors and soft prompts ~1e-3..1e-1 (PEFT's own examples use 1e-2..3e-2 for prompt methods).
+DEFAULT_LEARNING_RATE = {
+    "full": 5e-5, "freeze": 1e-4, "head_only": 2e-3,
+    "lora": 1e-3, "rslora": 1e-3, "dora": 1e-3, "qlora": 1e-3,
+    "ia3": 5e-3, "prompt_tuning": 3e-2, "prefix_tuning": 1e-2,
+}
 
 
 class TrainingConfig(_Strict):
@@ -115,6 +151,9 @@ class TrainingConfig(_Strict):
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_grad_norm: float = Field(1.0, gt=0)
     log_every_steps: int = Field(10, gt=0)
+    # Skewed label counts: `class_weights` weighs each class's loss by n / (k * n_class);
+    # `balanced_sampler` draws training batches with every class equally likely.
+    imbalance: Literal["none", "class_weights", "balanced_sampler"] = "none"
 
 
 class RecipeConfig(_Strict):
@@ -122,9 +161,11 @@ class RecipeConfig(_Strict):
     dataset: Name
     # "default" is the packaged all-MiniLM-L6-v2; otherwise a local save_pretrained dir or hub id.
     base_model: str = "default"
-    method: Literal["full", "lora", "head_only"]
+    method: Method
     method_args: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
+    # `merged`: also write the adapter folded into the base weights (merge_and_unload) under merged/.
+    export: Literal["adapter", "merged"] = "adapter"
 
     @model_validator(mode="after")
     def _method_args(self) -> RecipeConfig:
@@ -266,6 +307,45 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
         if d.test_corpus is not None and d.test_corpus == d.corpus:
             problems.append(f"datasets[{i}] ({d.name}): field test_corpus: must differ from corpus")
     for i, r in enumerate(config.recipes):
+        if r.name == "leaderboard":
+            problems.append(f"recipes[{i}] ({r.name}): field name: 'leaderboard' is taken by reports/leaderboard/")
         if r.dataset not in datasets:
             problems.append(f"recipes[{i}] ({r.name}): field dataset: no dataset named {r.dataset!r}")
+            continue
+        problems += [f"recipes[{i}] ({r.name}): field {field}: {p}"
+                     for field, p in _method_problems(r, config.dataset(r.dataset))]
+    return problems
+
+
+def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple[str, str]]:
+    """(field, problem) for method/model/task combinations that cannot run, found before any run starts."""
+    import importlib.util
+
+    from ft_assets.lib.models import base_model_config
+
+    problems = []
+    if recipe.export == "merged" and recipe.method not in MERGEABLE_METHODS:
+        problems.append(("export", f"merged folds adapter weights into the base; {recipe.method} has none to "
+                                   f"fold (mergeable: {', '.join(MERGEABLE_METHODS)})"))
+    if recipe.method == "prefix_tuning" and dataset.task == "classification":
+        # PEFT prefix-tunes through the backbone's past_key_values, which transformers' sequence
+        # classifiers (BERT, GPT-2, Llama) no longer take; ft_assets_tests checks this still holds.
+        problems.append(("method", "prefix_tuning cannot tune a sequence classifier (PEFT needs past_key_values "
+                                   "the model does not take); use prompt_tuning, which prepends a soft prompt"))
+    if recipe.method == "qlora":
+        if importlib.util.find_spec("bitsandbytes") is None:
+            problems.append(("method", "qlora needs the bitsandbytes package and a CUDA GPU; install "
+                                       "bitsandbytes on a CUDA machine, or use lora"))
+        else:
+            import torch
+
+            if not torch.cuda.is_available():
+                problems.append(("method", "qlora needs a CUDA GPU (4-bit weights through bitsandbytes); "
+                                           "torch sees none. Use lora on this machine"))
+    if recipe.method == "freeze":
+        model_config = base_model_config(recipe.base_model)
+        blocks = model_config and (model_config.get("num_hidden_layers") or model_config.get("n_layer"))
+        if blocks and recipe.method_args["layers"] > blocks:
+            problems.append(("method_args.layers", f"{recipe.method_args['layers']} but the base model has "
+                                                   f"only {blocks} transformer blocks"))
     return problems

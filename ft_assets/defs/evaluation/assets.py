@@ -1,6 +1,6 @@
-"""reports/<recipe>: the tuned checkpoint on the test split, beside two baselines, with its cost."""
+"""reports/<recipe>: a tuned checkpoint against its baselines; reports/leaderboard/<dataset>: all of them."""
 
-
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -8,7 +8,8 @@ from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import GPU_POOL
 from ft_assets.lib.cleaning import read_split
-from ft_assets.lib.config import ProjectConfig, RecipeConfig
+from ft_assets.lib.config import DatasetConfig, ProjectConfig, RecipeConfig
+from ft_assets.lib.leaderboard import write_leaderboard
 from ft_assets.lib.report import evaluate_checkpoint
 
 
@@ -69,3 +70,43 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         )
 
     return report
+
+
+def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
+    recipes = [r for r in config.recipes if r.dataset == dataset.name]
+    out_dir = config.root / "reports" / "leaderboard" / dataset.name
+
+    @dg.asset(
+        key=dg.AssetKey(["reports", "leaderboard", dataset.name]),
+        group_name="evaluation",
+        kinds={"python"},
+        deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
+        description=(
+            f"Every recipe on datasets/{dataset.name} side by side, best test accuracy first: macro-F1, gain over "
+            "the untuned base, trainable parameters and their share, train time, examples/s, peak memory, "
+            f"checkpoint size; a table and a chart in `{out_dir}`."
+        ),
+    )
+    def leaderboard(context: dg.AssetExecutionContext):
+        reports, missing = [], []
+        for recipe in recipes:
+            path = config.root / "reports" / recipe.name / "eval.json"
+            if path.exists():
+                reports.append(json.loads(path.read_text()))
+            else:
+                missing.append(recipe.name)
+        if not reports:
+            raise dg.Failure(description=f"reports/leaderboard/{dataset.name}: no recipe on this dataset has a "
+                                         "report yet; materialize the reports first")
+        rows, markdown = write_leaderboard(reports, dataset.name, out_dir, missing)
+        best = rows[0]
+        return dg.MaterializeResult(metadata={
+            "best_recipe": best["recipe"],
+            "best_accuracy": best["accuracy"],
+            "recipes": len(rows),
+            "missing_reports": dg.MetadataValue.json(missing),
+            "leaderboard": dg.MetadataValue.md(markdown),
+            "path": dg.MetadataValue.path(str(out_dir / "leaderboard.md")),
+        })
+
+    return leaderboard

@@ -1,0 +1,135 @@
+"""Every classification method on Banking77 (train -> official test) with the packaged MiniLM.
+
+    python bench/classification_methods.py                      # every method that runs on this device
+    python bench/classification_methods.py --methods full,lora  # a subset
+    python bench/classification_methods.py --smoke              # 300 train rows, 1 epoch: checks the script
+
+It builds a project YAML over ../shared/data/banking77, materializes the real asset graph
+(raw -> dataset -> checkpoints -> reports -> leaderboard) in a fresh Dagster instance under
+bench/work/, and copies the leaderboard (markdown, JSON, PNG) to bench/results/ with the device,
+library versions and settings written at the top. The test split is only scored, never tuned on:
+learning rates are each method's documented default, checked on the validation split only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BANKING77 = (REPO / ".." / "shared" / "data" / "banking77").resolve()
+# Banking77 texts are short (median ~11 words); 64 tokens truncate almost none of them.
+TRAINING = {"epochs": 5, "batch_size": 32, "max_length": 64, "seed": 0}
+METHOD_ARGS = {"freeze": {"layers": 2}, "lora": {"r": 8, "alpha": 16}, "rslora": {"r": 8, "alpha": 16},
+               "dora": {"r": 8, "alpha": 16}, "qlora": {"r": 8, "alpha": 16}, "prompt_tuning": {"num_virtual_tokens": 20}}
+METHODS = ("full", "freeze", "lora", "rslora", "dora", "ia3", "prompt_tuning", "head_only", "qlora")
+
+
+def device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
+
+
+def usable_methods(requested: list[str]) -> list[str]:
+    import importlib.util
+
+    import torch
+
+    cuda = torch.cuda.is_available() and importlib.util.find_spec("bitsandbytes") is not None
+    return [m for m in requested if m != "qlora" or cuda]
+
+
+def write_project(work: Path, methods: list[str], smoke: bool) -> Path:
+    train_path = BANKING77 / "train.csv"
+    if smoke:
+        # The first 300 rows cover only a few intents; good enough to check the plumbing.
+        lines = (BANKING77 / "train.csv").read_text().splitlines()[:301]
+        train_path = work / "smoke_train" / "train.csv"
+        train_path.parent.mkdir(parents=True, exist_ok=True)
+        train_path.write_text("\n".join(lines) + "\n")
+    training = {**TRAINING, "epochs": 1} if smoke else TRAINING
+    config = {
+        "storage": {"root": "data"},
+        "corpora": [
+            {"name": "banking77_train", "path": str(train_path), "format": "csv", "label_field": "category"},
+            {"name": "banking77_test", "path": str(BANKING77 / "test.csv"), "format": "csv", "label_field": "category"},
+        ],
+        "datasets": [{"name": "banking77", "corpus": "banking77_train", "test_corpus": "banking77_test",
+                      "labels": json.loads((BANKING77 / "categories.json").read_text()),
+                      "validation_fraction": 0.1}],
+        "recipes": [{"name": f"b77_{m}", "dataset": "banking77", "base_model": "default", "method": m,
+                     "method_args": METHOD_ARGS.get(m, {}), "training": training} for m in methods],
+    }
+    path = work / "banking77.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--smoke", action="store_true", help="300 train rows, 1 epoch: checks the script only")
+    parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")
+    args = parser.parse_args()
+
+    import dagster as dg
+
+    from ft_assets.defs import build_definitions
+    from ft_assets.lib.config import load_config
+
+    methods = usable_methods(args.methods.split(","))
+    shutil.rmtree(args.work, ignore_errors=True)
+    args.work.mkdir(parents=True)
+    config = load_config(write_project(args.work, methods, args.smoke))
+    defs = build_definitions(config)
+    started = datetime.now(timezone.utc)
+    (args.work / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(args.work / "dagster")) as instance:
+        result = dg.materialize([a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
+                                resources=defs.resources, instance=instance, raise_on_error=False)
+    board = config.root / "reports" / "leaderboard" / "banking77"
+    if not (board / "leaderboard.json").exists():
+        print("no leaderboard was written; see the run log above", file=sys.stderr)
+        return 1
+
+    import peft
+    import torch
+    import transformers
+
+    device = device_name()
+    slug = "smoke" if args.smoke else ("cuda" if torch.cuda.is_available() else "cpu")
+    stamp = started.strftime("%Y-%m-%d")
+    out = REPO / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    header = (
+        f"Banking77, train ({'first 300 rows, smoke run' if args.smoke else '10,003 rows, 10% held out for validation'})"
+        f" -> official test (3,080 rows). Base: all-MiniLM-L6-v2 (packaged). Training: {json.dumps(TRAINING if not args.smoke else {**TRAINING, 'epochs': 1})}.\n\n"
+        f"Measured {stamp} on {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"peft {peft.__version__}. Run {'succeeded' if result.success else 'had failures (see the table)'}; "
+        f"wall time {(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min.\n\n"
+    )
+    name = f"banking77-{slug}"
+    (out / f"{name}.md").write_text(header + (board / "leaderboard.md").read_text().replace(
+        "](leaderboard.png)", f"]({name}.png)"))
+    (out / f"{name}.json").write_text(json.dumps({
+        "device": device, "date": stamp, "training": TRAINING, "smoke": args.smoke,
+        **json.loads((board / "leaderboard.json").read_text())}, indent=2) + "\n")
+    shutil.copy(board / "leaderboard.png", out / f"{name}.png")
+    print((out / f"{name}.md").read_text())
+    return 0 if result.success else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
