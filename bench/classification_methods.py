@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -30,16 +29,6 @@ TRAINING = {"epochs": 5, "batch_size": 32, "max_length": 64, "seed": 0}
 METHOD_ARGS = {"freeze": {"layers": 2}, "lora": {"r": 8, "alpha": 16}, "rslora": {"r": 8, "alpha": 16},
                "dora": {"r": 8, "alpha": 16}, "qlora": {"r": 8, "alpha": 16}, "prompt_tuning": {"num_virtual_tokens": 20}}
 METHODS = ("full", "freeze", "lora", "rslora", "dora", "ia3", "prompt_tuning", "head_only", "qlora")
-
-
-def device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return f"CPU: {cpu}, {torch.get_num_threads()} threads"
 
 
 def usable_methods(requested: list[str]) -> list[str]:
@@ -82,6 +71,8 @@ def main() -> int:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--smoke", action="store_true", help="300 train rows, 1 epoch: checks the script only")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")
+    parser.add_argument("--rescore", action="store_true",
+                        help="keep the checkpoints in --work and only re-run the reports and the leaderboard")
     args = parser.parse_args()
 
     import dagster as dg
@@ -90,15 +81,19 @@ def main() -> int:
     from ft_assets.lib.config import load_config
 
     methods = usable_methods(args.methods.split(","))
-    shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    config = load_config(write_project(args.work, methods, args.smoke))
+    if args.rescore:
+        config = load_config(args.work / "banking77.yaml")
+        methods = [r.method for r in config.recipes]
+    else:
+        shutil.rmtree(args.work, ignore_errors=True)
+        (args.work / "dagster").mkdir(parents=True)
+        config = load_config(write_project(args.work, methods, args.smoke))
     defs = build_definitions(config)
     started = datetime.now(timezone.utc)
-    (args.work / "dagster").mkdir()
     with dg.DagsterInstance.local_temp(str(args.work / "dagster")) as instance:
         result = dg.materialize([a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
-                                resources=defs.resources, instance=instance, raise_on_error=False)
+                                resources=defs.resources, instance=instance, raise_on_error=False,
+                                selection="key:reports/*" if args.rescore else None)
     board = config.root / "reports" / "leaderboard" / "banking77"
     if not (board / "leaderboard.json").exists():
         print("no leaderboard was written; see the run log above", file=sys.stderr)
@@ -108,7 +103,9 @@ def main() -> int:
     import torch
     import transformers
 
-    device = device_name()
+    from ft_assets.lib.evaluate import describe_device, resolve_device
+
+    device = describe_device(resolve_device("auto"))
     slug = "smoke" if args.smoke else ("cuda" if torch.cuda.is_available() else "cpu")
     stamp = started.strftime("%Y-%m-%d")
     out = REPO / "bench" / "results"
@@ -118,9 +115,10 @@ def main() -> int:
         f" -> official test (3,080 rows). Base: all-MiniLM-L6-v2 (packaged). Training: {json.dumps(TRAINING if not args.smoke else {**TRAINING, 'epochs': 1})}.\n\n"
         f"Measured {stamp} on {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
         f"peft {peft.__version__}. Run {'succeeded' if result.success else 'had failures (see the table)'}; "
-        f"wall time {(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min.\n\n"
+        + ("reports re-scored from the run's checkpoints (--rescore); " if args.rescore else "")
+        + f"wall time {(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min.\n\n"
     )
-    name = f"banking77-{slug}"
+    name = f"banking77-{slug}" + ("" if set(methods) == set(usable_methods(list(METHODS))) else "-" + "-".join(methods))
     (out / f"{name}.md").write_text(header + (board / "leaderboard.md").read_text().replace(
         "](leaderboard.png)", f"]({name}.png)"))
     (out / f"{name}.json").write_text(json.dumps({

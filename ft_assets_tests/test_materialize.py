@@ -43,6 +43,14 @@ def test_every_asset_materializes_and_every_check_passes(project):
     assert blocking and all(blocking.values()), blocking
 
 
+def test_training_progress_reaches_the_dagster_run_log(project):
+    _, instance, result, _ = project
+    messages = [e.user_message for e in instance.all_logs(result.run_id)]
+    steps = [m for m in messages if m.startswith("step ") and "train_loss=" in m]
+    assert steps, "no training step was logged through Dagster Pipes"
+    assert any("eval_accuracy=" in m for m in messages)
+
+
 def test_raw_files_are_untouched_and_every_row_is_accounted_for(project):
     config, _, _, raw_hashes = project
     assert {p: sha256_file(p) for p in raw_hashes} == raw_hashes

@@ -129,6 +129,12 @@ METHOD_ARGS: dict[str, type[_Strict]] = {
 Method = Literal["full", "head_only", "freeze", "lora", "rslora", "dora", "qlora", "ia3", "prompt_tuning",
                  "prefix_tuning"]
 
+# A pretrained encoder updated in full wants a small step, but the head on top of it starts from
+# random: at the encoder's 5e-5 it had not converged after 5 epochs on Banking77's 77 classes
+# (test accuracy 0.80, below the frozen base with a trained head). PEFT methods train the head at
+# their own, already large, rate.
+DEFAULT_HEAD_LEARNING_RATE = {"full": 1e-3, "freeze": 1e-3}
+
 MERGEABLE_METHODS = ("lora", "rslora", "dora", "qlora", "ia3")
 
 # The fewer parameters a method trains, and the fresher they are, the larger the step they want:
@@ -144,6 +150,9 @@ DEFAULT_LEARNING_RATE = {
 class TrainingConfig(_Strict):
     epochs: int = Field(3, gt=0)
     learning_rate: float | None = Field(None, gt=0)  # None: DEFAULT_LEARNING_RATE[method]
+    # The freshly initialised head (pooler + classifier) learns at this rate; None: the method's
+    # DEFAULT_HEAD_LEARNING_RATE, else learning_rate.
+    head_learning_rate: float | None = Field(None, gt=0)
     batch_size: int = Field(32, gt=0)
     max_length: int = Field(64, gt=0, le=8192)
     seed: int = 0
@@ -172,15 +181,16 @@ class RecipeConfig(_Strict):
         args = METHOD_ARGS[self.method].model_validate(self.method_args)
         # Store the resolved arguments so the recipe hash covers the defaults too.
         object.__setattr__(self, "method_args", args.model_dump())
-        if self.training.learning_rate is None:
-            training = self.training.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATE[self.method]})
-            object.__setattr__(self, "training", training)
+        lr = self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method]
+        head_lr = self.training.head_learning_rate or DEFAULT_HEAD_LEARNING_RATE.get(self.method, lr)
+        training = self.training.model_copy(update={"learning_rate": lr, "head_learning_rate": head_lr})
+        object.__setattr__(self, "training", training)
         return self
 
     @property
     def learning_rate(self) -> float:
-        assert self.training.learning_rate is not None  # filled in by _method_args
-        return self.training.learning_rate
+        """The training learning rate, with the method's default filled in at validation."""
+        return self.training.learning_rate  # type: ignore[return-value]
 
     def recipe_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))

@@ -27,6 +27,21 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def describe_device(device: str) -> str:
+    """A person-readable name of the device, for reports: the GPU model, or the CPU model and threads."""
+    import platform
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
+                 platform.processor() or platform.machine())
+    return f"CPU: {model}, {torch.get_num_threads()} threads"
+
+
 def predict_logits(model, tokenizer, texts: list[str], *, max_length: int, batch_size: int, device: str) -> np.ndarray:
     """Logits (n_texts, n_labels) in eval mode, batch by batch, in the order of `texts`."""
     import torch

@@ -36,15 +36,6 @@ def landing_files(path: Path) -> list[Path]:
     )
 
 
-def directory_sha256(path: Path) -> str:
-    """One sha256 over every file's relative path and content, in a fixed order."""
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(file.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
-
-
 def directory_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 

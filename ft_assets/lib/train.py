@@ -33,8 +33,8 @@ from typing import Any, Callable
 import pyarrow.parquet as pq
 
 from ft_assets.lib.config import RecipeConfig
-from ft_assets.lib.evaluate import predict_logits, resolve_device
-from ft_assets.lib.methods import apply_method, count_parameters
+from ft_assets.lib.evaluate import describe_device, predict_logits, resolve_device
+from ft_assets.lib.methods import apply_method, count_parameters, head_modules
 from ft_assets.lib.models import (
     LABELS_FILE, MANIFEST_FILE, MERGED_DIR, METRICS_FILE, TRAIN_INFO_FILE, load_classifier, resolve_base_model,
     weights_sha256,
@@ -124,14 +124,19 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     )
     if class_weight is not None:
         class_weight = class_weight.to(device)
-    # Biases and LayerNorm weights are not decayed (the usual BERT recipe).
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.learning_rate,
-    )
+    # Biases and LayerNorm weights are not decayed (the usual BERT recipe); the head has its own rate.
+    heads = set(head_modules(model))
+    groups = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            in_head = any(part in heads for part in name.split("."))
+            groups.setdefault((in_head, p.ndim >= 2), []).append(p)
+    params = [p for group in groups.values() for p in group]
+    optimizer = torch.optim.AdamW([
+        {"params": group, "lr": cfg.head_learning_rate if in_head else recipe.learning_rate,
+         "weight_decay": cfg.weight_decay if decayed else 0.0}
+        for (in_head, decayed), group in groups.items()
+    ])
     total_steps = cfg.epochs * math.ceil(len(train_set) / cfg.batch_size)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -168,7 +173,8 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
                 elapsed = time.perf_counter() - started
                 last_train_loss = running / running_n
                 logger.log_dict({"epoch": epoch, "train_loss": last_train_loss,
-                                 "learning_rate": scheduler.get_last_lr()[0],
+                                 "learning_rate": recipe.learning_rate * scheduler.get_last_lr()[0]
+                                 / optimizer.param_groups[0]["initial_lr"],
                                  "examples_per_sec": examples / elapsed}, step)
                 running, running_n = 0.0, 0
         if validation_rows and validation_rows["text"]:
@@ -179,7 +185,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     train_info = {
         "status": "success",
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
+        "device_name": describe_device(device),
         "precision": precision,
         "steps": step,
         "epochs": cfg.epochs,
