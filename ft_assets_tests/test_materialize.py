@@ -72,6 +72,11 @@ def test_eval_json_and_report_exist_for_every_recipe(project):
         assert ("base_head_only" in report["baselines"]) == (recipe.method != "head_only")
         assert sum(map(sum, report["metrics"]["confusion_matrix"])) == report["n_test"]
         assert "## Confusion matrix" in (out / "report.md").read_text()
+    # The base+head baseline is head_only with the base's defaults: the tiny_head recipe exactly.
+    head = json.loads((config.root / "reports" / "tiny_head" / "eval.json").read_text())
+    for name in ("tiny_full", "tiny_lora"):
+        report = json.loads((config.root / "reports" / name / "eval.json").read_text())
+        assert report["baselines"]["base_head_only"]["accuracy"] == head["accuracy"], name
 
 
 def test_the_leaderboard_compares_every_recipe_in_one_schema(project):

@@ -85,7 +85,8 @@ def _base_head_baseline(recipe: RecipeConfig, labels: list[str], splits: dict, c
                         device: str) -> ClassificationMetrics:
     head_recipe = RecipeConfig.model_validate({
         **recipe.model_dump(mode="json"), "name": "base_head_only", "method": "head_only", "method_args": {},
-        "training": {**recipe.training.model_dump(mode="json"), "learning_rate": None},
+        # The base's own defaults for head_only, not the recipe's rates (full trains its head at 1e-3).
+        "training": {**recipe.training.model_dump(mode="json"), "learning_rate": None, "head_learning_rate": None},
     })
     key = stable_hash({
         "recipe": head_recipe.recipe_hash(), "labels": labels, "train": splits["train"], "test": splits["test"],
