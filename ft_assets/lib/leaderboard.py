@@ -66,7 +66,8 @@ def render_chart(rows: list[dict], majority: float | None, title: str) -> bytes:
     return buffer.getvalue()
 
 
-def render_markdown(rows: list[dict], dataset: str, chart_png: bytes, missing: list[str]) -> str:
+def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: list[str]) -> str:
+    """The table, then the chart at `image_ref` (a file name, or a data: URI for the Dagster UI)."""
     lines = [
         f"# Leaderboard: {dataset}", "",
         "| # | recipe | method | accuracy | macro-F1 | Δ vs base | trainable | share | train s | examples/s "
@@ -82,7 +83,7 @@ def render_markdown(rows: list[dict], dataset: str, chart_png: bytes, missing: l
         )
     if missing:
         lines += ["", f"No report yet for: {', '.join(missing)}."]
-    lines += ["", f"![leaderboard](data:image/png;base64,{base64.b64encode(chart_png).decode()})", ""]
+    lines += ["", f"![leaderboard]({image_ref})", ""]
     return "\n".join(lines)
 
 
@@ -91,10 +92,9 @@ def write_leaderboard(reports: list[dict], dataset: str, out_dir: Path, missing:
     rows = leaderboard_rows(reports)
     majority = reports[0]["baselines"]["majority"]["accuracy"] if reports else None
     chart = render_chart(rows, majority, f"{dataset}: {len(rows)} recipes")
-    markdown = render_markdown(rows, dataset, chart, missing)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "leaderboard.json").write_text(json.dumps({"dataset": dataset, "rows": rows}, indent=2) + "\n")
     (out_dir / "leaderboard.png").write_bytes(chart)
-    (out_dir / "leaderboard.md").write_text(markdown.replace(
-        f"data:image/png;base64,{base64.b64encode(chart).decode()}", "leaderboard.png"))
-    return rows, markdown
+    (out_dir / "leaderboard.md").write_text(render_markdown(rows, dataset, "leaderboard.png", missing))
+    embedded = f"data:image/png;base64,{base64.b64encode(chart).decode()}"
+    return rows, render_markdown(rows, dataset, embedded, missing)
