@@ -10,10 +10,12 @@ from ft_assets.lib.config import ConfigError, load_config
 
 
 def summary(args: argparse.Namespace) -> int:
-    """One line per recipe: accuracy against the baselines, trainable parameters, wall time."""
+    """One line per recipe: its task metric against the untuned base, trainable parameters, wall time."""
+    from ft_assets.lib.leaderboard import TASK_METRICS
+
     config = load_config(args.config)
     missing = []
-    print(f"{'recipe':<24} {'method':<10} {'accuracy':>8} {'macro_f1':>8} {'majority':>8} {'base+head':>9} "
+    print(f"{'recipe':<24} {'method':<10} {'task':<18} {'metric':<10} {'tuned':>9} {'base':>9} {'majority':>8} "
           f"{'trainable':>12} {'train s':>8}")
     for recipe in config.recipes:
         path = config.root / "reports" / recipe.name / "eval.json"
@@ -21,10 +23,14 @@ def summary(args: argparse.Namespace) -> int:
             missing.append(recipe.name)
             continue
         r = json.loads(path.read_text())
-        head = r["baselines"].get("base_head_only")
-        head_text = "-" if head is None else f"{head['accuracy']:.4f}"
-        print(f"{recipe.name:<24} {recipe.method:<10} {r['accuracy']:>8.4f} {r['macro_f1']:>8.4f} "
-              f"{r['baselines']['majority']['accuracy']:>8.4f} {head_text:>9} "
+        task = r.get("task", "classification")
+        metric = TASK_METRICS[task][0]
+        # The untuned base: with a trained head for classifiers (a head_only recipe is that base).
+        base = r["baselines"].get("base_head_only" if task == "classification" else "base")
+        majority = r["baselines"].get("majority")
+        print(f"{recipe.name:<24} {recipe.method:<10} {task:<18} {metric:<10} {r[metric]:>9.4f} "
+              f"{'-' if base is None else format(base[metric], '.4f'):>9} "
+              f"{'-' if majority is None else format(majority['accuracy'], '.4f'):>8} "
               f"{r['trainable_params']:>12,} {r['train_seconds']:>8.1f}")
     print(f"\nreports: {config.root / 'reports'}/<recipe>/report.md (and eval.json)")
     if missing:

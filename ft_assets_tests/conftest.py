@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ft_assets_tests.s3_server import s3_endpoint  # noqa: F401
+
 LABELS = ["billing", "shipping", "access"]
 KEYWORDS = {
     "billing": ["invoice", "charged", "refund", "payment", "card"],
@@ -88,3 +90,65 @@ def write_project(tmp_path: Path, model_dir: Path, *, recipes: list[dict] | None
 
 def pytest_addoption(parser):
     parser.addoption("--snapshot-update", action="store_true", help="rewrite the definitions snapshot")
+
+
+COLOURS = ["red", "blue", "green", "amber", "violet", "grey"]
+THINGS = ["kettle", "lamp", "boat", "bell", "rope", "cart", "drum", "loom"]
+
+
+def qa_conversations(n: int, seed: int = 0) -> list[dict]:
+    """Question/answer pairs in chat form with a learnable rule: the answer repeats the thing's colour."""
+    import json
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        thing, colour = rng.choice(THINGS), rng.choice(COLOURS)
+        messages = [{"role": "user", "content": f"The {thing} is {colour}. What colour is the {thing}?"},
+                    {"role": "assistant", "content": f"The {thing} is {colour}."}]
+        if i % 5 == 0:
+            messages = [{"role": "system", "content": "Answer in one sentence."}] + messages
+        rows.append(json.dumps(messages))
+    return rows
+
+
+def story_lines(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [f"The {rng.choice(THINGS)} by the {rng.choice(THINGS)} was {rng.choice(COLOURS)} and old." for _ in range(n)]
+
+
+# A ChatML-style template, as instruction-tuned models ship: exercises the tokenizer's own template.
+CHATML_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _tiny_causal_lm(out: Path, architecture: str, chat_template: str | None) -> Path:
+    import torch
+
+    from ft_assets.lib.config import ScratchModelConfig
+    from ft_assets.lib.models import build_scratch_model
+
+    torch.manual_seed(0)
+    texts = story_lines(200) + [m["content"] for c in qa_conversations(100) for m in __import__("json").loads(c)]
+    model, tokenizer = build_scratch_model(
+        ScratchModelConfig(architecture=architecture, vocab_size=400, hidden_size=32, layers=2, heads=2, context=256),
+        texts,
+    )
+    tokenizer.chat_template = chat_template
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """A 2-layer Llama with random weights and a byte-level BPE tokenizer, no chat template of its own."""
+    return _tiny_causal_lm(tmp_path_factory.mktemp("tiny_llama"), "llama", None)
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory) -> Path:
+    """A 2-layer GPT-2 (learned absolute positions) whose tokenizer carries a ChatML chat template."""
+    return _tiny_causal_lm(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2", CHATML_TEMPLATE)

@@ -1,7 +1,7 @@
 import duckdb
 import pytest
 
-from ft_assets.lib.cleaning import build_dataset, read_split
+from ft_assets.lib.cleaning import LM_SEGMENT_LINES, build_dataset, read_split, read_table
 from ft_assets.lib.config import CorpusConfig, DatasetConfig
 from ft_assets.lib.ingest import read_corpus, write_raw
 from ft_assets.lib.schemas import clean_rows_schema, validate
@@ -138,3 +138,62 @@ def test_the_contract_catches_a_train_text_that_leaks_into_test(warehouse, tmp_p
     frame.loc[frame.index[frame["split"] == "train"][0], "text"] = test_text
     problems = validate(clean_rows_schema(d), frame)
     assert any("repeats" in p for p in problems), problems
+
+
+def load_conversations(conn, tmp_path, lines: list[str]):
+    landing = tmp_path / "qa"
+    landing.mkdir()
+    (landing / "a.jsonl").write_text("\n".join(lines) + "\n")
+    write_raw(conn, "qa", read_corpus(CorpusConfig(name="qa", path="qa", format="jsonl", record="instruction"), landing))
+
+
+def test_instruction_records_become_conversations_and_unanswered_ones_are_quarantined(warehouse, tmp_path):
+    import json
+
+    good = [json.dumps({"instruction": f"Name thing {i}.", "input": "" if i % 2 else "Context.", "response": f"Thing {i}."})
+            for i in range(30)]
+    chat = json.dumps({"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"},
+                                    {"role": "assistant", "content": "Hello.\n  Indented line."}]})
+    bad = [
+        json.dumps({"instruction": "Say nothing.", "response": "   "}),                      # empty_response
+        json.dumps({"messages": [{"role": "user", "content": "Anyone?"}]}),              # no_response
+        json.dumps({"instruction": "No answer key."}),                                   # reject: missing field
+        json.dumps({"messages": [{"role": "robot", "content": "beep"}]}),                # reject: bad role
+        '{"instruction": "broken',                                                         # reject: bad JSON
+        good[3],                                                                           # duplicate
+    ]
+    load_conversations(warehouse, tmp_path, good + [chat] + bad)
+    summary = build_dataset(warehouse, DatasetConfig(name="d", corpus="qa", task="instruction"))
+    assert summary.accounted and summary.clean_rows == 31 and summary.duplicates == 1
+    reasons = dict(warehouse.sql('SELECT line, detail FROM datasets."d__quarantine" WHERE reason = \'unparseable\'')
+                   .fetchall())
+    assert "missing field(s) 'response'" in reasons[34] and "'role': one of" in reasons[35] and 36 in reasons
+    assert summary.quarantine_by_reason == {"empty_response": 1, "no_response": 1, "unparseable": 3}
+    texts = [json.loads(t) for t in warehouse.sql('SELECT text FROM datasets."d"').fetchall() for t in t]
+    assert {"role": "user", "content": "Name thing 0.\n\nContext."} in (m for t in texts for m in t)
+    # Whitespace inside an answer survives cleaning: it can be code or a list.
+    assert any(m["content"] == "Hello.\n  Indented line." for t in texts for m in t)
+    assert not validate(clean_rows_schema(DatasetConfig(name="d", corpus="qa", task="instruction")),
+                        read_table(warehouse, "datasets.d"))
+
+
+def test_language_modeling_keeps_repeated_lines_and_splits_runs_of_lines(warehouse, tmp_path):
+    landing = tmp_path / "lines"
+    landing.mkdir()
+    lines = [f"Line {i % 7} of a text   with  spacing." for i in range(1000)]
+    (landing / "a.txt").write_text("\n".join(lines) + "\n")
+    write_raw(warehouse, "lines", read_corpus(CorpusConfig(name="lines", path="lines", format="txt"), landing))
+    config = DatasetConfig(name="d", corpus="lines", task="language_modeling", validation_fraction=0.1,
+                           test_fraction=0.2)
+    summary = build_dataset(warehouse, config)
+    assert summary.clean_rows == 1000 and summary.duplicates == 0 and summary.accounted
+    assert warehouse.sql('SELECT count(*) FROM datasets."d" WHERE text = ?', params=[lines[0]]).fetchall()[0][0] > 1
+    # Each run of LM_SEGMENT_LINES lines of a file lands in one split.
+    segments = warehouse.sql(f'SELECT row_number // {LM_SEGMENT_LINES}, count(DISTINCT split) FROM datasets."d" '
+                             'GROUP BY 1').fetchall()
+    assert all(n == 1 for _, n in segments) and len(segments) == 1000 // LM_SEGMENT_LINES + 1
+    assert not validate(clean_rows_schema(config), read_table(warehouse, "datasets.d"))
+    train_segments = {seg for seg, in warehouse.sql(
+        f'SELECT DISTINCT row_number // {LM_SEGMENT_LINES} FROM datasets."d" WHERE split = \'train\'').fetchall()}
+    expected = [line for i, line in enumerate(lines) if (i + 1) // LM_SEGMENT_LINES in train_segments]
+    assert read_split(warehouse, "d", "train", in_file_order=True).column("text").to_pylist() == expected

@@ -121,3 +121,70 @@ def test_peft_still_cannot_prefix_tune_a_sequence_classifier():
     peft_model = get_peft_model(model, PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=2))
     with pytest.raises(ValueError, match="past key values"):
         peft_model(input_ids=torch.ones(1, 4, dtype=torch.long))
+
+
+CAUSAL = {
+    "corpora": [{"name": "lines", "path": "raw/lines/", "format": "txt"},
+                {"name": "qa", "path": "raw/qa/", "format": "jsonl", "record": "instruction"},
+                {"name": "tickets", "path": "raw/t/", "format": "csv", "label_field": "label"}],
+    "datasets": [{"name": "lm", "corpus": "lines", "task": "language_modeling"},
+                 {"name": "sft", "corpus": "qa", "task": "instruction"},
+                 {"name": "cls", "corpus": "tickets"}],
+    "recipes": [
+        {"name": "pre", "dataset": "lm", "base_model": "scratch", "scratch": {"vocab_size": 512}, "method": "full"},
+        {"name": "sft_lora", "dataset": "sft", "base_model": "checkpoint:pre", "method": "lora",
+         "training": {"packing": True}},
+    ],
+}
+
+
+def test_a_pretrain_then_instruction_tune_chain_validates(tmp_path):
+    config = load_config(write(tmp_path, CAUSAL))
+    sft = config.recipes[1]
+    assert sft.base_recipe == "pre" and sft.training.packing and sft.generation.max_new_tokens == 64
+    assert config.recipes[0].scratch.architecture == "llama"
+
+
+@pytest.mark.parametrize("change,expected", [
+    ({"recipes": [{"name": "r", "dataset": "sft", "method": "lora"}]}, "the packaged default is an encoder"),
+    ({"recipes": [{"name": "r", "dataset": "sft", "base_model": "/m", "method": "head_only"}]}, "a causal LM has none"),
+    ({"recipes": [{"name": "r", "dataset": "sft", "base_model": "/m", "method": "prompt_tuning",
+                   "training": {"packing": True}}]}, "PEFT then drops the position ids"),
+    ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "/m", "method": "lora", "training": {"packing": True}}]},
+     "packing joins instruction conversations"),
+    ({"recipes": [{"name": "r", "dataset": "sft", "base_model": "checkpoint:nope", "method": "lora"}]},
+     "no recipe named 'nope'"),
+    ({"recipes": [{"name": "a", "dataset": "lm", "base_model": "checkpoint:b", "method": "full"},
+                  {"name": "b", "dataset": "lm", "base_model": "checkpoint:a", "method": "full"}]}, "is a cycle"),
+    ({"recipes": [{"name": "a", "dataset": "lm", "base_model": "/m", "method": "lora"},
+                  {"name": "b", "dataset": "sft", "base_model": "checkpoint:a", "method": "full"}]},
+     "leaves an adapter, not a model to start from"),
+    ({"recipes": [{"name": "r", "dataset": "cls", "base_model": "scratch", "scratch": {}, "method": "full"}]},
+     "scratch builds a causal LM"),
+    ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "scratch", "scratch": {}, "method": "lora"}]},
+     "use method full"),
+    ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "/m", "method": "lora",
+                   "training": {"imbalance": "class_weights"}}]}, "it is for classification"),
+    ({"datasets": [{"name": "lm", "corpus": "qa", "task": "language_modeling"}], "recipes": []},
+     "a language_modeling dataset reads text records"),
+    ({"datasets": [{"name": "sft", "corpus": "lines", "task": "instruction"}], "recipes": []},
+     "an instruction dataset needs `record: instruction`"),
+    ({"datasets": [{"name": "cls", "corpus": "qa"}], "recipes": []}, "has no label_field"),
+])
+def test_causal_recipes_that_cannot_run_fail_at_load_naming_the_entry(tmp_path, change, expected):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, {**CAUSAL, **change}))
+    assert expected in str(error.value)
+    assert "recipes[" in str(error.value) or "datasets[" in str(error.value)
+
+
+@pytest.mark.parametrize("entry,expected", [
+    ({"corpora": [{"name": "c", "path": "p", "format": "csv", "record": "instruction"}]}, "jsonl or parquet"),
+    ({"datasets": [{"name": "d", "corpus": "c", "task": "instruction", "labels": ["a"]}]}, "labels are for classification"),
+    ({"recipes": [{"name": "r", "dataset": "d", "base_model": "scratch", "method": "full"}]}, "go together"),
+    ({"recipes": [{"name": "r", "dataset": "d", "base_model": "scratch", "method": "full",
+                   "scratch": {"hidden_size": 100, "heads": 3}}]}, "not divisible by heads"),
+])
+def test_causal_fields_are_checked_where_they_are_written(tmp_path, entry, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, {**MINIMAL, **entry}))

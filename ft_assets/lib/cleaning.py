@@ -10,6 +10,16 @@ to quarantine; identical texts after normalisation keep one row, and a text that
 split never also sits in train or validation; the rest is split by a hash of the text, so a text
 lands in the same split in every run and on every machine. A fixed `test_corpus` is a benchmark
 as published: its own repeated texts all stay in the test split.
+
+By task:
+  classification      as above.
+  instruction         text is a conversation (chat messages JSON, see ingest); only NFC
+                      normalisation (whitespace inside answers matters); a conversation whose last
+                      message is not the assistant's is quarantined as no_response, one whose answer
+                      is blank as empty_response; identical conversations are duplicates.
+  language_modeling   lines keep their inner whitespace (NFC, trailing space trimmed) and their
+                      repeats (repetition is part of a text); the split hashes segments of
+                      LM_SEGMENT_LINES consecutive lines of a file, so blocks of running text stay together.
 """
 
 from __future__ import annotations
@@ -23,10 +33,19 @@ from ft_assets.lib.config import DatasetConfig
 
 QUARANTINE_REASONS = (
     "unparseable", "empty_text", "too_long", "missing_label", "unknown_label", "conflicting_labels",
+    "no_response", "empty_response",
 )
+LM_SEGMENT_LINES = 20
 
 # RE2 `\s` is ASCII only; \p{Z} adds no-break and other unicode spaces, \p{Cc} control characters.
-_NORMALISE = r"trim(regexp_replace(nfc_normalize(coalesce({col}, '')), '[\s\p{{Z}}\p{{Cc}}]+', ' ', 'g'))"
+_NORMALISE = {
+    "classification": r"trim(regexp_replace(nfc_normalize(coalesce(text, '')), '[\s\p{Z}\p{Cc}]+', ' ', 'g'))",
+    "instruction": "nfc_normalize(coalesce(text, ''))",
+    "language_modeling": "rtrim(nfc_normalize(coalesce(text, '')))",
+}
+# The last message of a conversation, for the instruction rules.
+_LAST_ROLE = "json_extract_string(text, '$[#-1].role')"
+_LAST_CONTENT = "json_extract_string(text, '$[#-1].content')"
 
 
 @dataclass(frozen=True)
@@ -55,6 +74,10 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
     rejects_union = " UNION ALL ".join(f'SELECT * FROM raw."{corpus}__rejects"' for corpus, _ in sources)
     labels = dataset.labels
     test_share = 0.0 if dataset.test_corpus else dataset.test_fraction
+    task = dataset.task
+    # What the split hash reads: the text, or for language modelling the file segment a line is in.
+    split_key = (f"file_sha256 || ':' || (row_number // {LM_SEGMENT_LINES})::VARCHAR"
+                 if task == "language_modeling" else "text")
 
     conn.execute("CREATE SCHEMA IF NOT EXISTS datasets")
     conn.execute("BEGIN TRANSACTION")
@@ -63,7 +86,7 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
             CREATE OR REPLACE TEMP TABLE _normalised AS
             SELECT source_uri, file_sha256, row_number, role,
                    text AS raw_text, label AS raw_label,
-                   {_NORMALISE.format(col='text')} AS text,
+                   {_NORMALISE[task]} AS text,
                    nullif(trim(label), '') AS label,
                    substr(sha256(file_sha256 || ':' || row_number::VARCHAR), 1, 16) AS row_id
             FROM ({rows_union})
@@ -71,12 +94,16 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
         conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE _checked AS
             SELECT *,
-                   CASE WHEN text = '' THEN 'empty_text'
+                   CASE WHEN trim(text) = '' THEN 'empty_text'
+                        WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant' THEN 'no_response'
+                        WHEN {task == "instruction"} AND trim({_LAST_CONTENT}) = '' THEN 'empty_response'
                         WHEN length(text) > {dataset.max_chars} THEN 'too_long'
-                        WHEN label IS NULL THEN 'missing_label'
+                        WHEN {task == "classification"} AND label IS NULL THEN 'missing_label'
                         WHEN ? AND NOT list_contains(?, label) THEN 'unknown_label'
                    END AS reason,
-                   CASE WHEN length(text) > {dataset.max_chars}
+                   CASE WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant'
+                            THEN 'the conversation ends with a ' || {_LAST_ROLE} || ' message, not an answer'
+                        WHEN length(text) > {dataset.max_chars}
                             THEN length(text)::VARCHAR || ' characters, limit {dataset.max_chars}'
                         WHEN label IS NOT NULL AND ? AND NOT list_contains(?, label)
                             THEN 'label ' || label || ' is not one of the dataset labels'
@@ -89,6 +116,8 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
             SELECT text, string_agg(DISTINCT label, ', ' ORDER BY label) AS labels
             FROM _checked WHERE reason IS NULL GROUP BY text HAVING count(DISTINCT label) > 1
         """)
+        # Repeated lines are part of running text: language modelling keeps them all.
+        dedupe = task != "language_modeling"
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}__quarantine" AS
             SELECT source_uri, file_sha256, NULL::BIGINT AS row_number, line, raw_line AS text,
@@ -103,14 +132,15 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
             FROM _checked c JOIN _conflicts k USING (text) WHERE c.reason IS NULL
             ORDER BY source_uri, coalesce(row_number, 0), line
         """)
-        conn.execute("""
+        conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE _ranked AS
             SELECT *,
                    first_value(row_id) OVER w AS first_id,
                    row_number() OVER w AS rank_in_text
             FROM _checked
             WHERE reason IS NULL AND text NOT IN (SELECT text FROM _conflicts)
-            WINDOW w AS (PARTITION BY text ORDER BY role = 'test' DESC, source_uri, row_number)
+            WINDOW w AS (PARTITION BY CASE WHEN {dedupe} THEN text ELSE row_id END
+                         ORDER BY role = 'test' DESC, source_uri, row_number)
         """)
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}__duplicates" AS
@@ -120,7 +150,7 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}" AS
             WITH kept AS (
-                SELECT *, ('0x' || substr(md5(? || text), 1, 8))::BIGINT / 4294967296.0 AS u
+                SELECT *, ('0x' || substr(md5(? || {split_key}), 1, 8))::BIGINT / 4294967296.0 AS u
                 FROM _ranked WHERE rank_in_text = 1 OR role = 'test'
             )
             SELECT row_id,
@@ -158,7 +188,7 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
     duplicates = conn.sql(f'SELECT count(*) FROM datasets."{name}__duplicates"').fetchall()[0][0]
     # Content hash of what a trainer sees: any change to a row, label or split changes it.
     version = conn.sql(
-        f"""SELECT coalesce(sha256(string_agg(row_id || ':' || split || ':' || label || ':' || md5(text), chr(10)
+        f"""SELECT coalesce(sha256(string_agg(row_id || ':' || split || ':' || coalesce(label, '') || ':' || md5(text), chr(10)
                                               ORDER BY row_id)), sha256(''))
             FROM datasets."{name}" """
     ).fetchall()[0][0]
@@ -175,16 +205,21 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
 
 
 def dataset_labels(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> list[str]:
-    """The label set in classifier output order: as declared, else every label in the clean rows, sorted."""
+    """The label set in classifier output order: as declared, else every label in the clean rows, sorted
+    ([] for the causal-LM tasks, which have no labels)."""
+    if dataset.task != "classification":
+        return []
     if dataset.labels is not None:
         return list(dataset.labels)
     return [r[0] for r in conn.sql(f'SELECT DISTINCT label FROM datasets."{dataset.name}" ORDER BY 1').fetchall()]
 
 
-def read_split(conn: duckdb.DuckDBPyConnection, dataset_name: str, split: str) -> pa.Table:
-    """One split as Arrow (row_id, text, label), in a fixed order."""
+def read_split(conn: duckdb.DuckDBPyConnection, dataset_name: str, split: str, *, in_file_order: bool = False) -> pa.Table:
+    """One split as Arrow (row_id, text, label), in a fixed order: by row_id, or as the lines stand in
+    their files (language modelling reads running text)."""
+    order = "source_uri, row_number" if in_file_order else "row_id"
     return conn.sql(
-        f'SELECT row_id, text, label FROM datasets."{dataset_name}" WHERE split = ? ORDER BY row_id', params=[split]
+        f'SELECT row_id, text, label FROM datasets."{dataset_name}" WHERE split = ? ORDER BY {order}', params=[split]
     ).to_arrow_table()
 
 

@@ -32,11 +32,25 @@ class StorageConfig(_Strict):
     root: str = "data"
 
 
+class InstructionFields(_Strict):
+    """Where an instruction record keeps its parts: instruction / optional input / response, or chat messages."""
+
+    instruction: str = "instruction"
+    input: str = "input"
+    response: str = "response"
+    # A list of {"role": system|user|assistant, "content": str}; used when a record has it.
+    messages: str = "messages"
+
+
 class CorpusConfig(_Strict):
     name: Name
     # A landing folder (every file in it is read) or one file; relative to the storage root.
     path: str
     format: Literal["csv", "tsv", "jsonl", "parquet", "txt"]
+    # `text`: one text (and label) per record; `instruction`: a conversation per record, stored as
+    # chat messages JSON in the raw table's text column.
+    record: Literal["text", "instruction"] = "text"
+    instruction_fields: InstructionFields = InstructionFields()
     # Column names of header-less csv/tsv files, in order.
     columns: list[str] | None = None
     text_field: str = "text"
@@ -44,6 +58,11 @@ class CorpusConfig(_Strict):
 
     @model_validator(mode="after")
     def _columns_only_for_delimited(self) -> CorpusConfig:
+        if self.record == "instruction":
+            if self.format not in ("jsonl", "parquet"):
+                raise ValueError(f"instruction records are read from jsonl or parquet, not {self.format!r}")
+            if self.label_field is not None:
+                raise ValueError("instruction records have no label; drop label_field")
         if self.columns is not None:
             if self.format not in ("csv", "tsv"):
                 raise ValueError(f"columns is only for header-less csv/tsv, not format {self.format!r}")
@@ -58,7 +77,9 @@ class CorpusConfig(_Strict):
 class DatasetConfig(_Strict):
     name: Name
     corpus: Name
-    task: Literal["classification"] = "classification"
+    # classification: text -> one label; instruction: conversations for supervised fine-tuning of a
+    # causal LM; language_modeling: raw text for (continued) pretraining, chunked into blocks.
+    task: Literal["classification", "instruction", "language_modeling"] = "classification"
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     # A corpus whose cleaned rows are the fixed test split instead of a hashed share.
@@ -79,6 +100,8 @@ class DatasetConfig(_Strict):
             raise ValueError("a dataset needs a test split: set test_fraction > 0 or test_corpus")
         if self.labels is not None and len(set(self.labels)) != len(self.labels):
             raise ValueError(f"labels has duplicates: {self.labels}")
+        if self.labels is not None and self.task != "classification":
+            raise ValueError(f"labels are for classification datasets, not task {self.task!r}")
         return self
 
 
@@ -160,16 +183,55 @@ class TrainingConfig(_Strict):
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_grad_norm: float = Field(1.0, gt=0)
     log_every_steps: int = Field(10, gt=0)
+    # instruction: several conversations per sequence, each attending only to itself.
+    packing: bool = False
     # Skewed label counts: `class_weights` weighs each class's loss by n / (k * n_class);
     # `balanced_sampler` draws training batches with every class equally likely.
     imbalance: Literal["none", "class_weights", "balanced_sampler"] = "none"
 
 
+class ScratchModelConfig(_Strict):
+    """A causal LM initialised at random, with a byte-level BPE tokenizer trained on the recipe's data."""
+
+    architecture: Literal["llama", "gpt2"] = "llama"
+    vocab_size: int = Field(2048, ge=300)  # 256 byte symbols + merges + special tokens
+    hidden_size: int = Field(128, gt=0)
+    layers: int = Field(4, gt=0)
+    heads: int = Field(4, gt=0)
+    # The longest sequence the model can see (positions); training blocks use training.max_length.
+    context: int = Field(512, gt=0)
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ScratchModelConfig:
+        if self.hidden_size % self.heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by heads {self.heads}")
+        return self
+
+
+class GenerationConfig(_Strict):
+    """How an instruction recipe's test prompts are answered for exact match and ROUGE-L (greedy)."""
+
+    max_new_tokens: int = Field(64, gt=0)
+    # Score at most this many test conversations (None: all of them).
+    max_examples: int | None = Field(None, gt=0)
+    # Rows of prompt / reference / generation shown in the report.
+    samples: int = Field(8, ge=0)
+
+
+# base_model forms besides a local directory or hub id.
+SCRATCH = "scratch"
+CHECKPOINT_PREFIX = "checkpoint:"
+
+
 class RecipeConfig(_Strict):
     name: Name
     dataset: Name
-    # "default" is the packaged all-MiniLM-L6-v2; otherwise a local save_pretrained dir or hub id.
+    # "default": the packaged all-MiniLM-L6-v2 encoder; "scratch": a new causal LM (see `scratch`);
+    # "checkpoint:<recipe>": the latest checkpoint of another recipe; s3://bucket/prefix/; a local
+    # save_pretrained directory; or a hub id.
     base_model: str = "default"
+    scratch: ScratchModelConfig | None = None
+    generation: GenerationConfig = GenerationConfig()
     method: Method
     method_args: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
@@ -178,6 +240,8 @@ class RecipeConfig(_Strict):
 
     @model_validator(mode="after")
     def _method_args(self) -> RecipeConfig:
+        if (self.base_model == SCRATCH) != (self.scratch is not None):
+            raise ValueError("base_model: scratch and a scratch: block go together")
         args = METHOD_ARGS[self.method].model_validate(self.method_args)
         # Store the resolved arguments so the recipe hash covers the defaults too.
         object.__setattr__(self, "method_args", args.model_dump())
@@ -194,6 +258,11 @@ class RecipeConfig(_Strict):
 
     def recipe_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
+
+    @property
+    def base_recipe(self) -> str | None:
+        """The recipe whose checkpoint this one starts from, for base_model: checkpoint:<recipe>."""
+        return self.base_model.removeprefix(CHECKPOINT_PREFIX) if self.base_model.startswith(CHECKPOINT_PREFIX) else None
 
 
 class ProjectConfig(_Strict):
@@ -309,22 +378,53 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
                 continue
             if ref not in corpora:
                 problems.append(f"datasets[{i}] ({d.name}): field {field}: no corpus named {ref!r}")
-            elif d.task == "classification" and corpora[ref].label_field is None:
-                problems.append(
-                    f"datasets[{i}] ({d.name}): field {field}: corpus {ref!r} has no label_field, "
-                    "which a classification dataset needs"
-                )
+                continue
+            problem = _corpus_task_problem(corpora[ref], d.task)
+            if problem:
+                problems.append(f"datasets[{i}] ({d.name}): field {field}: corpus {ref!r} {problem}")
         if d.test_corpus is not None and d.test_corpus == d.corpus:
             problems.append(f"datasets[{i}] ({d.name}): field test_corpus: must differ from corpus")
+    recipes = {r.name: r for r in config.recipes}
     for i, r in enumerate(config.recipes):
+        where = f"recipes[{i}] ({r.name})"
         if r.name == "leaderboard":
-            problems.append(f"recipes[{i}] ({r.name}): field name: 'leaderboard' is taken by reports/leaderboard/")
+            problems.append(f"{where}: field name: 'leaderboard' is taken by reports/leaderboard/")
         if r.dataset not in datasets:
-            problems.append(f"recipes[{i}] ({r.name}): field dataset: no dataset named {r.dataset!r}")
+            problems.append(f"{where}: field dataset: no dataset named {r.dataset!r}")
             continue
-        problems += [f"recipes[{i}] ({r.name}): field {field}: {p}"
-                     for field, p in _method_problems(r, config.dataset(r.dataset))]
+        problems += [f"{where}: field base_model: {p}" for p in _base_recipe_problems(r, recipes)]
+        problems += [f"{where}: field {field}: {p}" for field, p in _method_problems(r, config.dataset(r.dataset))]
     return problems
+
+
+def _corpus_task_problem(corpus: CorpusConfig, task: str) -> str | None:
+    if task == "classification" and (corpus.record != "text" or corpus.label_field is None):
+        return "has no label_field, which a classification dataset needs"
+    if task == "instruction" and corpus.record != "instruction":
+        return "holds text records; an instruction dataset needs `record: instruction`"
+    if task == "language_modeling" and corpus.record != "text":
+        return "holds instruction records; a language_modeling dataset reads text records"
+    return None
+
+
+def _base_recipe_problems(recipe: RecipeConfig, recipes: dict[str, RecipeConfig]) -> list[str]:
+    """checkpoint:<recipe> must name another recipe that leaves a plain model directory, without a cycle."""
+    seen, current = [recipe.name], recipe
+    while current.base_recipe is not None:
+        base = recipes.get(current.base_recipe)
+        if base is None:
+            return [f"no recipe named {current.base_recipe!r}"]
+        if base.name in seen:
+            return [f"checkpoint chain {' -> '.join(seen + [base.name])} is a cycle"]
+        if current is recipe and base.method != "full" and base.export != "merged":
+            return [f"recipe {base.name!r} ({base.method}) leaves an adapter, not a model to start from; "
+                    "give it `export: merged` or use a full recipe"]
+        seen.append(base.name)
+        current = base
+    return []
+
+
+CAUSAL_TASKS = ("instruction", "language_modeling")
 
 
 def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple[str, str]]:
@@ -334,6 +434,27 @@ def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple
     from ft_assets.lib.models import base_model_config
 
     problems = []
+    causal = dataset.task in CAUSAL_TASKS
+    if causal and recipe.base_model == "default":
+        problems.append(("base_model", f"the packaged default is an encoder (all-MiniLM-L6-v2); a {dataset.task} "
+                                       "recipe needs a causal LM: scratch, checkpoint:<recipe>, s3://..., a local "
+                                       "directory or a hub id"))
+    if not causal and recipe.base_model == SCRATCH:
+        problems.append(("base_model", "scratch builds a causal LM; classification starts from a pretrained encoder"))
+    if recipe.base_model == SCRATCH and recipe.method != "full":
+        problems.append(("method", f"a model from scratch has nothing pretrained to keep; use method full, "
+                                   f"not {recipe.method}"))
+    if causal and recipe.method == "head_only":
+        problems.append(("method", "head_only trains a classification head; a causal LM has none (its output "
+                                   "layer is tied to the embeddings). Use freeze or an adapter method"))
+    if recipe.training.packing and dataset.task != "instruction":
+        problems.append(("training.packing", f"packing joins instruction conversations; a {dataset.task} "
+                                             "dataset has none"))
+    if recipe.training.packing and recipe.method in ("prompt_tuning", "prefix_tuning"):
+        problems.append(("training.packing", f"{recipe.method} prepends virtual tokens, and PEFT then drops the "
+                                             "position ids that keep packed conversations apart; turn packing off"))
+    if recipe.training.imbalance != "none" and dataset.task != "classification":
+        problems.append(("training.imbalance", "imbalance handling weighs classes; it is for classification"))
     if recipe.export == "merged" and recipe.method not in MERGEABLE_METHODS:
         problems.append(("export", f"merged folds adapter weights into the base; {recipe.method} has none to "
                                    f"fold (mergeable: {', '.join(MERGEABLE_METHODS)})"))

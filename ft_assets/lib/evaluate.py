@@ -1,10 +1,13 @@
 """Task metrics, baselines and the report of one tuned checkpoint.
 
 The report has one schema for every method (as in PEFT's method comparison):
-  run_info   recipe, its hash, base model, checkpoint path
-  metrics    accuracy, macro_f1, per-class table, confusion matrix on the test split
-  baselines  the same metrics for the majority class and for the untuned base with a trained head
-  cost       trainable/total parameters, train wall time, examples/s, peak memory, checkpoint size
+  run_info   recipe, its hash, task, base model, checkpoint path
+  metrics    classification: accuracy, macro_f1, per-class table, confusion matrix;
+             instruction: eval loss and perplexity of the answers, exact match and ROUGE-L of
+             greedy generations, sample generations; language_modeling: eval loss, perplexity
+  baselines  the same metrics for the untuned base (and the majority class for classification)
+  cost       trainable/total parameters, train wall time, examples/s, tokens/s, peak memory,
+             checkpoint size
 eval.json keeps the headline numbers at the top level so tools can read them without nesting.
 """
 
@@ -96,6 +99,48 @@ def majority_baseline(train_labels: list[str], test_labels: list[str], labels: l
     return classification_metrics(test_labels, [majority] * len(test_labels), labels)
 
 
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation removed, whitespace collapsed: the SQuAD convention for exact match."""
+    import re
+    import string
+
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def generation_metrics(predictions: list[str], references: list[str]) -> dict:
+    """exact_match (after normalize_answer) and ROUGE-L F1 (rouge-score, stemmed), averaged."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    n = len(references)
+    exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references))
+    rouge = sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references))
+    return {"exact_match": exact / n if n else 0.0, "rouge_l": rouge / n if n else 0.0, "n_generated": n}
+
+
+def generate_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int, batch_size: int,
+                     device: str) -> list[str]:
+    """Greedy answers to chat prompts (messages before the answer), rendered with the chat template."""
+    import torch
+
+    from ft_assets.lib.causal_data import render
+
+    model.eval()
+    tokenizer.padding_side = "left"  # generation continues from the right edge of every row
+    answers = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            texts = [render(tokenizer, p, add_generation_prompt=True) for p in prompts[start:start + batch_size]]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            new_tokens = out[:, batch["input_ids"].shape[1]:]
+            answers += [a.strip() for a in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    tokenizer.padding_side = "right"
+    return answers
+
+
 def write_report(report: dict, out_dir: Path) -> tuple[Path, str]:
     """Writes eval.json and report.md into `out_dir`; returns the json path and the markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +151,24 @@ def write_report(report: dict, out_dir: Path) -> tuple[Path, str]:
     return eval_path, markdown
 
 
+def _cost_lines(cost: dict) -> list[str]:
+    return [
+        "## Cost",
+        "",
+        "| trainable params | total params | share | train seconds | examples/s | tokens/s | peak memory | checkpoint size |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| {cost['trainable_params']:,} | {cost['total_params']:,} | "
+        f"{cost['trainable_params'] / cost['total_params']:.2%} | {cost['train_seconds']:.1f} | "
+        f"{cost['examples_per_sec']:.1f} | {cost['tokens_per_sec']:,.0f} | "
+        f"{cost['peak_mem_bytes'] / 2**20:,.0f} MiB ({cost['peak_mem_kind']}) | "
+        f"{cost['checkpoint_bytes'] / 2**20:,.1f} MiB |",
+        "",
+    ]
+
+
 def render_markdown(report: dict) -> str:
+    if report["task"] != "classification":
+        return _render_causal_markdown(report)
     m, cost, labels = report["metrics"], report["cost"], report["labels"]
     lines = [
         f"# {report['recipe']} — {report['method']} on {report['dataset']}",
@@ -121,15 +183,7 @@ def render_markdown(report: dict) -> str:
         lines.append(f"| baseline: {name} | {b['accuracy']:.4f} | {b['macro_f1']:.4f} |")
     lines += [
         "",
-        "## Cost",
-        "",
-        "| trainable params | total params | share | train seconds | examples/s | peak memory | checkpoint size |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {cost['trainable_params']:,} | {cost['total_params']:,} | "
-        f"{cost['trainable_params'] / cost['total_params']:.2%} | {cost['train_seconds']:.1f} | "
-        f"{cost['examples_per_sec']:.1f} | {cost['peak_mem_bytes'] / 2**20:,.0f} MiB ({cost['peak_mem_kind']}) | "
-        f"{cost['checkpoint_bytes'] / 2**20:,.1f} MiB |",
-        "",
+        *_cost_lines(cost),
         "## Per class",
         "",
         "| label | precision | recall | F1 | support |",
@@ -143,3 +197,33 @@ def render_markdown(report: dict) -> str:
               "| | " + " | ".join(labels) + " |", "| --- |" + " ---: |" * len(labels)]
     lines += [f"| {label} | " + " | ".join(str(v) for v in row) + " |" for label, row in zip(labels, m["confusion_matrix"])]
     return "\n".join(lines) + "\n"
+
+
+def _render_causal_markdown(report: dict) -> str:
+    instruction = report["task"] == "instruction"
+    what = "answers" if instruction else "blocks"
+    lines = [
+        f"# {report['recipe']} — {report['method']} on {report['dataset']} ({report['task']})",
+        "",
+        f"Base model `{report['base_model']}`, test split of {report['n_test']} {'conversations' if instruction else 'rows'}; "
+        f"loss and perplexity are per token of the test {what}"
+        + (", exact match and ROUGE-L of greedy generations against the reference answers." if instruction else "."),
+        "",
+        "| model | eval loss | perplexity |" + (" exact match | ROUGE-L |" if instruction else ""),
+        "| --- | ---: | ---: |" + (" ---: | ---: |" if instruction else ""),
+    ]
+    for name, m in [(f"**{report['recipe']}** (tuned)", report["metrics"])] + [
+            (f"baseline: {n}", b) for n, b in report["baselines"].items()]:
+        lines.append(f"| {name} | {m['eval_loss']:.4f} | {m['perplexity']:,.2f} |"
+                     + (f" {m['exact_match']:.4f} | {m['rouge_l']:.4f} |" if instruction else ""))
+    lines += ["", *_cost_lines(report["cost"])]
+    if report.get("samples"):
+        lines += ["## Sample generations", "", "| prompt | reference | tuned | untuned base |", "| --- | --- | --- | --- |"]
+        lines += [f"| {_cell(s['prompt'])} | {_cell(s['reference'])} | {_cell(s['generated'])} | {_cell(s['base_generated'])} |"
+                  for s in report["samples"]]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str, limit: int = 160) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -9,6 +9,11 @@ Each corpus becomes three tables in the `raw` schema of the warehouse:
 Files are only read, never moved or rewritten. A record that cannot be parsed (bad bytes, wrong
 column count, bad JSON) is a reject with its line and the parser's message; a file the corpus
 cannot use at all (a required column missing) raises ValueError naming the file and the column.
+
+An instruction corpus (`record: instruction`) stores each record as its conversation: `text` is
+the JSON list of chat messages ({"role", "content"}), built from the record's `messages`, or from
+instruction / optional input / response as one user turn and one assistant turn; `label` is null.
+Whether a conversation ends in a non-empty answer is a cleaning rule, not a parse error.
 """
 
 from __future__ import annotations
@@ -94,7 +99,39 @@ def _with_provenance(table: pa.Table, uri: str, sha: str, schema: pa.Schema) -> 
 
 
 def _required_fields(corpus: CorpusConfig) -> list[str]:
+    if corpus.record == "instruction":
+        return []  # either messages or instruction + response; _conversation says which is missing
     return [f for f in (corpus.text_field, corpus.label_field) if f]
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def _conversation(corpus: CorpusConfig, record: dict) -> str:
+    """The record as chat messages JSON (see the module docstring).
+
+    Raises:
+        ValueError: naming the field that is missing or malformed.
+    """
+    fields = corpus.instruction_fields
+    if record.get(fields.messages) is not None:
+        messages = record[fields.messages]
+        if not isinstance(messages, list) or not messages:
+            raise ValueError(f"field {fields.messages!r} must be a non-empty list of messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise ValueError(f"field {fields.messages!r}[{i}] must be {{'role': one of {ROLES}, 'content': text}}")
+        messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    else:
+        missing = [f for f in (fields.instruction, fields.response) if record.get(f) is None]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(map(repr, missing))} (and no {fields.messages!r})")
+        prompt = _as_text(record[fields.instruction])
+        context = _as_text(record.get(fields.input))
+        if context and context.strip():
+            prompt = f"{prompt}\n\n{context}"
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _as_text(record[fields.response])}]
+    return json.dumps(messages, ensure_ascii=False)
 
 
 def _missing_column_error(corpus: CorpusConfig, path: Path, missing: list[str], found: list[str]) -> ValueError:
@@ -163,12 +200,13 @@ def _read_jsonl(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
                 missing = [k for k in _required_fields(corpus) if k not in record]
                 if missing:
                     raise ValueError(f"missing field(s) {', '.join(map(repr, missing))}")
+                text = _conversation(corpus, record) if corpus.record == "instruction" else _as_text(record[corpus.text_field])
             except (UnicodeDecodeError, ValueError) as e:
                 rejects.append({"line": line_no, "error": f"{type(e).__name__}: {e}",
                                 "raw_line": raw.decode("utf-8", errors="replace").rstrip("\n")})
                 continue
             label = record.get(corpus.label_field) if corpus.label_field else None
-            rows.append({"row_number": line_no, "text": _as_text(record[corpus.text_field]), "label": _as_text(label)})
+            rows.append({"row_number": line_no, "text": text, "label": _as_text(label)})
     return _table(rows, ROW_SCHEMA), _table(rejects, REJECT_SCHEMA)
 
 
@@ -196,6 +234,8 @@ def _read_parquet(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]
     missing = [f for f in _required_fields(corpus) if f not in found]
     if missing:
         raise _missing_column_error(corpus, path, missing, found)
+    if corpus.record == "instruction":
+        return _parquet_conversations(corpus, conn, path)
     label = f'CAST("{corpus.label_field}" AS VARCHAR)' if corpus.label_field else "NULL"
     rows = conn.sql(
         f"""SELECT file_row_number + 1 AS row_number, CAST("{corpus.text_field}" AS VARCHAR) AS text, {label} AS label
@@ -203,6 +243,17 @@ def _read_parquet(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]
         params=[str(path)],
     ).to_arrow_table()
     return rows, _table([], REJECT_SCHEMA)
+
+
+def _parquet_conversations(corpus: CorpusConfig, conn: duckdb.DuckDBPyConnection, path: Path) -> tuple[pa.Table, pa.Table]:
+    records = conn.sql("SELECT * FROM read_parquet(?)", params=[str(path)]).to_arrow_table().to_pylist()
+    rows, rejects = [], []
+    for row_number, record in enumerate(records, start=1):
+        try:
+            rows.append({"row_number": row_number, "text": _conversation(corpus, record), "label": None})
+        except ValueError as e:
+            rejects.append({"line": row_number, "error": f"ValueError: {e}", "raw_line": json.dumps(record, default=str)})
+    return _table(rows, ROW_SCHEMA), _table(rejects, REJECT_SCHEMA)
 
 
 def _as_text(value: object) -> str | None:

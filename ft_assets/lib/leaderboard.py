@@ -7,49 +7,64 @@ import io
 import json
 from pathlib import Path
 
-# The leaderboard schema: one row per recipe, these keys, sorted by the task metric.
-COLUMNS = ("recipe", "method", "accuracy", "macro_f1", "delta_vs_base", "trainable_params", "trainable_share",
-           "train_seconds", "examples_per_sec", "peak_mem_bytes", "checkpoint_bytes")
+# Per task: the headline metric (the sort key), whether higher is better, and the metric columns.
+TASK_METRICS = {
+    "classification": ("accuracy", True, ("accuracy", "macro_f1")),
+    "instruction": ("rouge_l", True, ("rouge_l", "exact_match", "perplexity")),
+    "language_modeling": ("perplexity", False, ("perplexity", "eval_loss")),
+}
 
 
 def leaderboard_rows(reports: list[dict]) -> list[dict]:
-    """Rows from eval.json reports, best accuracy first (ties: fewer trainable parameters first).
+    """Rows from eval.json reports, best headline metric first (ties: fewer trainable parameters first).
 
-    delta_vs_base is the accuracy gain over the untuned base with a trained head (the report's
-    base_head_only baseline); a head_only recipe is that base, so its delta is 0.
+    delta_vs_base is the headline metric's change against the untuned base: for classification
+    the base with a trained head (the report's base_head_only baseline; a head_only recipe is that
+    base, so its delta is 0), for causal LMs the base model itself.
     """
     rows = []
     for r in reports:
+        task = r.get("task", "classification")
+        metric, higher_is_better, columns = TASK_METRICS[task]
         cost = r["cost"]
-        base = r["baselines"].get("base_head_only", {}).get("accuracy", r["accuracy"])
+        base = r["baselines"].get("base_head_only" if task == "classification" else "base", {}).get(metric, r[metric])
         rows.append({
-            "recipe": r["recipe"], "method": r["method"], "accuracy": r["accuracy"], "macro_f1": r["macro_f1"],
-            "delta_vs_base": r["accuracy"] - base, "trainable_params": cost["trainable_params"],
+            "recipe": r["recipe"], "method": r["method"], "task": task, "metric": metric,
+            **{c: r[c] for c in columns},
+            "delta_vs_base": r[metric] - base,
+            "trainable_params": cost["trainable_params"],
             "trainable_share": cost["trainable_params"] / cost["total_params"],
             "train_seconds": cost["train_seconds"], "examples_per_sec": cost["examples_per_sec"],
+            "tokens_per_sec": cost.get("tokens_per_sec"),
             "peak_mem_bytes": cost["peak_mem_bytes"], "checkpoint_bytes": cost["checkpoint_bytes"],
         })
-    return sorted(rows, key=lambda row: (-row["accuracy"], row["trainable_params"]))
+    return sorted(rows, key=lambda row: (-row[row["metric"]] if TASK_METRICS[row["task"]][1] else row[row["metric"]],
+                                         row["trainable_params"]))
 
 
 def render_chart(rows: list[dict], majority: float | None, title: str) -> bytes:
-    """PNG: test accuracy per recipe beside the share of parameters it trained."""
+    """PNG: the headline test metric per recipe beside the share of parameters it trained."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and in CI
     import matplotlib.pyplot as plt
 
+    metric = rows[0]["metric"]
     names = [r["recipe"] for r in rows][::-1]
     fig, (acc_ax, share_ax) = plt.subplots(1, 2, figsize=(10, 0.5 * len(rows) + 1.8), sharey=True)
-    acc_ax.barh(names, [r["accuracy"] for r in rows][::-1], color="#4c72b0")
+    acc_ax.barh(names, [r[metric] for r in rows][::-1], color="#4c72b0")
     if majority is not None:
         acc_ax.axvline(majority, color="#c44e52", linestyle="--", label=f"majority class {majority:.3f}")
         acc_ax.legend(loc="lower left", fontsize=8)
-    low = min([r["accuracy"] for r in rows] + ([majority] if majority is not None else []))
-    acc_ax.set_xlim(max(0.0, low - 0.05), 1.0)
-    acc_ax.set_xlabel("test accuracy")
+    if metric == "perplexity":
+        acc_ax.set_xscale("log")
+        acc_ax.set_xlabel("test perplexity (lower is better, log scale)")
+    else:
+        low = min([r[metric] for r in rows] + ([majority] if majority is not None else []))
+        acc_ax.set_xlim(max(0.0, low - 0.05), 1.0)
+        acc_ax.set_xlabel(f"test {metric.replace('_', '-')}")
     for y, r in enumerate(rows[::-1]):
-        acc_ax.annotate(f"{r['accuracy']:.4f}", (r["accuracy"], y), xytext=(-4, 0), textcoords="offset points",
+        acc_ax.annotate(f"{r[metric]:.4f}", (r[metric], y), xytext=(-4, 0), textcoords="offset points",
                         ha="right", va="center", fontsize=8, color="white")
     share_ax.barh(names, [100 * r["trainable_share"] for r in rows][::-1], color="#55a868")
     share_ax.set_xscale("log")
@@ -66,19 +81,25 @@ def render_chart(rows: list[dict], majority: float | None, title: str) -> bytes:
     return buffer.getvalue()
 
 
+HEADERS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "rouge_l": "ROUGE-L", "exact_match": "exact match",
+           "perplexity": "perplexity", "eval_loss": "eval loss"}
+
+
 def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: list[str]) -> str:
     """The table, then the chart at `image_ref` (a file name, or a data: URI for the Dagster UI)."""
+    columns = TASK_METRICS[rows[0]["task"]][2] if rows else ()
     lines = [
         f"# Leaderboard: {dataset}", "",
-        "| # | recipe | method | accuracy | macro-F1 | Δ vs base | trainable | share | train s | examples/s "
-        "| peak memory | checkpoint |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| # | recipe | method | " + " | ".join(HEADERS[c] for c in columns) + " | Δ vs base | trainable | share "
+        "| train s | examples/s | tokens/s | peak memory | checkpoint |",
+        "| ---: | --- | --- |" + " ---: |" * len(columns) + " ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for i, r in enumerate(rows, start=1):
+        tokens = f"{r['tokens_per_sec']:,.0f}" if r["tokens_per_sec"] is not None else "—"
         lines.append(
-            f"| {i} | {r['recipe']} | {r['method']} | {r['accuracy']:.4f} | {r['macro_f1']:.4f} | "
+            f"| {i} | {r['recipe']} | {r['method']} | " + " | ".join(f"{r[c]:.4f}" for c in columns) + " | "
             f"{r['delta_vs_base']:+.4f} | {r['trainable_params']:,} | {r['trainable_share']:.2%} | "
-            f"{r['train_seconds']:.1f} | {r['examples_per_sec']:.1f} | {r['peak_mem_bytes'] / 2**20:,.0f} MiB | "
+            f"{r['train_seconds']:.1f} | {r['examples_per_sec']:.1f} | {tokens} | {r['peak_mem_bytes'] / 2**20:,.0f} MiB | "
             f"{r['checkpoint_bytes'] / 2**20:,.1f} MiB |"
         )
     if missing:
@@ -90,7 +111,7 @@ def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: lis
 def write_leaderboard(reports: list[dict], dataset: str, out_dir: Path, missing: list[str]) -> tuple[list[dict], str]:
     """Writes leaderboard.json, leaderboard.md and leaderboard.png; returns the rows and the markdown."""
     rows = leaderboard_rows(reports)
-    majority = reports[0]["baselines"]["majority"]["accuracy"] if reports else None
+    majority = reports[0]["baselines"].get("majority", {}).get("accuracy") if reports else None
     chart = render_chart(rows, majority, f"{dataset}: {len(rows)} recipes")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "leaderboard.json").write_text(json.dumps({"dataset": dataset, "rows": rows}, indent=2) + "\n")

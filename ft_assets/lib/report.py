@@ -11,8 +11,8 @@ from ft_assets.lib.config import RecipeConfig, stable_hash
 from ft_assets.lib.evaluate import (
     ClassificationMetrics, classification_metrics, majority_baseline, predict_logits, resolve_device, write_report,
 )
-from ft_assets.lib.models import TRAIN_INFO_FILE, load_checkpoint, resolve_base_model, weights_sha256
-from ft_assets.lib.storage import directory_bytes
+from ft_assets.lib.models import MANIFEST_FILE, TRAIN_INFO_FILE, load_checkpoint, resolve_base_model, weights_sha256
+from ft_assets.lib.storage import directory_bytes, sha256_file
 
 
 @dataclass(frozen=True)
@@ -23,18 +23,28 @@ class EvaluationResult:
 
 
 def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict[str, dict[str, list]],
-                        out_dir: Path, baseline_cache: Path, device: str = "auto") -> EvaluationResult:
+                        out_dir: Path, baseline_cache: Path, device: str = "auto",
+                        task: str = "classification") -> EvaluationResult:
     """Scores the checkpoint on splits["test"] and compares it with the baselines.
 
     Args:
-        splits: "train", "validation", "test" -> {"text": [...], "label": [...]}.
+        splits: "train", "validation", "test" -> {"text": [...], "label": [...]} (for
+            language_modeling, rows in file order).
         baseline_cache: a folder of baseline results keyed by everything they depend on, so
-            recipes that share a dataset, base model and training settings train it once.
+            recipes that share a dataset, base model and settings compute them once.
 
-    The head_only baseline is the untuned base with a head trained the recipe's way (same data,
-    epochs, batch size and seed), so the only difference to the recipe is the method.
+    Classification: the head_only baseline is the untuned base with a head trained the recipe's
+    way (same data, epochs, batch size and seed), so the only difference to the recipe is the
+    method. Causal LMs: the baseline is the untuned base itself, scored the same way.
     """
     device = resolve_device(device)
+    if task != "classification":
+        report, generations = _causal_report(recipe, task, checkpoint_dir, splits["test"]["text"], baseline_cache,
+                                             device)
+        eval_path, markdown = write_report(report, out_dir)
+        if generations:
+            (out_dir / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in generations))
+        return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
     model, tokenizer, labels = load_checkpoint(checkpoint_dir)
     model.to(device)
     test = splits["test"]
@@ -46,23 +56,66 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     if recipe.method != "head_only":
         baselines["base_head_only"] = _base_head_baseline(recipe, labels, splits, baseline_cache, device)
 
+    report = _report("classification", {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1}, metrics.n,
+                     recipe, checkpoint_dir, labels)
+    report.update(metrics=metrics.as_dict(), baselines={name: b.as_dict() for name, b in baselines.items()})
+    report["cost"] = report.pop("cost")  # the cost block last, as in every report
+    eval_path, markdown = write_report(report, out_dir)
+    return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
+
+
+def _cost(checkpoint_dir: Path) -> dict:
     info = json.loads((checkpoint_dir / TRAIN_INFO_FILE).read_text())
-    cost = {
+    return {
         "trainable_params": info["trainable_params"],
         "total_params": info["total_params"],
         "train_seconds": info["train_seconds"],
         "examples_per_sec": info["examples_per_sec"],
+        "tokens_per_sec": info["tokens_per_sec"],
         "peak_mem_bytes": info["peak_mem_bytes"],
         "peak_mem_kind": info["peak_mem_kind"],
         "checkpoint_bytes": directory_bytes(checkpoint_dir),
         "device": info["device"],
         "device_name": info["device_name"],
     }
-    report = {
-        # Headline numbers first, flat, for tools and for the Dagster UI's plots.
-        "accuracy": metrics.accuracy,
-        "macro_f1": metrics.macro_f1,
-        "n_test": metrics.n,
+
+
+def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, test_texts: list[str], cache: Path,
+                   device: str) -> tuple[dict, list[dict]]:
+    model, tokenizer, _ = load_checkpoint(checkpoint_dir)
+    model.to(device)
+    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    scored = _score_causal(model, tokenizer, recipe, task, test_texts, device)
+    key = stable_hash({"task": task, "base": manifest["base_model"], "seed": recipe.training.seed,
+                       "max_length": recipe.training.max_length, "generation": recipe.generation.model_dump(),
+                       "test": test_texts, "tokenizer": _tokenizer_fingerprint(checkpoint_dir)})
+    cached = cache / f"{key}.json"
+    if cached.exists():
+        base = json.loads(cached.read_text())
+    else:
+        base_model = _untuned_base(manifest, checkpoint_dir, recipe.training.seed).to(device)
+        base = _score_causal(base_model, tokenizer, recipe, task, test_texts, device)
+        cache.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(base))
+    # Every test answer beside the base's; the report shows the first few.
+    generations = [{**s, "base_generated": b["generated"]} for s, b in zip(scored.pop("samples"), base.pop("samples"))]
+    headline = {"eval_loss": scored["eval_loss"], "perplexity": scored["perplexity"]}
+    if task == "instruction":
+        headline = {"rouge_l": scored["rouge_l"], "exact_match": scored["exact_match"], **headline}
+    report = _report(task, headline, scored["n_test"], recipe, checkpoint_dir, [])
+    report.update(metrics=scored, baselines={"base": base}, samples=generations[: recipe.generation.samples])
+    report["cost"] = report.pop("cost")
+    return report, generations
+
+
+def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkpoint_dir: Path,
+            labels: list[str]) -> dict:
+    """The fields every report shares; headline numbers first, flat, for tools and the Dagster UI's plots."""
+    cost = _cost(checkpoint_dir)
+    return {
+        "task": task,
+        **headline,
+        "n_test": n_test,
         "trainable_params": cost["trainable_params"],
         "total_params": cost["total_params"],
         "train_seconds": cost["train_seconds"],
@@ -73,12 +126,50 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
         "base_model": recipe.base_model,
         "checkpoint": str(checkpoint_dir),
         "labels": labels,
-        "metrics": metrics.as_dict(),
-        "baselines": {name: b.as_dict() for name, b in baselines.items()},
         "cost": cost,
     }
-    eval_path, markdown = write_report(report, out_dir)
-    return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
+
+
+def _score_causal(model, tokenizer, recipe: RecipeConfig, task: str, test_texts: list[str], device: str) -> dict:
+    """eval_loss / perplexity per labelled test token; for instruction also generation metrics and samples."""
+    import math
+
+    from ft_assets.lib.causal_data import prompt_and_reference
+    from ft_assets.lib.evaluate import generate_answers, generation_metrics
+    from ft_assets.lib.train import causal_examples, mean_causal_loss
+
+    cfg, generation = recipe.training, recipe.generation
+    examples, _ = causal_examples(tokenizer, task, test_texts, cfg.max_length, packing=False)
+    loss = mean_causal_loss(model, examples, tokenizer.pad_token_id, cfg.batch_size, device)
+    scored = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n_test": len(test_texts),
+              "samples": []}
+    if task == "instruction":
+        conversations = [prompt_and_reference(t) for t in test_texts[: generation.max_examples]]
+        answers = generate_answers(model, tokenizer, [p for p, _ in conversations],
+                                   max_new_tokens=generation.max_new_tokens, batch_size=cfg.batch_size, device=device)
+        scored.update(generation_metrics(answers, [r for _, r in conversations]))
+        scored["samples"] = [{"prompt": p[-1]["content"], "reference": r, "generated": a}
+                             for (p, r), a in zip(conversations, answers)]
+    return scored
+
+
+def _untuned_base(manifest: dict, checkpoint_dir: Path, seed: int):
+    """The model the recipe started from: the base weights, or for scratch the same random initialisation."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ft_assets.lib.models import load_causal_lm
+
+    if manifest["base_model"]["path"] is None:  # scratch: same config, same seed as fit()
+        config = AutoConfig.from_pretrained(checkpoint_dir)
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(config).eval()
+    return load_causal_lm(manifest["base_model"]["path"])[0].eval()
+
+
+def _tokenizer_fingerprint(checkpoint_dir: Path) -> str | None:
+    path = checkpoint_dir / "tokenizer.json"
+    return sha256_file(path) if path.exists() else None
 
 
 def _base_head_baseline(recipe: RecipeConfig, labels: list[str], splits: dict, cache: Path,

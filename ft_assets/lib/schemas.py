@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pandas as pd
 import pandera.pandas as pa
 from pandera.typing.pandas import Series
@@ -47,13 +49,21 @@ def clean_rows_schema(dataset: DatasetConfig) -> pa.DataFrameSchema:
     """CleanRows plus the dataset's own rules: its label set, its length limit, no repeated text.
 
     A fixed test corpus may repeat its own texts (it is kept as published), but no test text
-    may also appear in train or validation.
+    may also appear in train or validation. Causal-LM tasks have no label (it must be null);
+    language modelling keeps repeated lines, so it drops the no-repeat rule.
     """
-    label_checks = [pa.Check.isin(dataset.labels)] if dataset.labels is not None else []
+    if dataset.task == "classification":
+        label = {"checks": [pa.Check.isin(dataset.labels)] if dataset.labels is not None else []}
+    else:
+        label = {"nullable": True, "checks": [pa.Check(lambda s: s.isna(), element_wise=False,
+                                                        error=f"{dataset.task} rows have no label")]}
     schema = CleanRows.to_schema().update_columns({
         "text": {"checks": [pa.Check.str_length(min_value=1, max_value=dataset.max_chars)]},
-        "label": {"checks": label_checks},
+        "label": label,
     })
+    if dataset.task == "language_modeling":
+        schema = copy.deepcopy(schema)
+        schema.checks = []
     return schema
 
 

@@ -15,6 +15,15 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
     corpora = [c.name for c in config.dataset_corpora(dataset)]
     split_rule = (f"test = corpus `{dataset.test_corpus}`" if dataset.test_corpus
                   else f"test {dataset.test_fraction:.0%}") + f", validation {dataset.validation_fraction:.0%}"
+    classification = dataset.task == "classification"
+    checks = [
+        dg.AssetCheckSpec("contract", asset=key, description="pandera CleanRows with the dataset's labels and length limit"),
+        dg.AssetCheckSpec("row_accounting", asset=key,
+                          description="raw records = clean + quarantined + duplicates: nothing is lost"),
+    ]
+    if classification:
+        checks.append(dg.AssetCheckSpec("label_coverage", asset=key,
+                                        description="every label has rows in the train and the test split"))
 
     @dg.asset(
         key=key,
@@ -24,18 +33,13 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         deps=[dg.AssetKey(["raw", c]) for c in corpora],
         code_version=config.dataset_hash(dataset)[:12],
         description=(
-            f"{dataset.task.capitalize()} dataset `datasets.{dataset.name}` from {', '.join(corpora)}: unicode and "
-            f"whitespace normalised, empty, over-long ({dataset.max_chars} chars) and mislabelled rows quarantined "
-            f"with a reason in `datasets.{dataset.name}__quarantine`, duplicate texts dropped into "
-            f"`datasets.{dataset.name}__duplicates`, hash-split ({split_rule})."
+            f"{dataset.task.replace('_', ' ').capitalize()} dataset `datasets.{dataset.name}` from "
+            f"{', '.join(corpora)}: unicode normalised; empty, over-long ({dataset.max_chars} chars), "
+            + ("mislabelled" if classification else "unanswered") + " rows quarantined with a reason in "
+            f"`datasets.{dataset.name}__quarantine`, duplicates dropped into `datasets.{dataset.name}__duplicates`, "
+            f"hash-split ({split_rule})."
         ),
-        check_specs=[
-            dg.AssetCheckSpec("contract", asset=key, description="pandera CleanRows with the dataset's labels and length limit"),
-            dg.AssetCheckSpec("row_accounting", asset=key,
-                              description="raw records = clean + quarantined + duplicates: nothing is lost"),
-            dg.AssetCheckSpec("label_coverage", asset=key,
-                              description="every label has rows in the train and the test split"),
-        ],
+        check_specs=checks,
     )
     def cleaned_dataset(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
         with warehouse.get_connection() as conn:
@@ -44,6 +48,10 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             labels = dataset_labels(conn, dataset)
         uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
                      if not summary.label_counts.get(split, {}).get(label)]
+        label_results = [dg.AssetCheckResult(
+            check_name="label_coverage", passed=not uncovered, severity=dg.AssetCheckSeverity.WARN,
+            metadata={"missing": dg.MetadataValue.md("\n".join(f"- {u}" for u in uncovered) or "none")},
+        )] if classification else []
         return dg.MaterializeResult(
             metadata={
                 "dataset_version": summary.version,
@@ -52,7 +60,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                 "quarantined": summary.quarantined,
                 "duplicates": summary.duplicates,
                 "quarantine_by_reason": dg.MetadataValue.json(summary.quarantine_by_reason),
-                "label_distribution": dg.MetadataValue.md(_label_markdown(summary, labels)),
+                **({"label_distribution": dg.MetadataValue.md(_label_markdown(summary, labels))}
+                   if classification else {}),
             },
             data_version=dg.DataVersion(summary.version[:16]),
             check_results=[
@@ -65,10 +74,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                     metadata={"raw_records": summary.raw_records, "clean": summary.clean_rows,
                               "quarantined": summary.quarantined, "duplicates": summary.duplicates},
                 ),
-                dg.AssetCheckResult(
-                    check_name="label_coverage", passed=not uncovered, severity=dg.AssetCheckSeverity.WARN,
-                    metadata={"missing": dg.MetadataValue.md("\n".join(f"- {u}" for u in uncovered) or "none")},
-                ),
+                *label_results,
             ],
         )
 

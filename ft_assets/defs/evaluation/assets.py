@@ -9,16 +9,30 @@ from dagster_duckdb import DuckDBResource
 from ft_assets.defs.resources import GPU_POOL
 from ft_assets.lib.cleaning import read_split
 from ft_assets.lib.config import DatasetConfig, ProjectConfig, RecipeConfig
-from ft_assets.lib.leaderboard import write_leaderboard
+from ft_assets.lib.leaderboard import TASK_METRICS, write_leaderboard
 from ft_assets.lib.report import evaluate_checkpoint
+
+
+# What each task's report measures, for the asset descriptions.
+TASK_SCORES = {
+    "classification": "Test-split accuracy, macro-F1, per-class table and confusion matrix",
+    "instruction": "Test-split answer loss and perplexity, exact match and ROUGE-L of greedy generations, and "
+                   "sample generations",
+    "language_modeling": "Test-split loss and perplexity",
+}
 
 
 def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     key = dg.AssetKey(["reports", recipe.name])
     checkpoint_key = dg.AssetKey(["checkpoints", recipe.name])
     out_dir = config.root / "reports" / recipe.name
-    baselines = "the majority class" + ("" if recipe.method == "head_only"
-                                        else " and the untuned base with a trained head (head_only)")
+    task = config.dataset(recipe.dataset).task
+    metric, higher_is_better, _ = TASK_METRICS[task]
+    if task != "classification":
+        baselines = "the untuned base model"
+    else:
+        baselines = "the majority class" + ("" if recipe.method == "head_only"
+                                            else " and the untuned base with a trained head (head_only)")
 
     @dg.asset(
         key=key,
@@ -29,11 +43,13 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         deps=[checkpoint_key],
         code_version=recipe.recipe_hash()[:12],
         description=(
-            f"Test-split accuracy, macro-F1, per-class table and confusion matrix of checkpoints/{recipe.name}, "
-            f"against {baselines}, with the cost of training. Writes `{out_dir}/eval.json` and `report.md`."
+            f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training. "
+            f"Writes `{out_dir}/eval.json` and `report.md`."
         ),
-        check_specs=[dg.AssetCheckSpec("beats_baselines", asset=key,
-                                       description="the tuned model's test accuracy is above every baseline's")],
+        check_specs=[dg.AssetCheckSpec(
+            "beats_baselines", asset=key,
+            description=f"the tuned model's test {metric} is {'above' if higher_is_better else 'below'} every baseline's",
+        )],
     )
     def report(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
         event = context.instance.get_latest_materialization_event(checkpoint_key)
@@ -41,19 +57,21 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
             raise dg.Failure(description=f"reports/{recipe.name}: checkpoints/{recipe.name} has no materialization yet")
         checkpoint_dir = Path(event.asset_materialization.metadata["checkpoint_path"].value)
         with warehouse.get_connection() as conn:
-            splits = {s: read_split(conn, recipe.dataset, s).to_pydict() for s in ("train", "validation", "test")}
+            splits = {s: read_split(conn, recipe.dataset, s, in_file_order=task == "language_modeling").to_pydict()
+                      for s in ("train", "validation", "test")}
         if not splits["test"]["text"]:
             raise dg.Failure(description=f"reports/{recipe.name}: datasets/{recipe.dataset} has an empty test split")
         result = evaluate_checkpoint(recipe, checkpoint_dir, splits, out_dir,
-                                     baseline_cache=config.root / "reports" / "_baselines")
+                                     baseline_cache=config.root / "reports" / "_baselines", task=task)
         headline = result.report
-        beaten = {name: b["accuracy"] for name, b in headline["baselines"].items()}
+        scores = {c: headline[c] for c in TASK_METRICS[task][2]}
+        beaten = {name: b[metric] for name, b in headline["baselines"].items()}
+        better = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
         return dg.MaterializeResult(
             metadata={
-                "accuracy": headline["accuracy"],
-                "macro_f1": headline["macro_f1"],
+                **scores,
                 "n_test": headline["n_test"],
-                **{f"baseline_{name}_accuracy": acc for name, acc in beaten.items()},
+                **{f"baseline_{name}_{metric}": value for name, value in beaten.items()},
                 "trainable_params": headline["trainable_params"],
                 "total_params": headline["total_params"],
                 "train_seconds": headline["train_seconds"],
@@ -63,9 +81,9 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
             },
             check_results=[dg.AssetCheckResult(
                 check_name="beats_baselines",
-                passed=all(headline["accuracy"] > acc for acc in beaten.values()),
+                passed=all(better(headline[metric], value) for value in beaten.values()),
                 severity=dg.AssetCheckSeverity.WARN,
-                metadata={"accuracy": headline["accuracy"], **{f"{n}_accuracy": a for n, a in beaten.items()}},
+                metadata={metric: headline[metric], **{f"{n}_{metric}": v for n, v in beaten.items()}},
             )],
         )
 
@@ -75,6 +93,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
 def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     recipes = [r for r in config.recipes if r.dataset == dataset.name]
     out_dir = config.root / "reports" / "leaderboard" / dataset.name
+    metric, higher_is_better, _ = TASK_METRICS[dataset.task]
 
     @dg.asset(
         key=dg.AssetKey(["reports", "leaderboard", dataset.name]),
@@ -82,8 +101,9 @@ def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg
         kinds={"python"},
         deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
         description=(
-            f"Every recipe on datasets/{dataset.name} side by side, best test accuracy first: macro-F1, gain over "
-            "the untuned base, trainable parameters and their share, train time, examples/s, peak memory, "
+            f"Every recipe on datasets/{dataset.name} side by side, best test {metric} first "
+            f"({'higher' if higher_is_better else 'lower'} is better): the task metrics, change against the untuned "
+            "base, trainable parameters and their share, train time, examples/s, tokens/s, peak memory, "
             f"checkpoint size; a table and a chart in `{out_dir}`."
         ),
     )
@@ -102,7 +122,7 @@ def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg
         best = rows[0]
         return dg.MaterializeResult(metadata={
             "best_recipe": best["recipe"],
-            "best_accuracy": best["accuracy"],
+            f"best_{metric}": best[metric],
             "recipes": len(rows),
             "missing_reports": dg.MetadataValue.json(missing),
             "leaderboard": dg.MetadataValue.md(markdown),

@@ -15,7 +15,7 @@ from ft_assets.defs.resources import GPU_POOL, GpuResource
 from ft_assets.lib.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.lineage import dataset_files, git_state
-from ft_assets.lib.models import MANIFEST_FILE
+from ft_assets.lib.models import MANIFEST_FILE, MERGED_DIR
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
@@ -24,17 +24,21 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
     dataset = config.dataset(recipe.dataset)
     dataset_key = dg.AssetKey(["datasets", dataset.name])
     recipe_dir = config.root / "checkpoints" / recipe.name
+    # base_model checkpoint:<recipe> makes that recipe's checkpoint an upstream asset.
+    base_key = dg.AssetKey(["checkpoints", recipe.base_recipe]) if recipe.base_recipe else None
+    base = f"the latest checkpoints/{recipe.base_recipe}" if base_key else f"`{recipe.base_model}`"
 
     @dg.asset(
         key=dg.AssetKey(["checkpoints", recipe.name]),
         group_name="training",
         kinds={"pytorch"},
         pool=GPU_POOL,
-        deps=[dataset_key],
+        deps=[dataset_key] + ([base_key] if base_key else []),
         code_version=recipe.recipe_hash()[:12],
         description=(
-            f"`{recipe.method}` fine-tuning of `{recipe.base_model}` on datasets/{dataset.name} "
-            f"({recipe.training.epochs} epochs, lr {recipe.learning_rate:g}, batch {recipe.training.batch_size}). "
+            f"`{recipe.method}` {'training' if recipe.scratch else 'fine-tuning'} of {base} on datasets/{dataset.name} "
+            f"({dataset.task.replace('_', ' ')}, "
+            f"{recipe.training.epochs} epochs, lr {recipe.learning_rate:g}, batch {recipe.training.batch_size}). "
             f"Writes a save_pretrained directory under `{recipe_dir}/<version>/` with manifest.json: raw files "
             "and their sha256, dataset version, recipe hash, base weights sha256, library versions, git SHA, run id."
         ),
@@ -45,9 +49,11 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         _remove_partials(context, recipe_dir)
         version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"
         output_dir = recipe_dir / version
+        base_model_path = _base_checkpoint_path(context, base_key) if base_key else None
         with tempfile.TemporaryDirectory(prefix=f"ft_assets_{recipe.name}_") as tmp:
             with warehouse.get_connection() as conn:
-                splits = {s: read_split(conn, dataset.name, s) for s in ("train", "validation")}
+                splits = {s: read_split(conn, dataset.name, s, in_file_order=dataset.task == "language_modeling")
+                          for s in ("train", "validation")}
                 labels = dataset_labels(conn, dataset)
                 files = dataset_files(conn, dataset.name, [c.name for c in config.dataset_corpora(dataset)])
             if splits["train"].num_rows == 0:
@@ -62,7 +68,9 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             dataset_event = context.instance.get_latest_materialization_event(dataset_key)
             spec = {
                 "recipe": recipe.model_dump(mode="json"),
+                "task": dataset.task,
                 "labels": labels,
+                "base_model_path": base_model_path,
                 "train_path": paths["train"],
                 "validation_path": paths["validation"] if splits["validation"].num_rows else None,
                 "output_dir": str(output_dir),
@@ -100,6 +108,16 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         )
 
     return checkpoint
+
+
+def _base_checkpoint_path(context: dg.AssetExecutionContext, base_key: dg.AssetKey) -> str:
+    """The model directory of the base recipe's latest checkpoint (its merged/ export for an adapter)."""
+    path = _metadata_value(context.instance.get_latest_materialization_event(base_key), "checkpoint_path")
+    if path is None:
+        raise dg.Failure(description=f"{context.asset_key.to_user_string()} starts from "
+                                     f"{base_key.to_user_string()}, which has no materialization yet")
+    merged = Path(path) / MERGED_DIR
+    return str(merged if merged.is_dir() else Path(path))
 
 
 def _metadata_value(event, key: str):

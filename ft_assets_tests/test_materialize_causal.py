@@ -1,0 +1,113 @@
+"""Pretrain from scratch, then instruction-tune: the causal-LM asset graph materialized for real."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from ft_assets.defs import build_definitions
+from ft_assets.lib.config import load_config
+from ft_assets_tests.conftest import qa_conversations, story_lines
+from ft_assets_tests.test_materialize import materialize_all
+
+TRAINING = {"epochs": 2, "batch_size": 8, "max_length": 96, "log_every_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("causal_project")
+    raw = tmp / "data" / "raw"
+    (raw / "stories").mkdir(parents=True)
+    (raw / "stories" / "a.txt").write_text("\n".join(story_lines(400)) + "\n")
+    (raw / "qa").mkdir()
+    (raw / "qa" / "a.jsonl").write_text(
+        "".join(json.dumps({"messages": json.loads(c)}) + "\n" for c in qa_conversations(120))
+        + json.dumps({"instruction": "Unanswered?", "response": ""}) + "\n")
+    config = {
+        "storage": {"root": "data"},
+        "corpora": [{"name": "stories", "path": "raw/stories/", "format": "txt"},
+                    {"name": "qa", "path": "raw/qa/", "format": "jsonl", "record": "instruction"}],
+        "datasets": [{"name": "stories", "corpus": "stories", "task": "language_modeling", "test_fraction": 0.2},
+                     {"name": "qa", "corpus": "qa", "task": "instruction", "test_fraction": 0.2}],
+        "recipes": [
+            {"name": "pre", "dataset": "stories", "base_model": "scratch", "method": "full",
+             "scratch": {"vocab_size": 320, "hidden_size": 32, "layers": 2, "heads": 2, "context": 128},
+             "training": {**TRAINING, "learning_rate": 3e-3}},
+            {"name": "qa_full", "dataset": "qa", "base_model": "checkpoint:pre", "method": "full",
+             "training": {**TRAINING, "learning_rate": 3e-3, "packing": True}, "generation": {"max_new_tokens": 12}},
+            {"name": "qa_lora", "dataset": "qa", "base_model": "checkpoint:pre", "method": "lora",
+             "method_args": {"r": 4, "alpha": 8}, "export": "merged",
+             "training": {**TRAINING, "learning_rate": 1e-2}, "generation": {"max_new_tokens": 12, "samples": 3}},
+        ],
+    }
+    path = tmp / "project.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    config = load_config(path)
+    defs = build_definitions(config)
+    instance = dg.DagsterInstance.ephemeral()
+    return config, defs, instance, materialize_all(defs, instance)
+
+
+def test_the_chain_materializes_in_dependency_order(project):
+    config, defs, _, result = project
+    assert result.success
+    materialized = [m.asset_key.to_user_string() for m in result.get_asset_materialization_events()]
+    assert materialized.index("checkpoints/pre") < materialized.index("checkpoints/qa_full")
+    assert {"reports/pre", "reports/qa_full", "reports/qa_lora", "reports/leaderboard/qa",
+            "reports/leaderboard/stories"} <= set(materialized)
+    graph = defs.resolve_asset_graph()
+    assert dg.AssetKey(["checkpoints", "pre"]) in graph.get(dg.AssetKey(["checkpoints", "qa_lora"])).parent_keys
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert checks[("datasets/qa", "contract")] and checks[("datasets/qa", "row_accounting")]
+    assert ("datasets/qa", "label_coverage") not in checks
+
+
+def test_the_tuned_model_starts_from_the_pretrained_checkpoint(project):
+    config, _, instance, _ = project
+    pre = instance.get_latest_materialization_event(dg.AssetKey(["checkpoints", "pre"]))
+    pre_path = pre.asset_materialization.metadata["checkpoint_path"].value
+    manifest = json.loads((config.root / "reports" / "qa_full" / "eval.json").read_text())
+    tuned = json.loads((Path(manifest["checkpoint"]) / "manifest.json").read_text())
+    assert tuned["task"] == "instruction" and tuned["base_model"]["id"] == "checkpoint:pre"
+    assert tuned["base_model"]["path"] == pre_path and len(tuned["base_model"]["weights_sha256"]) == 64
+    pre_manifest = json.loads((Path(pre_path) / "manifest.json").read_text())
+    assert pre_manifest["base_model"]["id"] == "scratch" and pre_manifest["task"] == "language_modeling"
+
+
+def test_instruction_reports_score_generations_against_the_base(project):
+    config, _, _, _ = project
+    out = config.root / "reports" / "qa_lora"
+    report = json.loads((out / "eval.json").read_text())
+    for key in ("rouge_l", "exact_match", "perplexity", "eval_loss"):
+        assert key in report and key in report["baselines"]["base"], key
+    assert 0.0 <= report["exact_match"] <= 1.0 and report["perplexity"] > 1.0
+    generations = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    assert len(generations) == report["n_test"] == report["metrics"]["n_generated"]
+    assert set(generations[0]) == {"prompt", "reference", "generated", "base_generated"}
+    assert len(report["samples"]) == 3 and "## Sample generations" in (out / "report.md").read_text()
+    # Training lowered the answer loss below the pretrained base's.
+    assert report["eval_loss"] < report["baselines"]["base"]["eval_loss"]
+
+
+def test_the_pretraining_report_and_leaderboards(project):
+    config, _, _, _ = project
+    pre = json.loads((config.root / "reports" / "pre" / "eval.json").read_text())
+    assert pre["task"] == "language_modeling" and pre["perplexity"] < pre["baselines"]["base"]["perplexity"]
+    rows = json.loads((config.root / "reports" / "leaderboard" / "qa" / "leaderboard.json").read_text())["rows"]
+    assert {r["recipe"] for r in rows} == {"qa_full", "qa_lora"} and rows[0]["metric"] == "rouge_l"
+    assert rows[0]["rouge_l"] >= rows[1]["rouge_l"]
+    lora = next(r for r in rows if r["recipe"] == "qa_lora")
+    assert lora["trainable_share"] < 0.5 and lora["tokens_per_sec"] > 0
+    markdown = (config.root / "reports" / "leaderboard" / "qa" / "leaderboard.md").read_text()
+    assert "ROUGE-L" in markdown and "exact match" in markdown
+
+
+def test_a_merged_causal_export_is_a_plain_model(project):
+    from transformers import AutoModelForCausalLM
+
+    config, _, _, _ = project
+    checkpoint = json.loads((config.root / "reports" / "qa_lora" / "eval.json").read_text())["checkpoint"]
+    model = AutoModelForCausalLM.from_pretrained(f"{checkpoint}/merged")
+    assert not any("lora" in name for name, _ in model.named_parameters())
