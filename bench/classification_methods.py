@@ -3,6 +3,7 @@
     python bench/classification_methods.py                      # every method that runs on this device
     python bench/classification_methods.py --methods full,lora  # a subset
     python bench/classification_methods.py --smoke              # 300 train rows, 1 epoch: checks the script
+    python bench/classification_methods.py --combine bench/work_a bench/work_b   # one table from earlier runs
 
 It builds a project YAML over ../shared/data/banking77, materializes the real asset graph
 (raw -> dataset -> checkpoints -> reports -> leaderboard) in a fresh Dagster instance under
@@ -73,7 +74,11 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")
     parser.add_argument("--rescore", action="store_true",
                         help="keep the checkpoints in --work and only re-run the reports and the leaderboard")
+    parser.add_argument("--combine", nargs="+", type=Path, metavar="WORK",
+                        help="write one leaderboard from the reports of earlier runs' --work folders")
     args = parser.parse_args()
+    if args.combine:
+        return combine(args.combine)
 
     import dagster as dg
 
@@ -127,6 +132,44 @@ def main() -> int:
     shutil.copy(board / "leaderboard.png", out / f"{name}.png")
     print((out / f"{name}.md").read_text())
     return 0 if result.success else 1
+
+
+def combine(works: list[Path]) -> int:
+    """banking77-<device>-combined.*: every recipe's report from several runs, one schema, one chart.
+
+    Runs of one method at a time fit a machine's working day; the settings must match, which
+    the recipe hashes in the table's source reports let anyone check.
+    """
+    from ft_assets.lib.leaderboard import write_leaderboard
+
+    reports = {}
+    for work in works:
+        for path in sorted((work / "data" / "reports").glob("b77_*/eval.json")):
+            report = json.loads(path.read_text())
+            reports[report["recipe"]] = report  # a later folder wins for a recipe run twice
+    if not reports:
+        print(f"no b77_* reports under {[str(w) for w in works]}", file=sys.stderr)
+        return 1
+    device = next(iter(reports.values()))["cost"]["device_name"]
+    slug = "cuda" if next(iter(reports.values()))["cost"]["device"] == "cuda" else "cpu"
+    out = REPO / "bench" / "results"
+    name = f"banking77-{slug}-combined"
+    board = out / f".{name}"
+    rows, _ = write_leaderboard(list(reports.values()), "banking77", board, missing=[])
+    header = (
+        f"Banking77, train (10,003 rows, 10% held out for validation) -> official test (3,080 rows). Base: "
+        f"all-MiniLM-L6-v2 (packaged). Training: {json.dumps(TRAINING)}; each method's default learning rates.\n\n"
+        f"Combined from {len(works)} runs on {device} ({', '.join(w.name for w in works)}); each row is "
+        "one recipe's eval.json as its run wrote it.\n\n"
+    )
+    (out / f"{name}.md").write_text(header + (board / "leaderboard.md").read_text().replace(
+        "](leaderboard.png)", f"]({name}.png)"))
+    (out / f"{name}.json").write_text(json.dumps({"device": device, "training": TRAINING, "runs": [str(w) for w in works],
+                                                  **json.loads((board / "leaderboard.json").read_text())}, indent=2) + "\n")
+    shutil.move(board / "leaderboard.png", out / f"{name}.png")
+    shutil.rmtree(board)
+    print((out / f"{name}.md").read_text())
+    return 0
 
 
 if __name__ == "__main__":

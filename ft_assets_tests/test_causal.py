@@ -50,6 +50,15 @@ def test_only_assistant_tokens_carry_a_loss(model_fixture, request):
     assert labelled == [t for t, label in zip(tokenized.input_ids, tokenized.labels) if label != IGNORE]
 
 
+def test_a_template_that_renders_prompts_differently_is_refused(tiny_llama_dir):
+    _, tokenizer = load_causal_lm(str(tiny_llama_dir))
+    tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}Answer now:{% endif %}")
+    messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    with pytest.raises(ValueError, match="prefix of the conversation"):
+        tokenize_conversation(tokenizer, messages, max_length=64)
+
+
 def test_a_conversation_whose_prompt_fills_max_length_is_dropped_and_counted(tiny_llama_dir):
     _, tokenizer = load_causal_lm(str(tiny_llama_dir))
     long_prompt = json.dumps([{"role": "user", "content": "the lamp " * 60}, {"role": "assistant", "content": "Yes."}])

@@ -1,6 +1,7 @@
 """The real Definitions, built from a project YAML over a tiny corpus and a tiny model, materialized."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -71,12 +72,40 @@ def test_eval_json_and_report_exist_for_every_recipe(project):
         assert "majority" in report["baselines"]
         assert ("base_head_only" in report["baselines"]) == (recipe.method != "head_only")
         assert sum(map(sum, report["metrics"]["confusion_matrix"])) == report["n_test"]
-        assert "## Confusion matrix" in (out / "report.md").read_text()
+        markdown = (out / "report.md").read_text()
+        assert "## Confusion matrix" in markdown
+        for figure in ("loss_curves", "confusion_matrix"):
+            assert (out / f"{figure}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"![{figure}]({figure}.png)" in markdown
     # The base+head baseline is head_only with the base's defaults: the tiny_head recipe exactly.
     head = json.loads((config.root / "reports" / "tiny_head" / "eval.json").read_text())
     for name in ("tiny_full", "tiny_lora"):
         report = json.loads((config.root / "reports" / name / "eval.json").read_text())
         assert report["baselines"]["base_head_only"]["accuracy"] == head["accuracy"], name
+
+
+def test_every_checkpoint_carries_a_model_card_with_its_data_and_results(project):
+    import yaml
+
+    config, _, _, raw_hashes = project
+    for recipe in config.recipes:
+        report = json.loads((config.root / "reports" / recipe.name / "eval.json").read_text())
+        card = (Path(report["checkpoint"]) / "README.md").read_text()
+        front = yaml.safe_load(card.split("---")[1])
+        assert front["base_model"] == recipe.base_model and front["pipeline_tag"] == "text-classification"
+        assert front["library_name"] == ("peft" if recipe.method == "lora" else "transformers")
+        metrics = {m["type"]: m["value"] for m in front["model-index"][0]["results"][0]["metrics"]}
+        assert metrics["accuracy"] == round(report["accuracy"], 6)
+        assert all(sha in card for sha in raw_hashes.values())  # every raw file, by content
+        assert "## Intended use and limitations" in card and f"| baseline: majority |" in card
+
+
+def test_the_report_in_the_ui_carries_its_figures(project):
+    _, instance, _, _ = project
+    event = instance.get_latest_materialization_event(dg.AssetKey(["reports", "tiny_lora"]))
+    markdown = event.asset_materialization.metadata["report"].value
+    assert "![loss_curves](data:image/png;base64," in markdown
+    assert "![confusion_matrix](data:image/png;base64," in markdown
 
 
 def test_the_leaderboard_compares_every_recipe_in_one_schema(project):

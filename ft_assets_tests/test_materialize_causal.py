@@ -87,6 +87,7 @@ def test_instruction_reports_score_generations_against_the_base(project):
     assert len(generations) == report["n_test"] == report["metrics"]["n_generated"]
     assert set(generations[0]) == {"prompt", "reference", "generated", "base_generated"}
     assert len(report["samples"]) == 3 and "## Sample generations" in (out / "report.md").read_text()
+    assert (out / "loss_curves.png").exists() and not (out / "confusion_matrix.png").exists()
     # Training lowered the answer loss below the pretrained base's.
     assert report["eval_loss"] < report["baselines"]["base"]["eval_loss"]
 
@@ -95,6 +96,9 @@ def test_the_pretraining_report_and_leaderboards(project):
     config, _, _, _ = project
     pre = json.loads((config.root / "reports" / "pre" / "eval.json").read_text())
     assert pre["task"] == "language_modeling" and pre["perplexity"] < pre["baselines"]["base"]["perplexity"]
+    card = (Path(pre["checkpoint"]) / "README.md").read_text()
+    assert "pipeline_tag: text-generation" in card and "base_model:" not in card.split("---")[1]
+    assert "type: perplexity" in card and "a new model from scratch" in card
     rows = json.loads((config.root / "reports" / "leaderboard" / "qa" / "leaderboard.json").read_text())["rows"]
     assert {r["recipe"] for r in rows} == {"qa_full", "qa_lora"} and rows[0]["metric"] == "rouge_l"
     assert rows[0]["rouge_l"] >= rows[1]["rouge_l"]

@@ -68,12 +68,11 @@ def tokenize_conversation(tokenizer, messages: list[dict], max_length: int) -> T
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(render(tokenizer, messages[:i], add_generation_prompt=True))
-        end = len(render(tokenizer, messages[: i + 1]))
-        if not text.startswith(render(tokenizer, messages[:i], add_generation_prompt=True)):
+        prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
+        if not text.startswith(prompt):
             raise ValueError("the chat template does not render a conversation's prompt as a prefix of the "
                              "conversation, so response tokens cannot be told apart; set a different template")
-        spans.append((start, end))
+        spans.append((len(prompt), len(render(tokenizer, messages[: i + 1]))))
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     input_ids = encoded["input_ids"]
     labels = [

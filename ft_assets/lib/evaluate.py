@@ -141,14 +141,27 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tok
     return answers
 
 
-def write_report(report: dict, out_dir: Path) -> tuple[Path, str]:
-    """Writes eval.json and report.md into `out_dir`; returns the json path and the markdown."""
+# Figure file names, in the order the report shows them, with their headings.
+FIGURES = {"loss_curves": "Training curves", "confusion_matrix": "Confusion matrix"}
+
+
+def write_report(report: dict, out_dir: Path, figures: dict[str, bytes] | None = None) -> tuple[Path, str]:
+    """Writes eval.json, report.md and each figure as <name>.png into `out_dir`.
+
+    Returns:
+        The json path and the markdown for the Dagster UI, which carries the figures as data: URIs
+        (report.md refers to the PNG files beside it).
+    """
+    from ft_assets.lib.plots import data_uri
+
+    figures = figures or {}
     out_dir.mkdir(parents=True, exist_ok=True)
     eval_path = out_dir / "eval.json"
     eval_path.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
-    markdown = render_markdown(report)
-    (out_dir / "report.md").write_text(markdown)
-    return eval_path, markdown
+    for name, png in figures.items():
+        (out_dir / f"{name}.png").write_bytes(png)
+    (out_dir / "report.md").write_text(render_markdown(report, {n: f"{n}.png" for n in figures}))
+    return eval_path, render_markdown(report, {n: data_uri(png) for n, png in figures.items()})
 
 
 def _cost_lines(cost: dict) -> list[str]:
@@ -166,9 +179,16 @@ def _cost_lines(cost: dict) -> list[str]:
     ]
 
 
-def render_markdown(report: dict) -> str:
-    if report["task"] != "classification":
-        return _render_causal_markdown(report)
+def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
+    """The report as markdown; `images` maps FIGURES names to an image reference (file or data: URI)."""
+    body = _render_causal_markdown(report) if report["task"] != "classification" else _render_classification(report)
+    for name, heading in FIGURES.items():
+        if name in (images or {}):
+            body += f"\n## {heading}\n\n![{name}]({images[name]})\n"
+    return body
+
+
+def _render_classification(report: dict) -> str:
     m, cost, labels = report["metrics"], report["cost"], report["labels"]
     lines = [
         f"# {report['recipe']} — {report['method']} on {report['dataset']}",

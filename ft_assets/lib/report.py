@@ -11,7 +11,9 @@ from ft_assets.lib.config import RecipeConfig, stable_hash
 from ft_assets.lib.evaluate import (
     ClassificationMetrics, classification_metrics, majority_baseline, predict_logits, resolve_device, write_report,
 )
-from ft_assets.lib.models import MANIFEST_FILE, TRAIN_INFO_FILE, load_checkpoint, resolve_base_model, weights_sha256
+from ft_assets.lib.models import (
+    MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint, resolve_base_model, weights_sha256,
+)
 from ft_assets.lib.storage import directory_bytes, sha256_file
 
 
@@ -41,7 +43,8 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     if task != "classification":
         report, generations = _causal_report(recipe, task, checkpoint_dir, splits["test"]["text"], baseline_cache,
                                              device)
-        eval_path, markdown = write_report(report, out_dir)
+        eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
+        _update_model_card(checkpoint_dir, report)
         if generations:
             (out_dir / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in generations))
         return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
@@ -60,8 +63,31 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
                      recipe, checkpoint_dir, labels)
     report.update(metrics=metrics.as_dict(), baselines={name: b.as_dict() for name, b in baselines.items()})
     report["cost"] = report.pop("cost")  # the cost block last, as in every report
-    eval_path, markdown = write_report(report, out_dir)
+    eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
+    _update_model_card(checkpoint_dir, report)
     return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
+
+
+def _update_model_card(checkpoint_dir: Path, report: dict) -> None:
+    """The checkpoint's README.md with its test results (the weights and manifest are never touched)."""
+    from ft_assets.lib.model_card import CARD_FILE, render_model_card
+
+    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    (checkpoint_dir / CARD_FILE).write_text(render_model_card(manifest, report))
+
+
+def _figures(recipe: RecipeConfig, checkpoint_dir: Path, report: dict) -> dict[str, bytes]:
+    from ft_assets.lib import plots
+
+    records = [json.loads(line) for line in (checkpoint_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    figures = {}
+    curves = plots.loss_curves(records, f"{recipe.name}: loss")
+    if curves is not None:
+        figures["loss_curves"] = curves
+    if report["task"] == "classification":
+        figures["confusion_matrix"] = plots.confusion_matrix(report["labels"], report["metrics"]["confusion_matrix"],
+                                                             f"{recipe.name}: test confusion matrix")
+    return figures
 
 
 def _cost(checkpoint_dir: Path) -> dict:

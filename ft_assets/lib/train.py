@@ -41,6 +41,7 @@ from ft_assets.lib.models import (
     LABELS_FILE, MANIFEST_FILE, MERGED_DIR, METRICS_FILE, TRAIN_INFO_FILE, build_scratch_model, load_causal_lm,
     load_classifier, resolve_base_model, weights_sha256,
 )
+from ft_assets.lib.model_card import CARD_FILE, render_model_card
 from ft_assets.lib.storage import atomic_directory
 
 
@@ -405,6 +406,7 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
         (staging / TRAIN_INFO_FILE).write_text(json.dumps(result.train_info, indent=2) + "\n")
         result.logger.write_jsonl(staging / METRICS_FILE)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(render_model_card(manifest))
     return manifest
 
 
@@ -469,6 +471,7 @@ def main(argv: list[str] | None = None) -> None:
             "checkpoint_path": {"raw_value": spec["output_dir"], "type": "path"},
             "train_seconds": {"raw_value": info["train_seconds"], "type": "float"},
             "examples_per_sec": {"raw_value": info["examples_per_sec"], "type": "float"},
+            "tokens_per_sec": {"raw_value": info["tokens_per_sec"], "type": "float"},
             "trainable_params": {"raw_value": info["trainable_params"], "type": "int"},
             "total_params": {"raw_value": info["total_params"], "type": "int"},
             "peak_mem_bytes": {"raw_value": info["peak_mem_bytes"], "type": "int"},

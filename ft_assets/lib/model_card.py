@@ -1,0 +1,114 @@
+"""The model card (README.md) every checkpoint directory carries, in Hugging Face's conventions.
+
+The YAML front matter is what the Hub reads (base_model, library_name, pipeline_tag, datasets,
+model-index with the test metrics); the body says what a person needs before using the model:
+what it learned from (files and their sha256), how (method, hyperparameters), how well (test
+metrics against the baselines), what produced it (code, run) and what it is not for.
+The card is written with the checkpoint and rewritten with the metrics when its report is built.
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+CARD_FILE = "README.md"
+PIPELINE_TAGS = {"classification": "text-classification", "instruction": "text-generation",
+                 "language_modeling": "text-generation"}
+# The report's metrics per task, as (eval.json key, model-index metric type).
+CARD_METRICS = {
+    "classification": (("accuracy", "accuracy"), ("macro_f1", "f1")),
+    "instruction": (("rouge_l", "rougeL"), ("exact_match", "exact_match"), ("perplexity", "perplexity")),
+    "language_modeling": (("perplexity", "perplexity"),),
+}
+
+
+def render_model_card(manifest: dict, report: dict | None = None) -> str:
+    """The card of the checkpoint described by `manifest`; `report` (its eval.json) adds the results."""
+    task = manifest.get("task", "classification")
+    recipe = manifest["recipe"]
+    base = manifest["base_model"]
+    dataset = manifest.get("dataset", {})
+    adapter = recipe["method"] not in ("full", "freeze", "head_only")
+    front = {
+        "library_name": "peft" if adapter else "transformers",
+        "pipeline_tag": PIPELINE_TAGS[task],
+        "tags": ["ft_assets", recipe["method"], task],
+        **({"base_model": base["id"]} if base["id"] != "scratch" else {}),
+        **({"datasets": [dataset["name"]]} if dataset.get("name") else {}),
+    }
+    if report is not None:
+        front["model-index"] = [{"name": recipe["name"], "results": [{
+            "task": {"type": PIPELINE_TAGS[task]},
+            "dataset": {"name": report["dataset"], "type": report["dataset"], "split": "test"},
+            "metrics": [{"type": kind, "value": round(float(report[key]), 6)} for key, kind in CARD_METRICS[task]],
+        }]}]
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).rstrip(), "---", "",
+             f"# {recipe['name']}", "",
+             f"`{recipe['method']}` {'training' if base['id'] == 'scratch' else 'fine-tuning'} of "
+             f"{_base_text(base)} for {task.replace('_', ' ')} on the dataset `{dataset.get('name', recipe['dataset'])}`, "
+             f"made by ft_assets on {manifest['created_at']}.", ""]
+    lines += _data_section(dataset, manifest)
+    lines += ["## Training", "", f"Method `{recipe['method']}` with `method_args` "
+              f"`{json.dumps(recipe['method_args'])}`; training settings:", "", "```json",
+              json.dumps(recipe["training"], indent=2), "```", "",
+              f"Recipe hash `{manifest['recipe_hash']}`; {manifest['train_info']['steps']} steps in "
+              f"{manifest['train_info']['train_seconds']:.0f} s on {manifest['train_info']['device_name']} "
+              f"({manifest['train_info']['precision']}); {manifest['train_info']['trainable_params']:,} of "
+              f"{manifest['train_info']['total_params']:,} parameters trained.", ""]
+    lines += _results_section(task, report)
+    lines += _provenance_section(manifest)
+    lines += ["## Intended use and limitations", "",
+              f"Made for {task.replace('_', ' ')} on data like `{dataset.get('name', recipe['dataset'])}`, and measured "
+              "only on that dataset's test split: expect it to do worse on text unlike its training data, and "
+              "check it on your own data before relying on it. It inherits what its base model learned, "
+              "including its biases. Forgetting of the base's general knowledge is not measured on this card.", ""]
+    return "\n".join(lines)
+
+
+def _base_text(base: dict) -> str:
+    if base["id"] == "scratch":
+        return f"a new model from scratch ({json.dumps(base.get('scratch', {}))})"
+    sha = f", weights sha256 `{base['weights_sha256']}`" if base.get("weights_sha256") else ""
+    return f"`{base['id']}`{sha}"
+
+
+def _data_section(dataset: dict, manifest: dict) -> list[str]:
+    files = dataset.get("raw_files", [])
+    lines = ["## Training data", ""]
+    if dataset.get("version"):
+        lines += [f"Dataset version `{dataset['version']}` (a content hash of its rows).", ""]
+    if not files:
+        return lines + ["No raw-file lineage was recorded for this checkpoint.", ""]
+    lines += ["| raw file | sha256 | records | train | validation | test |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {f['uri']} | `{f['sha256']}` | {f['records']} | {f['rows']['train']} | {f['rows']['validation']} | "
+              f"{f['rows']['test']} |" for f in files]
+    return lines + [""]
+
+
+def _results_section(task: str, report: dict | None) -> list[str]:
+    if report is None:
+        return ["## Results", "", "Not evaluated yet: the `reports/` asset of this recipe writes them here.", ""]
+    keys = [key for key, _ in CARD_METRICS[task]]
+    lines = ["## Results", "", f"Test split, {report['n_test']} rows.", "",
+             "| model | " + " | ".join(keys) + " |", "| --- |" + " ---: |" * len(keys),
+             f"| this model | " + " | ".join(f"{report[k]:.4f}" for k in keys) + " |"]
+    for name, baseline in report["baselines"].items():
+        lines.append(f"| baseline: {name} | " + " | ".join(
+            f"{baseline[k]:.4f}" if k in baseline else "—" for k in keys) + " |")
+    return lines + [""]
+
+
+def _provenance_section(manifest: dict) -> list[str]:
+    code = manifest.get("code", {})
+    git = code.get("git", {})
+    run = manifest.get("dagster", {})
+    versions = ", ".join(f"{k} {v}" for k, v in manifest["libraries"].items())
+    lines = ["## Provenance", ""]
+    if git:
+        lines.append(f"- code: git `{git.get('sha')}`" + (" (with uncommitted changes)" if git.get("dirty") else ""))
+    if run:
+        lines.append(f"- Dagster run `{run.get('run_id')}` ({run.get('asset_key')})")
+    lines += [f"- libraries: {versions}", "- full record: `manifest.json` beside this card", ""]
+    return lines

@@ -1,0 +1,73 @@
+"""PNG figures for the reports: training curves and the confusion matrix.
+
+Each function returns PNG bytes; the report writes them beside report.md and embeds them as
+data: URIs in the markdown the Dagster UI shows (it renders no relative image paths).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+
+def data_uri(png: bytes) -> str:
+    return f"data:image/png;base64,{base64.b64encode(png).decode()}"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    _pyplot().close(fig)
+    return buffer.getvalue()
+
+
+def loss_curves(records: list[dict], title: str) -> bytes | None:
+    """Train loss (logged every few steps) and validation loss (each epoch) against the step; None if none logged."""
+    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
+    if not train and not evals:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="#4c72b0")
+    if evals:
+        ax.plot(*zip(*evals), label="validation loss", color="#c44e52", marker="o")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def confusion_matrix(labels: list[str], matrix: list[list[int]], title: str) -> bytes:
+    """Counts per (true, predicted) label, rows normalised for the colour so rare classes show too."""
+    import numpy as np
+
+    plt = _pyplot()
+    counts = np.array(matrix)
+    share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(2.0 + 0.45 * len(labels), 24.0)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90 if len(labels) > 6 else 30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    if len(labels) <= 20:  # beyond that the numbers would not fit their cells
+        for (i, j), n in np.ndenumerate(counts):
+            ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    return _png(fig)
