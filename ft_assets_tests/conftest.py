@@ -62,9 +62,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return out
 
 
+def general_lines(n: int, seed: int = 0) -> list[str]:
+    """Sentences of the fixture's filler words: general text in the tiny BERT's vocabulary."""
+    rng = random.Random(seed)
+    return [" ".join(rng.sample(FILLER, 6)) for _ in range(n)]
+
+
 def write_project(tmp_path: Path, model_dir: Path, *, recipes: list[dict] | None = None,
-                  n_per_label: int = 40, dataset: dict | None = None) -> Path:
-    """A project YAML over a tiny ticket corpus in tmp_path/data/raw/tickets/; returns the YAML path."""
+                  n_per_label: int = 40, dataset: dict | None = None, forgetting: bool = False) -> Path:
+    """A project YAML over a tiny ticket corpus in tmp_path/data/raw/tickets/; returns the YAML path.
+
+    With `forgetting`, a general-text corpus (raw/general/) and a forgetting block on every recipe.
+    """
     rows = ticket_rows(n_per_label)
     write_csv(tmp_path / "data" / "raw" / "tickets" / "part1.csv", rows[: len(rows) // 2])
     write_csv(tmp_path / "data" / "raw" / "tickets" / "part2.csv", rows[len(rows) // 2:])
@@ -83,6 +92,12 @@ def write_project(tmp_path: Path, model_dir: Path, *, recipes: list[dict] | None
              "training": training},
         ],
     }
+    if forgetting:
+        (tmp_path / "data" / "raw" / "general").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "raw" / "general" / "general.txt").write_text("\n".join(general_lines(40)) + "\n")
+        config["corpora"].append({"name": "general", "path": "raw/general/", "format": "txt"})
+        for recipe in config["recipes"]:
+            recipe["forgetting"] = {"corpus": "general"}
     path = tmp_path / "project.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

@@ -170,6 +170,10 @@ def test_a_pretrain_then_instruction_tune_chain_validates(tmp_path):
     ({"datasets": [{"name": "sft", "corpus": "lines", "task": "instruction"}], "recipes": []},
      "an instruction dataset needs `record: instruction`"),
     ({"datasets": [{"name": "cls", "corpus": "qa"}], "recipes": []}, "has no label_field"),
+    ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "/m", "method": "lora",
+                   "forgetting": {"corpus": "nope"}}]}, "field forgetting.corpus: no corpus named 'nope'"),
+    ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "/m", "method": "lora",
+                   "forgetting": {"corpus": "qa"}}]}, "forgetting is measured on plain text"),
 ])
 def test_causal_recipes_that_cannot_run_fail_at_load_naming_the_entry(tmp_path, change, expected):
     with pytest.raises(ConfigError) as error:

@@ -22,7 +22,7 @@ def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance, selectio
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("project")
-    config_path = write_project(tmp, tiny_model_dir)
+    config_path = write_project(tmp, tiny_model_dir, forgetting=True)
     # A few bad rows, so quarantine and duplicates have something to hold.
     write_csv(tmp / "data" / "raw" / "tickets" / "part3.csv",
               [("billing", "   "), ("biling", "typo in the label"), ticket_rows(40)[0]])
@@ -37,7 +37,7 @@ def test_every_asset_materializes_and_every_check_passes(project):
     config, _, result, _ = project
     assert result.success
     materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
-    assert materialized == {"raw/tickets", "datasets/tickets", "reports/leaderboard/tickets"} | {
+    assert materialized == {"raw/tickets", "raw/general", "datasets/tickets", "reports/leaderboard/tickets"} | {
         f"{kind}/{r}" for kind in ("checkpoints", "reports") for r in ("tiny_full", "tiny_lora", "tiny_head")}
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
     blocking = {k: v for k, v in checks.items() if k[1] != "beats_baselines"}
@@ -98,6 +98,23 @@ def test_every_checkpoint_carries_a_model_card_with_its_data_and_results(project
         assert metrics["accuracy"] == round(report["accuracy"], 6)
         assert all(sha in card for sha in raw_hashes.values())  # every raw file, by content
         assert "## Intended use and limitations" in card and f"| baseline: majority |" in card
+
+
+def test_forgetting_is_measured_on_the_general_text_for_every_recipe(project):
+    config, instance, _, _ = project
+    rows = json.loads((config.root / "reports" / "leaderboard" / "tickets" / "leaderboard.json").read_text())["rows"]
+    for recipe in config.recipes:
+        f = json.loads((config.root / "reports" / recipe.name / "eval.json").read_text())["forgetting"]
+        assert f["corpus"] == "general" and f["kind"] == "encoder" and f["n_texts"] == 40 and f["knn_k"] == 10
+        assert 0.0 <= f["knn_overlap"] <= 1.0
+        # head_only leaves the encoder as it was: nothing drifts; full fine-tuning moves it.
+        if recipe.method == "head_only":
+            assert f["representation_drift"] == pytest.approx(0.0, abs=1e-6) and f["knn_overlap"] == 1.0
+        if recipe.method == "full":
+            assert f["representation_drift"] > 1e-4
+        assert next(r for r in rows if r["recipe"] == recipe.name)["forgetting"] == f["representation_drift"]
+        event = instance.get_latest_materialization_event(dg.AssetKey(["reports", recipe.name]))
+        assert event.asset_materialization.metadata["forgetting_knn_overlap"].value == f["knn_overlap"]
 
 
 def test_the_report_in_the_ui_carries_its_figures(project):

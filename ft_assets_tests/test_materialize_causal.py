@@ -21,6 +21,8 @@ def project(tmp_path_factory):
     raw = tmp / "data" / "raw"
     (raw / "stories").mkdir(parents=True)
     (raw / "stories" / "a.txt").write_text("\n".join(story_lines(400)) + "\n")
+    (raw / "general").mkdir()
+    (raw / "general" / "g.txt").write_text("\n".join(story_lines(60, seed=7)) + "\n")
     (raw / "qa").mkdir()
     (raw / "qa" / "a.jsonl").write_text(
         "".join(json.dumps({"messages": json.loads(c)}) + "\n" for c in qa_conversations(120))
@@ -28,6 +30,7 @@ def project(tmp_path_factory):
     config = {
         "storage": {"root": "data"},
         "corpora": [{"name": "stories", "path": "raw/stories/", "format": "txt"},
+                    {"name": "general", "path": "raw/general/", "format": "txt"},
                     {"name": "qa", "path": "raw/qa/", "format": "jsonl", "record": "instruction"}],
         "datasets": [{"name": "stories", "corpus": "stories", "task": "language_modeling", "test_fraction": 0.2},
                      {"name": "qa", "corpus": "qa", "task": "instruction", "test_fraction": 0.2}],
@@ -36,6 +39,7 @@ def project(tmp_path_factory):
              "scratch": {"vocab_size": 320, "hidden_size": 32, "layers": 2, "heads": 2, "context": 128},
              "training": {**TRAINING, "learning_rate": 3e-3}},
             {"name": "qa_full", "dataset": "qa", "base_model": "checkpoint:pre", "method": "full",
+             "forgetting": {"corpus": "general"},
              "training": {**TRAINING, "learning_rate": 3e-3, "packing": True}, "generation": {"max_new_tokens": 12}},
             {"name": "qa_lora", "dataset": "qa", "base_model": "checkpoint:pre", "method": "lora",
              "method_args": {"r": 4, "alpha": 8}, "export": "merged",
@@ -90,6 +94,18 @@ def test_instruction_reports_score_generations_against_the_base(project):
     assert (out / "loss_curves.png").exists() and not (out / "confusion_matrix.png").exists()
     # Training lowered the answer loss below the pretrained base's.
     assert report["eval_loss"] < report["baselines"]["base"]["eval_loss"]
+
+
+def test_forgetting_is_the_loss_increase_on_general_text(project):
+    config, _, _, _ = project
+    report = json.loads((config.root / "reports" / "qa_full" / "eval.json").read_text())
+    f = report["forgetting"]
+    assert f["kind"] == "causal_lm" and f["corpus"] == "general" and f["n_texts"] == 60
+    assert f["base_loss"] > 0 and f["loss_increase"] == pytest.approx(f["tuned_loss"] - f["base_loss"])
+    assert "forgetting" not in json.loads((config.root / "reports" / "qa_lora" / "eval.json").read_text())
+    rows = json.loads((config.root / "reports" / "leaderboard" / "qa" / "leaderboard.json").read_text())["rows"]
+    assert {r["recipe"]: r["forgetting"] for r in rows} == {"qa_full": f["loss_increase"], "qa_lora": None}
+    assert "## Forgetting" in (config.root / "reports" / "qa_full" / "report.md").read_text()
 
 
 def test_the_pretraining_report_and_leaderboards(project):

@@ -131,3 +131,31 @@ def test_training_runs_with_each_imbalance_setting(tiny_model_dir, imbalance):
     skewed = {k: [v[i] for i in keep] for k, v in skewed.items()}
     r = recipe(tiny_model_dir, "head_only", epochs=1, imbalance=imbalance)
     assert fit(r, LABELS, skewed, None, device="cpu").train_info["steps"] > 0
+
+
+def test_forgetting_figures_are_zero_for_an_unchanged_encoder_and_move_with_tuning(tiny_model_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    from ft_assets.lib.forgetting import encoder_forgetting
+    from ft_assets_tests.conftest import general_lines
+
+    base = AutoModel.from_pretrained(tiny_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = general_lines(30)
+    same = encoder_forgetting(base, base, tokenizer, texts, max_length=16, batch_size=8, device="cpu")
+    assert same["representation_drift"] == pytest.approx(0.0, abs=1e-6) and same["knn_overlap"] == 1.0
+    tuned = fit(recipe(tiny_model_dir, "full", epochs=2), LABELS, rows(20), None, device="cpu").model
+    moved = encoder_forgetting(base, tuned, tokenizer, texts, max_length=16, batch_size=8, device="cpu")
+    assert moved["representation_drift"] > 1e-3 and 0.0 <= moved["knn_overlap"] <= 1.0 and moved["knn_k"] == 10
+
+
+def test_knn_overlap_is_one_for_kept_neighbourhoods_and_near_chance_for_unrelated_spaces():
+    import numpy as np
+
+    from ft_assets.lib.forgetting import knn_overlap
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(200, 16))
+    assert knn_overlap(base, base * 3.0) == 1.0  # scaling keeps every cosine neighbourhood
+    unrelated = knn_overlap(base, rng.normal(size=(200, 16)))
+    assert unrelated < 0.15  # chance is k / (n - 1) = 10 / 199

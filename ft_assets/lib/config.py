@@ -218,6 +218,13 @@ class GenerationConfig(_Strict):
     samples: int = Field(8, ge=0)
 
 
+class ForgettingConfig(_Strict):
+    """Measure what tuning cost the base: both models on the same general text (see lib/forgetting.py)."""
+
+    corpus: Name  # a text corpus (txt, or text records) of general-purpose sentences
+    max_texts: int = Field(500, gt=1)  # its first max_texts texts, in file order
+
+
 # base_model forms besides a local directory or hub id.
 SCRATCH = "scratch"
 CHECKPOINT_PREFIX = "checkpoint:"
@@ -232,6 +239,7 @@ class RecipeConfig(_Strict):
     base_model: str = "default"
     scratch: ScratchModelConfig | None = None
     generation: GenerationConfig = GenerationConfig()
+    forgetting: ForgettingConfig | None = None
     method: Method
     method_args: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
@@ -393,6 +401,13 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
             problems.append(f"{where}: field dataset: no dataset named {r.dataset!r}")
             continue
         problems += [f"{where}: field base_model: {p}" for p in _base_recipe_problems(r, recipes)]
+        if r.forgetting is not None:
+            general = corpora.get(r.forgetting.corpus)
+            if general is None:
+                problems.append(f"{where}: field forgetting.corpus: no corpus named {r.forgetting.corpus!r}")
+            elif general.record != "text":
+                problems.append(f"{where}: field forgetting.corpus: corpus {general.name!r} holds instruction "
+                                "records; forgetting is measured on plain text")
         problems += [f"{where}: field {field}: {p}" for field, p in _method_problems(r, config.dataset(r.dataset))]
     return problems
 

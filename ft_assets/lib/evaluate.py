@@ -182,6 +182,8 @@ def _cost_lines(cost: dict) -> list[str]:
 def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     """The report as markdown; `images` maps FIGURES names to an image reference (file or data: URI)."""
     body = _render_causal_markdown(report) if report["task"] != "classification" else _render_classification(report)
+    if report.get("forgetting"):
+        body += _forgetting_markdown(report["forgetting"])
     for name, heading in FIGURES.items():
         if name in (images or {}):
             body += f"\n## {heading}\n\n![{name}]({images[name]})\n"
@@ -247,3 +249,16 @@ def _render_causal_markdown(report: dict) -> str:
 def _cell(text: str, limit: int = 160) -> str:
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _forgetting_markdown(f: dict) -> str:
+    lines = ["", f"## Forgetting (general text: corpus `{f['corpus']}`, {f['n_texts']} texts)", ""]
+    if f["kind"] == "encoder":
+        lines += [f"- representation drift: **{f['representation_drift']:.4f}** (1 − mean cosine of each sentence's "
+                  "mean-pooled embedding before and after tuning; 0 = unchanged)",
+                  f"- {f['knn_k']}-nearest-neighbour overlap: **{f['knn_overlap']:.4f}** (share of each sentence's "
+                  "neighbours kept; 1 = the embedding space kept its structure)"]
+    else:
+        lines += [f"- per-token loss on the general text: base {f['base_loss']:.4f}, tuned {f['tuned_loss']:.4f}, "
+                  f"increase **{f['loss_increase']:+.4f}** (0 = nothing forgotten)"]
+    return "\n".join(lines) + "\n"

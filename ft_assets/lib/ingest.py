@@ -269,3 +269,10 @@ def _table(records: list[dict], schema: pa.Schema) -> pa.Table:
 
 _READERS = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl,
             "txt": _read_txt, "parquet": _read_parquet}
+
+
+def read_texts(conn: duckdb.DuckDBPyConnection, corpus_name: str, limit: int) -> list[str]:
+    """The corpus' first `limit` non-blank texts, in file order (e.g. the general text for forgetting)."""
+    return [r[0] for r in conn.sql(
+        f"""SELECT text FROM raw."{corpus_name}" WHERE trim(coalesce(text, '')) <> ''
+            ORDER BY source_uri, row_number LIMIT ?""", params=[limit]).fetchall()]

@@ -15,6 +15,13 @@ TASK_METRICS = {
 }
 
 
+def forgetting_figure(block: dict | None) -> float | None:
+    """One number per recipe: representation drift for encoders, the general-text loss increase for causal LMs."""
+    if block is None:
+        return None
+    return block["representation_drift"] if block["kind"] == "encoder" else block["loss_increase"]
+
+
 def leaderboard_rows(reports: list[dict]) -> list[dict]:
     """Rows from eval.json reports, best headline metric first (ties: fewer trainable parameters first).
 
@@ -37,6 +44,7 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
             "train_seconds": cost["train_seconds"], "examples_per_sec": cost["examples_per_sec"],
             "tokens_per_sec": cost.get("tokens_per_sec"),
             "peak_mem_bytes": cost["peak_mem_bytes"], "checkpoint_bytes": cost["checkpoint_bytes"],
+            "forgetting": forgetting_figure(r.get("forgetting")),
         })
     return sorted(rows, key=lambda row: (-row[row["metric"]] if TASK_METRICS[row["task"]][1] else row[row["metric"]],
                                          row["trainable_params"]))
@@ -91,8 +99,8 @@ def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: lis
     lines = [
         f"# Leaderboard: {dataset}", "",
         "| # | recipe | method | " + " | ".join(HEADERS[c] for c in columns) + " | Δ vs base | trainable | share "
-        "| train s | examples/s | tokens/s | peak memory | checkpoint |",
-        "| ---: | --- | --- |" + " ---: |" * len(columns) + " ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| train s | examples/s | tokens/s | peak memory | checkpoint | forgetting |",
+        "| ---: | --- | --- |" + " ---: |" * len(columns) + " ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for i, r in enumerate(rows, start=1):
         tokens = f"{r['tokens_per_sec']:,.0f}" if r["tokens_per_sec"] is not None else "—"
@@ -100,8 +108,12 @@ def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: lis
             f"| {i} | {r['recipe']} | {r['method']} | " + " | ".join(f"{r[c]:.4f}" for c in columns) + " | "
             f"{r['delta_vs_base']:+.4f} | {r['trainable_params']:,} | {r['trainable_share']:.2%} | "
             f"{r['train_seconds']:.1f} | {r['examples_per_sec']:.1f} | {tokens} | {r['peak_mem_bytes'] / 2**20:,.0f} MiB | "
-            f"{r['checkpoint_bytes'] / 2**20:,.1f} MiB |"
+            f"{r['checkpoint_bytes'] / 2**20:,.1f} MiB | "
+            + (f"{r['forgetting']:.4f}" if r["forgetting"] is not None else "—") + " |"
         )
+    if any(r["forgetting"] is not None for r in rows):
+        lines += ["", "Forgetting: representation drift of the general text's sentence embeddings (encoders; "
+                  "0 = unchanged) or the increase of the per-token loss on it (causal LMs; 0 = nothing lost)."]
     if missing:
         lines += ["", f"No report yet for: {', '.join(missing)}."]
     lines += ["", f"![leaderboard]({image_ref})", ""]

@@ -26,7 +26,7 @@ class EvaluationResult:
 
 def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict[str, dict[str, list]],
                         out_dir: Path, baseline_cache: Path, device: str = "auto",
-                        task: str = "classification") -> EvaluationResult:
+                        task: str = "classification", general_texts: list[str] | None = None) -> EvaluationResult:
     """Scores the checkpoint on splits["test"] and compares it with the baselines.
 
     Args:
@@ -38,11 +38,13 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     Classification: the head_only baseline is the untuned base with a head trained the recipe's
     way (same data, epochs, batch size and seed), so the only difference to the recipe is the
     method. Causal LMs: the baseline is the untuned base itself, scored the same way.
+    With `general_texts` (the recipe's forgetting corpus) the report gets a `forgetting` block:
+    see lib/forgetting.py for what each figure means.
     """
     device = resolve_device(device)
     if task != "classification":
         report, generations = _causal_report(recipe, task, checkpoint_dir, splits["test"]["text"], baseline_cache,
-                                             device)
+                                             device, general_texts)
         eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
         _update_model_card(checkpoint_dir, report)
         if generations:
@@ -62,6 +64,8 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     report = _report("classification", {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1}, metrics.n,
                      recipe, checkpoint_dir, labels)
     report.update(metrics=metrics.as_dict(), baselines={name: b.as_dict() for name, b in baselines.items()})
+    if general_texts:
+        report["forgetting"] = _encoder_forgetting(model, tokenizer, checkpoint_dir, recipe, general_texts, device)
     report["cost"] = report.pop("cost")  # the cost block last, as in every report
     eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
     _update_model_card(checkpoint_dir, report)
@@ -106,23 +110,45 @@ def _cost(checkpoint_dir: Path) -> dict:
     }
 
 
+def _encoder_forgetting(model, tokenizer, checkpoint_dir: Path, recipe: RecipeConfig, texts: list[str],
+                        device: str) -> dict:
+    from transformers import AutoModel
+
+    from ft_assets.lib.forgetting import encoder_forgetting
+
+    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    base = AutoModel.from_pretrained(manifest["base_model"]["path"]).to(device)
+    cfg = recipe.training
+    return {"corpus": recipe.forgetting.corpus, **encoder_forgetting(
+        base, model, tokenizer, texts, max_length=cfg.max_length, batch_size=cfg.batch_size * 2, device=device)}
+
+
 def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, test_texts: list[str], cache: Path,
-                   device: str) -> tuple[dict, list[dict]]:
+                   device: str, general_texts: list[str] | None) -> tuple[dict, list[dict]]:
     model, tokenizer, _ = load_checkpoint(checkpoint_dir)
     model.to(device)
     manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
     scored = _score_causal(model, tokenizer, recipe, task, test_texts, device)
+    general = _general_blocks(tokenizer, general_texts, recipe.training.max_length) if general_texts else None
     key = stable_hash({"task": task, "base": manifest["base_model"], "seed": recipe.training.seed,
                        "max_length": recipe.training.max_length, "generation": recipe.generation.model_dump(),
-                       "test": test_texts, "tokenizer": _tokenizer_fingerprint(checkpoint_dir)})
+                       "test": test_texts, "general": general_texts, "tokenizer": _tokenizer_fingerprint(checkpoint_dir)})
     cached = cache / f"{key}.json"
     if cached.exists():
         base = json.loads(cached.read_text())
     else:
         base_model = _untuned_base(manifest, checkpoint_dir, recipe.training.seed).to(device)
         base = _score_causal(base_model, tokenizer, recipe, task, test_texts, device)
+        if general:
+            base["general_loss"] = _mean_loss(base_model, tokenizer, general, recipe, device)
         cache.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(base))
+    forgetting = None
+    if general:
+        tuned_loss = _mean_loss(model, tokenizer, general, recipe, device)
+        forgetting = {"corpus": recipe.forgetting.corpus, "kind": "causal_lm", "n_texts": len(general_texts),
+                      "base_loss": base.pop("general_loss"), "tuned_loss": tuned_loss}
+        forgetting["loss_increase"] = tuned_loss - forgetting["base_loss"]
     # Every test answer beside the base's; the report shows the first few.
     generations = [{**s, "base_generated": b["generated"]} for s, b in zip(scored.pop("samples"), base.pop("samples"))]
     headline = {"eval_loss": scored["eval_loss"], "perplexity": scored["perplexity"]}
@@ -130,6 +156,8 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, test_t
         headline = {"rouge_l": scored["rouge_l"], "exact_match": scored["exact_match"], **headline}
     report = _report(task, headline, scored["n_test"], recipe, checkpoint_dir, [])
     report.update(metrics=scored, baselines={"base": base}, samples=generations[: recipe.generation.samples])
+    if forgetting is not None:
+        report["forgetting"] = forgetting
     report["cost"] = report.pop("cost")
     return report, generations
 
@@ -154,6 +182,18 @@ def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkp
         "labels": labels,
         "cost": cost,
     }
+
+
+def _general_blocks(tokenizer, texts: list[str], max_length: int) -> list[dict]:
+    from ft_assets.lib.causal_data import text_blocks
+
+    return text_blocks(tokenizer, texts, max_length)
+
+
+def _mean_loss(model, tokenizer, blocks: list[dict], recipe: RecipeConfig, device: str) -> float:
+    from ft_assets.lib.train import mean_causal_loss
+
+    return mean_causal_loss(model, blocks, tokenizer.pad_token_id, recipe.training.batch_size, device)
 
 
 def _score_causal(model, tokenizer, recipe: RecipeConfig, task: str, test_texts: list[str], device: str) -> dict:

@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import GPU_POOL
 from ft_assets.lib.cleaning import read_split
+from ft_assets.lib.ingest import read_texts
 from ft_assets.lib.config import DatasetConfig, ProjectConfig, RecipeConfig
 from ft_assets.lib.leaderboard import TASK_METRICS, write_leaderboard
 from ft_assets.lib.report import evaluate_checkpoint
@@ -40,7 +41,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         kinds={"pytorch"},
         # Evaluation and the baseline's training use the accelerator too.
         pool=GPU_POOL,
-        deps=[checkpoint_key],
+        deps=[checkpoint_key] + ([dg.AssetKey(["raw", recipe.forgetting.corpus])] if recipe.forgetting else []),
         code_version=recipe.recipe_hash()[:12],
         description=(
             f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training. "
@@ -59,10 +60,13 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         with warehouse.get_connection() as conn:
             splits = {s: read_split(conn, recipe.dataset, s, in_file_order=task == "language_modeling").to_pydict()
                       for s in ("train", "validation", "test")}
+            general = (read_texts(conn, recipe.forgetting.corpus, recipe.forgetting.max_texts)
+                       if recipe.forgetting else None)
         if not splits["test"]["text"]:
             raise dg.Failure(description=f"reports/{recipe.name}: datasets/{recipe.dataset} has an empty test split")
         result = evaluate_checkpoint(recipe, checkpoint_dir, splits, out_dir,
-                                     baseline_cache=config.root / "reports" / "_baselines", task=task)
+                                     baseline_cache=config.root / "reports" / "_baselines", task=task,
+                                     general_texts=general)
         headline = result.report
         scores = {c: headline[c] for c in TASK_METRICS[task][2]}
         beaten = {name: b[metric] for name, b in headline["baselines"].items()}
@@ -72,6 +76,8 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
                 **scores,
                 "n_test": headline["n_test"],
                 **{f"baseline_{name}_{metric}": value for name, value in beaten.items()},
+                **{f"forgetting_{k}": v for k, v in (headline.get("forgetting") or {}).items()
+                   if isinstance(v, float)},
                 "trainable_params": headline["trainable_params"],
                 "total_params": headline["total_params"],
                 "train_seconds": headline["train_seconds"],

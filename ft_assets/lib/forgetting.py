@@ -1,0 +1,69 @@
+"""Catastrophic forgetting, measured: the base and the tuned model on the same general text.
+
+Causal LMs: the mean per-token loss on the general text, before and after tuning; forgetting is
+the increase (0 = nothing lost, negative = the tuned model models general text better).
+Encoders: how far tuning moved the mean-pooled sentence embeddings of the general text —
+representation_drift = 1 - mean cosine(base_i, tuned_i) (0 = unchanged, up to 2 for opposite
+directions) — and how much of the embedding space's structure survived — knn_overlap = the mean
+share of each sentence's k nearest neighbours (cosine) that are the same before and after
+(1 = the same neighbourhoods, about k/n for unrelated ones).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+KNN = 10
+
+
+def mean_pooled_embeddings(model, tokenizer, texts: list[str], *, max_length: int, batch_size: int,
+                           device: str) -> np.ndarray:
+    """(n, hidden) mean of the last hidden states over each text's real tokens (the MiniLM way)."""
+    import torch
+
+    model.eval()
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt").to(device)
+            hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+            hidden = hidden[:, -batch["input_ids"].shape[1]:]  # prompt tuning puts virtual tokens in front
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            chunks.append(((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().cpu().numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), dtype=np.float32)
+
+
+def representation_drift(base: np.ndarray, tuned: np.ndarray) -> float:
+    """1 - mean cosine similarity between each text's base and tuned embedding."""
+    return float(1.0 - np.mean(np.sum(_unit(base) * _unit(tuned), axis=1)))
+
+
+def knn_overlap(base: np.ndarray, tuned: np.ndarray, k: int = KNN) -> float:
+    """Mean share of each text's k nearest neighbours (cosine, itself excluded) kept after tuning."""
+    n = len(base)
+    if n < 2:
+        raise ValueError(f"knn_overlap needs at least 2 texts, got {n}")
+    k = min(k, n - 1)
+
+    def neighbours(x: np.ndarray) -> np.ndarray:
+        similarity = _unit(x) @ _unit(x).T
+        np.fill_diagonal(similarity, -np.inf)
+        return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+
+    before, after = neighbours(base), neighbours(tuned)
+    return float(np.mean([len(set(b) & set(a)) / k for b, a in zip(before, after)]))
+
+
+def encoder_forgetting(base_model, tuned_model, tokenizer, texts: list[str], *, max_length: int, batch_size: int,
+                       device: str) -> dict:
+    base = mean_pooled_embeddings(base_model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                                  device=device)
+    tuned = mean_pooled_embeddings(tuned_model, tokenizer, texts, max_length=max_length, batch_size=batch_size,
+                                   device=device)
+    return {"kind": "encoder", "n_texts": len(texts), "representation_drift": representation_drift(base, tuned),
+            "knn_overlap": knn_overlap(base, tuned), "knn_k": min(KNN, len(texts) - 1)}
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
