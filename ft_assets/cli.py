@@ -11,7 +11,7 @@ from ft_assets.lib.config import ConfigError, load_config
 
 def summary(args: argparse.Namespace) -> int:
     """One line per recipe: its task metric against the untuned base, trainable parameters, wall time."""
-    from ft_assets.lib.leaderboard import TASK_METRICS
+    from ft_assets.lib.leaderboard import TASK_METRICS, untuned_base
 
     config = load_config(args.config)
     missing = []
@@ -25,8 +25,7 @@ def summary(args: argparse.Namespace) -> int:
         r = json.loads(path.read_text())
         task = r.get("task", "classification")
         metric = TASK_METRICS[task][0]
-        # The untuned base: with a trained head for classifiers (a head_only recipe is that base).
-        base = r["baselines"].get("base_head_only" if task == "classification" else "base")
+        base = untuned_base(r)
         majority = r["baselines"].get("majority")
         print(f"{recipe.name:<24} {recipe.method:<10} {task:<18} {metric:<10} {r[metric]:>9.4f} "
               f"{'-' if base is None else format(base[metric], '.4f'):>9} "

@@ -121,7 +121,7 @@ def test_loss_goes_down_and_the_checkpoint_reloads_to_the_same_logits(task, mode
     assert result.logger.records[-1]["eval_perplexity"] == pytest.approx(math.exp(result.logger.records[-1]["eval_loss"]))
 
     out = tmp_path / "ckpt"
-    save_checkpoint(result, r, [], out, {}, task=task)
+    save_checkpoint(result, r, [], out, {})
     assert (out / ("model.safetensors" if method in ("full", "freeze") else "adapter_model.safetensors")).exists()
     model, tokenizer, labels = load_checkpoint(out)
     assert labels == [] and tokenizer.chat_template == result.tokenizer.chat_template
@@ -148,7 +148,7 @@ def test_merged_export_of_a_causal_lora_gives_the_adapters_logits(tiny_llama_dir
 
     r = recipe(tiny_llama_dir, "lora", epochs=1).model_copy(update={"export": "merged"})
     result = fit(r, [], rows(qa_conversations(16)), None, task="instruction", device="cpu")
-    save_checkpoint(result, r, [], tmp_path / "ckpt", {}, task="instruction")
+    save_checkpoint(result, r, [], tmp_path / "ckpt", {})
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "merged").eval()
     ids = torch.tensor([result.tokenizer("The lamp is red.")["input_ids"]])
     result.model.eval()
@@ -166,6 +166,6 @@ def test_a_scratch_model_learns_the_language_of_its_corpus(tmp_path):
     evals = [rec["eval_perplexity"] for rec in result.logger.records if "eval_perplexity" in rec]
     # A fresh model is near-uniform over its vocabulary; three epochs on a repetitive corpus are far better.
     assert evals[0] < 320 and evals[-1] < evals[0] and evals[-1] < 20
-    manifest = save_checkpoint(result, r, [], tmp_path / "ckpt", {}, task="language_modeling")
+    manifest = save_checkpoint(result, r, [], tmp_path / "ckpt", {})
     assert manifest["base_model"]["id"] == "scratch" and manifest["base_model"]["scratch"]["vocab_size"] == 320
     assert (tmp_path / "ckpt" / "tokenizer.json").exists()

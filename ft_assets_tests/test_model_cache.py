@@ -251,7 +251,7 @@ def test_a_recipe_trains_from_an_s3_base_model_and_records_its_weights(s3, bucke
                           training={"epochs": 1, "batch_size": 8, "max_length": 64})
     texts = qa_conversations(16)
     result = fit(recipe, [], {"text": texts, "label": [None] * 16}, None, task="instruction", device="cpu")
-    manifest = save_checkpoint(result, recipe, [], tmp_path / "ckpt", {}, task="instruction")
+    manifest = save_checkpoint(result, recipe, [], tmp_path / "ckpt", {})
     base = manifest["base_model"]
     assert base["id"] == f"s3://{bucket}/base/" and base["path"].startswith(str(tmp_path / "cache"))
     assert base["weights_sha256"] == weights_sha256(str(tiny_llama_dir))

@@ -159,6 +159,13 @@ def collate_causal(batch: list[dict], pad_token_id: int) -> dict:
     return out
 
 
+def perplexity(loss: float) -> float:
+    """exp(mean token loss), capped at exp(50) so an untrained model's figure stays a finite number."""
+    import math
+
+    return math.exp(min(loss, 50.0))
+
+
 def causal_loss(logits, labels, *, reduction: str = "mean"):
     """Next-token cross-entropy over labelled positions: token t is predicted from positions < t.
 

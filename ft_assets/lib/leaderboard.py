@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from pathlib import Path
+
+from ft_assets.lib.plots import data_uri, png_bytes, pyplot
 
 # Per task: the headline metric (the sort key), whether higher is better, and the metric columns.
 TASK_METRICS = {
@@ -13,6 +13,13 @@ TASK_METRICS = {
     "instruction": ("rouge_l", True, ("rouge_l", "exact_match", "perplexity")),
     "language_modeling": ("perplexity", False, ("perplexity", "eval_loss")),
 }
+
+
+def untuned_base(report: dict) -> dict | None:
+    """The report's untuned-base baseline: the base with a trained head for classifiers (none for a
+    head_only recipe, which is that base), the base model itself for causal LMs."""
+    task = report.get("task", "classification")
+    return report["baselines"].get("base_head_only" if task == "classification" else "base")
 
 
 def forgetting_figure(block: dict | None) -> float | None:
@@ -34,7 +41,7 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
         task = r.get("task", "classification")
         metric, higher_is_better, columns = TASK_METRICS[task]
         cost = r["cost"]
-        base = r["baselines"].get("base_head_only" if task == "classification" else "base", {}).get(metric, r[metric])
+        base = (untuned_base(r) or r)[metric]
         rows.append({
             "recipe": r["recipe"], "method": r["method"], "task": task, "metric": metric,
             **{c: r[c] for c in columns},
@@ -52,10 +59,7 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
 
 def render_chart(rows: list[dict], majority: float | None, title: str) -> bytes:
     """PNG: the headline test metric per recipe beside the share of parameters it trained."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display on servers and in CI
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metric = rows[0]["metric"]
     names = [r["recipe"] for r in rows][::-1]
@@ -83,10 +87,7 @@ def render_chart(rows: list[dict], majority: float | None, title: str) -> bytes:
                           textcoords="offset points", va="center", fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 HEADERS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "rouge_l": "ROUGE-L", "exact_match": "exact match",
@@ -129,5 +130,4 @@ def write_leaderboard(reports: list[dict], dataset: str, out_dir: Path, missing:
     (out_dir / "leaderboard.json").write_text(json.dumps({"dataset": dataset, "rows": rows}, indent=2) + "\n")
     (out_dir / "leaderboard.png").write_bytes(chart)
     (out_dir / "leaderboard.md").write_text(render_markdown(rows, dataset, "leaderboard.png", missing))
-    embedded = f"data:image/png;base64,{base64.b64encode(chart).decode()}"
-    return rows, render_markdown(rows, dataset, embedded, missing)
+    return rows, render_markdown(rows, dataset, data_uri(chart), missing)

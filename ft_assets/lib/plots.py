@@ -14,7 +14,7 @@ def data_uri(png: bytes) -> str:
     return f"data:image/png;base64,{base64.b64encode(png).decode()}"
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and in CI
@@ -23,10 +23,11 @@ def _pyplot():
     return plt
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """The figure as PNG, and closed (pyplot keeps every open figure alive)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return buffer.getvalue()
 
 
@@ -36,7 +37,7 @@ def loss_curves(records: list[dict], title: str) -> bytes | None:
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     if not train and not evals:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     if train:
         ax.plot(*zip(*train), label="train loss", color="#4c72b0")
@@ -48,14 +49,14 @@ def loss_curves(records: list[dict], title: str) -> bytes | None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def confusion_matrix(labels: list[str], matrix: list[list[int]], title: str) -> bytes:
     """Counts per (true, predicted) label, rows normalised for the colour so rare classes show too."""
     import numpy as np
 
-    plt = _pyplot()
+    plt = pyplot()
     counts = np.array(matrix)
     share = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = min(2.0 + 0.45 * len(labels), 24.0)
@@ -70,4 +71,4 @@ def confusion_matrix(labels: list[str], matrix: list[list[int]], title: str) -> 
     ax.set_ylabel("true")
     ax.set_title(title)
     fig.tight_layout()
-    return _png(fig)
+    return png_bytes(fig)

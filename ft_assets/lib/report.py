@@ -11,6 +11,7 @@ from ft_assets.lib.config import RecipeConfig, stable_hash
 from ft_assets.lib.evaluate import (
     ClassificationMetrics, classification_metrics, majority_baseline, predict_logits, resolve_device, write_report,
 )
+from ft_assets.lib.model_card import CARD_FILE, render_model_card
 from ft_assets.lib.models import (
     MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint, resolve_base_model, weights_sha256,
 )
@@ -42,11 +43,12 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     see lib/forgetting.py for what each figure means.
     """
     device = resolve_device(device)
+    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
     if task != "classification":
-        report, generations = _causal_report(recipe, task, checkpoint_dir, splits["test"]["text"], baseline_cache,
-                                             device, general_texts)
+        report, generations = _causal_report(recipe, task, checkpoint_dir, manifest, splits["test"]["text"],
+                                             baseline_cache, device, general_texts)
         eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
-        _update_model_card(checkpoint_dir, report)
+        (checkpoint_dir / CARD_FILE).write_text(render_model_card(manifest, report))
         if generations:
             (out_dir / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in generations))
         return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
@@ -61,23 +63,16 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     if recipe.method != "head_only":
         baselines["base_head_only"] = _base_head_baseline(recipe, labels, splits, baseline_cache, device)
 
-    report = _report("classification", {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1}, metrics.n,
-                     recipe, checkpoint_dir, labels)
-    report.update(metrics=metrics.as_dict(), baselines={name: b.as_dict() for name, b in baselines.items()})
+    forgetting = {}
     if general_texts:
-        report["forgetting"] = _encoder_forgetting(model, tokenizer, checkpoint_dir, recipe, general_texts, device)
-    report["cost"] = report.pop("cost")  # the cost block last, as in every report
+        forgetting = {"forgetting": _encoder_forgetting(model, tokenizer, manifest, recipe, general_texts, device)}
+    report = _report("classification", {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1}, metrics.n,
+                     recipe, checkpoint_dir, labels, metrics=metrics.as_dict(),
+                     baselines={name: b.as_dict() for name, b in baselines.items()}, **forgetting)
     eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
-    _update_model_card(checkpoint_dir, report)
-    return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
-
-
-def _update_model_card(checkpoint_dir: Path, report: dict) -> None:
-    """The checkpoint's README.md with its test results (the weights and manifest are never touched)."""
-    from ft_assets.lib.model_card import CARD_FILE, render_model_card
-
-    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    # The card gains the results; the weights and the manifest are never touched.
     (checkpoint_dir / CARD_FILE).write_text(render_model_card(manifest, report))
+    return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
 
 
 def _figures(recipe: RecipeConfig, checkpoint_dir: Path, report: dict) -> dict[str, bytes]:
@@ -110,26 +105,28 @@ def _cost(checkpoint_dir: Path) -> dict:
     }
 
 
-def _encoder_forgetting(model, tokenizer, checkpoint_dir: Path, recipe: RecipeConfig, texts: list[str],
+def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, texts: list[str],
                         device: str) -> dict:
     from transformers import AutoModel
 
     from ft_assets.lib.forgetting import encoder_forgetting
 
-    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
     base = AutoModel.from_pretrained(manifest["base_model"]["path"]).to(device)
     cfg = recipe.training
     return {"corpus": recipe.forgetting.corpus, **encoder_forgetting(
         base, model, tokenizer, texts, max_length=cfg.max_length, batch_size=cfg.batch_size * 2, device=device)}
 
 
-def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, test_texts: list[str], cache: Path,
-                   device: str, general_texts: list[str] | None) -> tuple[dict, list[dict]]:
+def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manifest: dict, test_texts: list[str],
+                   cache: Path, device: str, general_texts: list[str] | None) -> tuple[dict, list[dict]]:
+    from ft_assets.lib.causal_data import text_blocks
+    from ft_assets.lib.train import mean_causal_loss
+
     model, tokenizer, _ = load_checkpoint(checkpoint_dir)
     model.to(device)
-    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    cfg = recipe.training
     scored = _score_causal(model, tokenizer, recipe, task, test_texts, device)
-    general = _general_blocks(tokenizer, general_texts, recipe.training.max_length) if general_texts else None
+    general = text_blocks(tokenizer, general_texts, cfg.max_length) if general_texts else None
     key = stable_hash({"task": task, "base": manifest["base_model"], "seed": recipe.training.seed,
                        "max_length": recipe.training.max_length, "generation": recipe.generation.model_dump(),
                        "test": test_texts, "general": general_texts, "tokenizer": _tokenizer_fingerprint(checkpoint_dir)})
@@ -140,12 +137,12 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, test_t
         base_model = _untuned_base(manifest, checkpoint_dir, recipe.training.seed).to(device)
         base = _score_causal(base_model, tokenizer, recipe, task, test_texts, device)
         if general:
-            base["general_loss"] = _mean_loss(base_model, tokenizer, general, recipe, device)
+            base["general_loss"] = mean_causal_loss(base_model, general, tokenizer.pad_token_id, cfg.batch_size, device)
         cache.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(base))
     forgetting = None
     if general:
-        tuned_loss = _mean_loss(model, tokenizer, general, recipe, device)
+        tuned_loss = mean_causal_loss(model, general, tokenizer.pad_token_id, cfg.batch_size, device)
         forgetting = {"corpus": recipe.forgetting.corpus, "kind": "causal_lm", "n_texts": len(general_texts),
                       "base_loss": base.pop("general_loss"), "tuned_loss": tuned_loss}
         forgetting["loss_increase"] = tuned_loss - forgetting["base_loss"]
@@ -154,17 +151,16 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, test_t
     headline = {"eval_loss": scored["eval_loss"], "perplexity": scored["perplexity"]}
     if task == "instruction":
         headline = {"rouge_l": scored["rouge_l"], "exact_match": scored["exact_match"], **headline}
-    report = _report(task, headline, scored["n_test"], recipe, checkpoint_dir, [])
-    report.update(metrics=scored, baselines={"base": base}, samples=generations[: recipe.generation.samples])
-    if forgetting is not None:
-        report["forgetting"] = forgetting
-    report["cost"] = report.pop("cost")
+    report = _report(task, headline, scored["n_test"], recipe, checkpoint_dir, [], metrics=scored,
+                     baselines={"base": base}, samples=generations[: recipe.generation.samples],
+                     **({"forgetting": forgetting} if forgetting is not None else {}))
     return report, generations
 
 
 def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkpoint_dir: Path,
-            labels: list[str]) -> dict:
-    """The fields every report shares; headline numbers first, flat, for tools and the Dagster UI's plots."""
+            labels: list[str], **blocks) -> dict:
+    """The fields every report shares, the task's `blocks` (metrics, baselines, ...) and the cost last;
+    headline numbers first, flat, for tools and the Dagster UI's plots."""
     cost = _cost(checkpoint_dir)
     return {
         "task": task,
@@ -180,34 +176,21 @@ def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkp
         "base_model": recipe.base_model,
         "checkpoint": str(checkpoint_dir),
         "labels": labels,
+        **blocks,
         "cost": cost,
     }
 
 
-def _general_blocks(tokenizer, texts: list[str], max_length: int) -> list[dict]:
-    from ft_assets.lib.causal_data import text_blocks
-
-    return text_blocks(tokenizer, texts, max_length)
-
-
-def _mean_loss(model, tokenizer, blocks: list[dict], recipe: RecipeConfig, device: str) -> float:
-    from ft_assets.lib.train import mean_causal_loss
-
-    return mean_causal_loss(model, blocks, tokenizer.pad_token_id, recipe.training.batch_size, device)
-
-
 def _score_causal(model, tokenizer, recipe: RecipeConfig, task: str, test_texts: list[str], device: str) -> dict:
     """eval_loss / perplexity per labelled test token; for instruction also generation metrics and samples."""
-    import math
-
-    from ft_assets.lib.causal_data import prompt_and_reference
+    from ft_assets.lib.causal_data import perplexity, prompt_and_reference
     from ft_assets.lib.evaluate import generate_answers, generation_metrics
     from ft_assets.lib.train import causal_examples, mean_causal_loss
 
     cfg, generation = recipe.training, recipe.generation
     examples, _ = causal_examples(tokenizer, task, test_texts, cfg.max_length, packing=False)
     loss = mean_causal_loss(model, examples, tokenizer.pad_token_id, cfg.batch_size, device)
-    scored = {"eval_loss": loss, "perplexity": math.exp(min(loss, 50.0)), "n_test": len(test_texts),
+    scored = {"eval_loss": loss, "perplexity": perplexity(loss), "n_test": len(test_texts),
               "samples": []}
     if task == "instruction":
         conversations = [prompt_and_reference(t) for t in test_texts[: generation.max_examples]]

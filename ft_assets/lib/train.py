@@ -22,7 +22,6 @@ goes to the Dagster run log and the run ends with a materialization carrying the
 from __future__ import annotations
 
 import json
-import math
 import platform
 import resource
 import sys
@@ -66,8 +65,9 @@ class MetricLogger:
 class FitResult:
     model: Any
     tokenizer: Any
-    train_info: dict
+    train_info: dict  # its "task" says which kind of checkpoint this is
     logger: MetricLogger = field(default_factory=MetricLogger)
+    base_model_path: str | None = None  # the base as resolved for training; None for scratch
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -199,7 +199,8 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         "final_eval": next((r for r in reversed(logger.records) if "eval_loss" in r), None),
         **data.info,
     }
-    return FitResult(model=model, tokenizer=data.tokenizer, train_info=train_info, logger=logger)
+    return FitResult(model=model, tokenizer=data.tokenizer, train_info=train_info, logger=logger,
+                     base_model_path=data.base_model_path)
 
 
 @dataclass
@@ -213,6 +214,7 @@ class _TrainingData:
     loss: Callable  # (model, batch) -> scalar loss
     validate: Callable | None  # (model) -> {"eval_loss": ..., ...}
     heads: set[str]  # module names trained at head_learning_rate
+    base_model_path: str | None  # None for a model from scratch
     sampler: Any = None
     info: dict = field(default_factory=dict)  # task figures for train_info
 
@@ -256,13 +258,13 @@ def _classification_data(recipe, labels, train_rows, validation_rows, base_model
             return _validation_metrics(model, tokenizer, validation_rows, label_ids, cfg, device)
 
     return _TrainingData(model=model, tokenizer=tokenizer, train_set=train_set, collate=collate, loss=loss,
-                         validate=validate, heads=set(head_modules(model)), sampler=sampler)
+                         validate=validate, heads=set(head_modules(model)), base_model_path=base_path, sampler=sampler)
 
 
 def _causal_data(recipe, task, train_rows, validation_rows, base_model_path, device) -> _TrainingData:
     import torch
 
-    from ft_assets.lib.causal_data import causal_loss, collate_causal
+    from ft_assets.lib.causal_data import causal_loss, collate_causal, perplexity
 
     cfg = recipe.training
     if recipe.base_model == SCRATCH:
@@ -293,10 +295,10 @@ def _causal_data(recipe, task, train_rows, validation_rows, base_model_path, dev
 
         def validate(model):
             loss = mean_causal_loss(model, validation_set, tokenizer.pad_token_id, cfg.batch_size, device)
-            return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+            return {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
 
     return _TrainingData(model=model, tokenizer=tokenizer, train_set=train_set, collate=collate, loss=loss,
-                         validate=validate, heads=set(), info=info)
+                         validate=validate, heads=set(), base_model_path=base_path, info=info)
 
 
 def causal_examples(tokenizer, task: str, texts: list[str], max_length: int, *, packing: bool) -> tuple[list[dict], dict]:
@@ -328,7 +330,6 @@ def mean_causal_loss(model, examples: list[dict], pad_token_id: int, batch_size:
             labels = batch.pop("labels")
             total += causal_loss(model(**batch, use_cache=False).logits, labels, reduction="sum").item()
             count += int((labels[:, 1:] != -100).sum())
-    model.train()
     return total / max(count, 1)
 
 
@@ -378,13 +379,12 @@ def _peak_memory_bytes(device: str) -> int:
 
 
 def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], output_dir: Path,
-                    lineage: dict, *, task: str = "classification", base_model_path: str | None = None) -> dict:
+                    lineage: dict) -> dict:
     """Writes the checkpoint atomically and returns its manifest."""
+    task, base_path = result.train_info["task"], result.base_model_path
     if recipe.base_model == SCRATCH:
-        base_path = None
         base = {"id": SCRATCH, "path": None, "weights_sha256": None, "scratch": recipe.scratch.model_dump()}
     else:
-        base_path = base_model_path or resolve_base_model(recipe.base_model)
         base = {"id": recipe.base_model, "path": base_path, "weights_sha256": weights_sha256(base_path)}
     manifest = {
         "task": task,
@@ -446,8 +446,7 @@ def run(spec: dict, logger: MetricLogger) -> dict:
     result = fit(recipe, spec["labels"], _read_rows(spec["train_path"]), _read_rows(spec.get("validation_path")),
                  task=task, base_model_path=base_path, device=spec.get("device", "auto"),
                  precision=spec.get("precision", "auto"), logger=logger)
-    return save_checkpoint(result, recipe, spec["labels"], Path(spec["output_dir"]), spec.get("lineage", {}),
-                           task=task, base_model_path=base_path)
+    return save_checkpoint(result, recipe, spec["labels"], Path(spec["output_dir"]), spec.get("lineage", {}))
 
 
 def main(argv: list[str] | None = None) -> None:
