@@ -5,18 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ft_assets.lib.config import ConfigError, load_config
+from ft_assets.lib.lineage import AuditError
 
 
 def summary(args: argparse.Namespace) -> int:
-    """One line per recipe: its task metric against the untuned base, trainable parameters, wall time."""
-    from ft_assets.lib.leaderboard import TASK_METRICS, untuned_base
+    """One line per recipe: its task metric against the untuned base, trainable parameters, wall time and
+    gates; then each dataset's champion."""
+    from ft_assets.lib.champion import current_champion
+    from ft_assets.lib.config import TASK_METRICS
+    from ft_assets.lib.leaderboard import untuned_base
 
     config = load_config(args.config)
     missing = []
     print(f"{'recipe':<24} {'method':<10} {'task':<18} {'metric':<10} {'tuned':>9} {'base':>9} {'majority':>8} "
-          f"{'trainable':>12} {'train s':>8}")
+          f"{'trainable':>12} {'train s':>8}  gates")
     for recipe in config.recipes:
         path = config.root / "reports" / recipe.name / "eval.json"
         if not path.exists():
@@ -30,11 +35,91 @@ def summary(args: argparse.Namespace) -> int:
         print(f"{recipe.name:<24} {recipe.method:<10} {task:<18} {metric:<10} {r[metric]:>9.4f} "
               f"{'-' if base is None else format(base[metric], '.4f'):>9} "
               f"{'-' if majority is None else format(majority['accuracy'], '.4f'):>8} "
-              f"{r['trainable_params']:>12,} {r['train_seconds']:>8.1f}")
+              f"{r['trainable_params']:>12,} {r['train_seconds']:>8.1f}  {_gates_word(r.get('gates'))}")
+    champions = [(d.name, current_champion(config.root / "models" / d.name / "champion")) for d in config.datasets]
+    for dataset, champion in champions:
+        if champion is not None:
+            print(f"\nchampion of {dataset}: {champion['recipe']}: {champion['why']}", end="")
     print(f"\nreports: {config.root / 'reports'}/<recipe>/report.md (and eval.json)")
+    print(f"champions: {config.root / 'models'}/<dataset>/champion/")
     if missing:
         print(f"no report yet for: {', '.join(missing)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _gates_word(gates: list[dict] | None) -> str:
+    if gates is None:  # a report from before gates existed
+        return "-"
+    failed = [g["name"] for g in gates if not g["passed"]]
+    return "FAIL " + ", ".join(failed) if failed else "pass"
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Re-hash a checkpoint's files and the raw files it learned from against its manifest.json.
+
+    Exit 0 when everything recorded matches, 1 on a changed, missing or unrecorded weight file or a raw file
+    changed since training, 2 for a directory that is not a checkpoint.
+    """
+    from ft_assets.lib.lineage import verify_checkpoint
+
+    try:
+        result = verify_checkpoint(args.checkpoint)
+    except FileNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0 if result["ok"] else 1
+
+    def short(sha: str | None) -> str:
+        return "-" if sha is None else sha[:12]
+
+    print(f"checkpoint {result['checkpoint']}")
+    print(f"{'status':<22} {'expected':<12} {'actual':<12} file")
+    for f in result["files"]:
+        print(f"{f['status']:<22} {short(f['expected']):<12} {short(f['actual']):<12} {f['path']}")
+    print(f"\n{'status':<22} {'expected':<12} {'actual':<12} raw file")
+    for f in result["raw_files"]:
+        print(f"{f['status']:<22} {short(f['expected']):<12} {short(f['actual']):<12} {f['uri']}")
+    unchecked = [f for f in result["raw_files"] if f["status"] != "ok"]
+    if result["ok"]:
+        print("\nverified: every checkpoint file matches its recorded sha256 and no raw file changed"
+              + (f"; {len(unchecked)} raw file(s) could not be checked (listed above)" if unchecked else ""))
+        return 0
+    print("\nNOT verified:\n" + "\n".join(f"  {p}" for p in result["problems"]), file=sys.stderr)
+    return 1
+
+
+def audit(args: argparse.Namespace) -> int:
+    """Lineage from the Dagster event log: a recipe's or champion's chain back to the raw files, or
+    (--raw-file) everything that consumed one raw file."""
+    from ft_assets.audit import (
+        audit_champion, audit_checkpoint, audit_raw_file, format_chain, format_raw_file, open_instance,
+        resolve_raw_file,
+    )
+
+    if (args.target is None) == (args.raw_file is None):
+        print("ft-assets audit: give a recipe, champion:<dataset>, or --raw-file (one of them)", file=sys.stderr)
+        return 2
+    config = load_config(args.config)
+    instance = open_instance(config, args.dagster_home)
+    if args.raw_file is not None:
+        sha256, uri = resolve_raw_file(args.raw_file)
+        found = audit_raw_file(instance, sha256, uri)
+        if not args.stale:
+            found.pop("stale")
+        print(json.dumps(found, indent=2) if args.json else format_raw_file(found, args.stale))
+        return 0
+    if args.target.startswith("champion:"):
+        if args.run_id:
+            print("ft-assets audit: --run selects a checkpoint run; a champion is audited as it stands",
+                  file=sys.stderr)
+            return 2
+        chain = audit_champion(instance, args.target.removeprefix("champion:"))
+    else:
+        chain = audit_checkpoint(instance, args.target, args.run_id)
+    print(json.dumps(chain, indent=2) if args.json else format_chain(chain))
     return 0
 
 
@@ -43,10 +128,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="project YAML (default: FT_ASSETS_CONFIG, else the packaged default)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("summary", help=summary.__doc__).set_defaults(run=summary)
+    verifier = commands.add_parser("verify", help=verify.__doc__.splitlines()[0])
+    verifier.add_argument("checkpoint", type=Path, help="a checkpoint directory, the one holding manifest.json")
+    verifier.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    verifier.set_defaults(run=verify)
+    auditor = commands.add_parser("audit", help=audit.__doc__.splitlines()[0], description=audit.__doc__)
+    auditor.add_argument("target", nargs="?", help="a recipe name, or champion:<dataset>")
+    auditor.add_argument("--run", dest="run_id", help="audit the checkpoint materialized in this run instead of the latest")
+    auditor.add_argument("--raw-file", help="a raw file's path or sha256: every asset that consumed it")
+    auditor.add_argument("--stale", action="store_true",
+                         help="with --raw-file: the current assets to rebuild without the file")
+    auditor.add_argument("--json", action="store_true", help="print the result as JSON")
+    auditor.add_argument("--dagster-home", help="the Dagster instance folder (default: DAGSTER_HOME, else "
+                                                "<storage root>/dagster)")
+    auditor.set_defaults(run=audit)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ConfigError as e:
+    except (ConfigError, AuditError) as e:
         print(e, file=sys.stderr)
         return 2
 

@@ -8,14 +8,15 @@ import sys
 from pathlib import Path
 
 from ft_assets_tests.conftest import write_project
+from ft_assets_tests.test_champion import learning_recipes
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_materialize_the_whole_graph_through_the_cli_and_summarize(tmp_path, tiny_model_dir):
-    recipe = {"name": "cli_head", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
-              "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}
-    config = write_project(tmp_path, tiny_model_dir, recipes=[recipe])
+    # A recipe that learns, so its gates pass and the whole graph, champion included, materializes.
+    recipe = {**learning_recipes(tiny_model_dir, full_gates={})[0], "name": "cli_full"}
+    config = write_project(tmp_path, tiny_model_dir, recipes=[recipe], n_per_label=60)
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "data" / "dagster" / "dagster.yaml", home / "dagster.yaml")
@@ -26,15 +27,21 @@ def test_materialize_the_whole_graph_through_the_cli_and_summarize(tmp_path, tin
                           "-m", "ft_assets.definitions"], env=env, cwd=tmp_path, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads((tmp_path / "data" / "reports" / "cli_head" / "eval.json").read_text())
+    report = json.loads((tmp_path / "data" / "reports" / "cli_full" / "eval.json").read_text())
     assert report["n_test"] > 0
 
     summary = subprocess.run([str(bin_dir / "ft-assets"), "summary"], env=env, capture_output=True, text=True,
                              timeout=60)
     assert summary.returncode == 0, summary.stderr
-    line = next(x for x in summary.stdout.splitlines() if x.startswith("cli_head"))
+    line = next(x for x in summary.stdout.splitlines() if x.startswith("cli_full"))
     assert f"{report['accuracy']:.4f}" in line and f"{report['trainable_params']:,}" in line
     assert str(tmp_path / "data" / "reports") in summary.stdout
+
+    audit = subprocess.run([str(bin_dir / "ft-assets"), "audit", "champion:tickets"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert audit.returncode == 0, audit.stderr
+    assert audit.stdout.startswith("champion models/tickets/champion: cli_full")
+    assert "gate beats_baselines: pass" in audit.stdout
 
 
 def test_a_bad_config_fails_loading_with_the_file_and_field(tmp_path, tiny_model_dir):

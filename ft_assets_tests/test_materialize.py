@@ -29,7 +29,9 @@ def project(tmp_path_factory, tiny_model_dir):
     config = load_config(config_path)
     instance = dg.DagsterInstance.ephemeral()
     raw_hashes = {p: sha256_file(p) for p in (tmp / "data" / "raw" / "tickets").iterdir()}
-    result = materialize_all(build_definitions(config), instance)
+    # The champion is left out: these recipes train too briefly to beat the baselines (test_champion.py).
+    result = materialize_all(build_definitions(config), instance,
+                             selection=dg.AssetSelection.all() - dg.AssetSelection.groups("models"))
     return config, instance, result, raw_hashes
 
 
@@ -40,8 +42,8 @@ def test_every_asset_materializes_and_every_check_passes(project):
     assert materialized == {"raw/tickets", "raw/general", "datasets/tickets", "reports/leaderboard/tickets"} | {
         f"{kind}/{r}" for kind in ("checkpoints", "reports") for r in ("tiny_full", "tiny_lora", "tiny_head")}
     checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
-    blocking = {k: v for k, v in checks.items() if k[1] != "beats_baselines"}
-    assert blocking and all(blocking.values()), blocking
+    data_checks = {k: v for k, v in checks.items() if k[1] != "beats_baselines"}
+    assert data_checks and all(data_checks.values()), data_checks
 
 
 def test_training_progress_reaches_the_dagster_run_log(project):
@@ -160,7 +162,7 @@ def test_rematerializing_a_checkpoint_adds_a_version_and_keeps_the_old_one(proje
     config, instance, _, _ = project
     defs = build_definitions(config)
     before = sorted(p.name for p in (config.root / "checkpoints" / "tiny_head").iterdir())
-    result = materialize_all(defs, instance, selection="checkpoints/tiny_head+")
+    result = materialize_all(defs, instance, selection="checkpoints/tiny_head")
     assert result.success
     after = sorted(p.name for p in (config.root / "checkpoints" / "tiny_head").iterdir())
     assert len(after) == len(before) + 1 and set(before) < set(after)

@@ -12,6 +12,8 @@ from ft_assets.lib.config import load_config
 from ft_assets_tests.conftest import qa_conversations, story_lines
 from ft_assets_tests.test_materialize import materialize_all
 
+# Nats of general-text loss a recipe may add before its forgetting gate fails.
+FORGETTING_CEILING = 0.05
 TRAINING = {"epochs": 2, "batch_size": 8, "max_length": 96, "log_every_steps": 2}
 
 
@@ -38,12 +40,18 @@ def project(tmp_path_factory):
             {"name": "pre", "dataset": "stories", "base_model": "scratch", "method": "full",
              "scratch": {"vocab_size": 320, "hidden_size": 32, "layers": 2, "heads": 2, "context": 128},
              "training": {**TRAINING, "learning_rate": 3e-3}},
+            # Tuned hard, in full, on narrow Q&A: forgets the stories it was pretrained on.
             {"name": "qa_full", "dataset": "qa", "base_model": "checkpoint:pre", "method": "full",
-             "forgetting": {"corpus": "general"},
+             "forgetting": {"corpus": "general"}, "gates": {"max_forgetting": FORGETTING_CEILING},
              "training": {**TRAINING, "learning_rate": 3e-3, "packing": True}, "generation": {"max_new_tokens": 12}},
             {"name": "qa_lora", "dataset": "qa", "base_model": "checkpoint:pre", "method": "lora",
              "method_args": {"r": 4, "alpha": 8}, "export": "merged",
              "training": {**TRAINING, "learning_rate": 1e-2}, "generation": {"max_new_tokens": 12, "samples": 3}},
+            # LoRA at a tiny learning rate: barely moves, so it forgets next to nothing.
+            {"name": "qa_gentle", "dataset": "qa", "base_model": "checkpoint:pre", "method": "lora",
+             "method_args": {"r": 4, "alpha": 8}, "forgetting": {"corpus": "general"},
+             "gates": {"max_forgetting": FORGETTING_CEILING},
+             "training": {**TRAINING, "epochs": 1, "learning_rate": 1e-6}, "generation": {"max_new_tokens": 4}},
         ],
     }
     path = tmp / "project.yaml"
@@ -51,12 +59,15 @@ def project(tmp_path_factory):
     config = load_config(path)
     defs = build_definitions(config)
     instance = dg.DagsterInstance.ephemeral()
-    return config, defs, instance, materialize_all(defs, instance)
+    return config, defs, instance, materialize_all(defs, instance, raise_on_error=False)
 
 
 def test_the_chain_materializes_in_dependency_order(project):
     config, defs, _, result = project
-    assert result.success
+    # Only the Q&A champion fails: a 2-epoch toy model answers no test question better than its base
+    # (ROUGE-L 0 for all), so no recipe passes beats_baselines and there is no champion to publish.
+    failed = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failed == ["models__qa__champion"]
     materialized = [m.asset_key.to_user_string() for m in result.get_asset_materialization_events()]
     assert materialized.index("checkpoints/pre") < materialized.index("checkpoints/qa_full")
     assert {"reports/pre", "reports/qa_full", "reports/qa_lora", "reports/leaderboard/qa",
@@ -104,8 +115,31 @@ def test_forgetting_is_the_loss_increase_on_general_text(project):
     assert f["base_loss"] > 0 and f["loss_increase"] == pytest.approx(f["tuned_loss"] - f["base_loss"])
     assert "forgetting" not in json.loads((config.root / "reports" / "qa_lora" / "eval.json").read_text())
     rows = json.loads((config.root / "reports" / "leaderboard" / "qa" / "leaderboard.json").read_text())["rows"]
-    assert {r["recipe"]: r["forgetting"] for r in rows} == {"qa_full": f["loss_increase"], "qa_lora": None}
+    gentle = json.loads((config.root / "reports" / "qa_gentle" / "eval.json").read_text())["forgetting"]
+    assert {r["recipe"]: r["forgetting"] for r in rows} == {
+        "qa_full": f["loss_increase"], "qa_lora": None, "qa_gentle": gentle["loss_increase"]}
     assert "## Forgetting" in (config.root / "reports" / "qa_full" / "report.md").read_text()
+
+
+def test_hard_full_tuning_fails_the_forgetting_gate_and_gentle_lora_passes_it(project):
+    _, _, _, result = project
+    checks = {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()
+              if e.check_name == "forgetting_ceiling"}
+    assert set(checks) == {"reports/qa_full", "reports/qa_gentle"}
+    full, gentle = checks["reports/qa_full"], checks["reports/qa_gentle"]
+    assert full.metadata["forgetting"].value > FORGETTING_CEILING and not full.passed
+    assert "general-text loss increase" in full.description and "above the ceiling 0.05" in full.description
+    assert abs(gentle.metadata["forgetting"].value) < FORGETTING_CEILING and gentle.passed
+
+
+def test_a_dataset_without_a_passing_recipe_has_no_champion_and_says_why(project):
+    config, _, _, result = project
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    message = str(failure.event_specific_data.error)
+    assert "no recipe passed its gates (3 candidate(s))" in message
+    assert "qa_full | 0.0000 | no | failed beats_baselines" in message and "forgetting_ceiling" in message
+    assert not (config.root / "models" / "qa").exists()
+    assert (config.root / "models" / "stories" / "champion" / "champion.json").exists()
 
 
 def test_the_pretraining_report_and_leaderboards(project):
@@ -116,7 +150,7 @@ def test_the_pretraining_report_and_leaderboards(project):
     assert "pipeline_tag: text-generation" in card and "base_model:" not in card.split("---")[1]
     assert "type: perplexity" in card and "a new model from scratch" in card
     rows = json.loads((config.root / "reports" / "leaderboard" / "qa" / "leaderboard.json").read_text())["rows"]
-    assert {r["recipe"] for r in rows} == {"qa_full", "qa_lora"} and rows[0]["metric"] == "rouge_l"
+    assert {r["recipe"] for r in rows} == {"qa_full", "qa_lora", "qa_gentle"} and rows[0]["metric"] == "rouge_l"
     assert rows[0]["rouge_l"] >= rows[1]["rouge_l"]
     lora = next(r for r in rows if r["recipe"] == "qa_lora")
     assert lora["trainable_share"] < 0.5 and lora["tokens_per_sec"] > 0

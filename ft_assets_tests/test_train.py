@@ -159,3 +159,12 @@ def test_knn_overlap_is_one_for_kept_neighbourhoods_and_near_chance_for_unrelate
     assert knn_overlap(base, base * 3.0) == 1.0  # scaling keeps every cosine neighbourhood
     unrelated = knn_overlap(base, rng.normal(size=(200, 16)))
     assert unrelated < 0.15  # chance is k / (n - 1) = 10 / 199
+
+
+def test_the_tiny_bert_tokenizer_knows_the_fixture_words(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    label, text = ticket_rows(1)[0]
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])
+    assert tokens[1:-1] == text.split() and "[UNK]" not in tokens

@@ -1,7 +1,7 @@
 """What `make ui` promises, checked against the real `dagster dev` over HTTP (no mocks).
 
 The webserver, the daemon and the code location are started the way `make ui` starts them, over a
-tiny project; then, through GraphQL as the UI does: the asset graph shows the four stage groups with
+tiny project; then, through GraphQL as the UI does: the asset graph shows the five stage groups with
 a description on every asset, and raw/tickets + datasets/tickets materialize and re-materialize.
 """
 
@@ -105,7 +105,7 @@ def location_loaded(server: Server) -> bool:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("ui")
-    # One recipe is enough for all four groups, and keeps code location loads short.
+    # One recipe is enough for all five groups, and keeps code location loads short.
     config_path = write_project(tmp, tiny_model_dir, recipes=[
         {"name": "tiny_head", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
          "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}])
@@ -143,9 +143,9 @@ def server(tmp_path_factory, tiny_model_dir):
 ASSET_NODES = "{ assetNodes { assetKey { path } groupName description } }"
 
 
-def test_asset_graph_shows_the_four_groups_and_every_asset_is_described(server):
+def test_asset_graph_shows_the_five_groups_and_every_asset_is_described(server):
     nodes = server.graphql(ASSET_NODES)["assetNodes"]
-    assert {n["groupName"] for n in nodes} == {"raw", "datasets", "training", "evaluation"}, nodes
+    assert {n["groupName"] for n in nodes} == {"raw", "datasets", "training", "evaluation", "models"}, nodes
     undescribed = ["/".join(n["assetKey"]["path"]) for n in nodes if not (n["description"] or "").strip()]
     assert not undescribed, f"assets without a description: {undescribed}"
 

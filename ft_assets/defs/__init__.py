@@ -7,6 +7,7 @@ import dagster as dg
 from ft_assets.defs.datasets.assets import build_dataset_asset
 from ft_assets.defs.evaluation.assets import build_leaderboard_asset, build_report_asset
 from ft_assets.defs.ingest.assets import build_raw_corpus_asset
+from ft_assets.defs.models.assets import build_champion_asset
 from ft_assets.defs.resources import build_resources
 from ft_assets.defs.training.assets import build_checkpoint_asset
 from ft_assets.lib.config import ProjectConfig
@@ -19,8 +20,8 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
             *(build_dataset_asset(d, config) for d in config.datasets),
             *(build_checkpoint_asset(r, config) for r in config.recipes),
             *(build_report_asset(r, config) for r in config.recipes),
-            *(build_leaderboard_asset(d, config) for d in config.datasets
-              if any(r.dataset == d.name for r in config.recipes)),
+            *(build(d, config) for d in config.datasets if any(r.dataset == d.name for r in config.recipes)
+              for build in (build_leaderboard_asset, build_champion_asset)),
         ],
         resources=build_resources(config),
     )

@@ -74,6 +74,21 @@ class CorpusConfig(_Strict):
         return self
 
 
+ChampionTieBreak = Literal["forgetting", "trainable_params", "train_seconds"]
+
+
+class ChampionConfig(_Strict):
+    """How models/<dataset>/champion picks among the recipes whose gates all passed."""
+
+    # The metric to rank by; None: the task's headline metric (accuracy, ROUGE-L, perplexity).
+    metric: str | None = None
+    # Recipes within this distance of the best metric count as tied...
+    tolerance: float = Field(0.0, ge=0.0)
+    # ...and ties go to the lowest of these, in order (forgetting: the recipe's forgetting figure;
+    # a recipe that did not measure it loses the tie).
+    tie_break: list[ChampionTieBreak] = ["forgetting", "trainable_params"]
+
+
 class DatasetConfig(_Strict):
     name: Name
     corpus: Name
@@ -90,6 +105,7 @@ class DatasetConfig(_Strict):
     max_chars: int = Field(2000, gt=0)
     # Changing the salt reshuffles which rows land in which split.
     split_salt: str = ""
+    champion: ChampionConfig = ChampionConfig()
 
     @model_validator(mode="after")
     def _fractions(self) -> DatasetConfig:
@@ -225,6 +241,21 @@ class ForgettingConfig(_Strict):
     max_texts: int = Field(500, gt=1)  # its first max_texts texts, in file order
 
 
+class GatesConfig(_Strict):
+    """What a recipe's report must show before its checkpoint may be promoted (see lib/gates.py)."""
+
+    # The headline test metric must beat the best baseline by at least this much, in the metric's
+    # own units (accuracy, ROUGE-L, perplexity). 0: any improvement.
+    min_margin: float = Field(0.0, ge=0.0)
+    # The forgetting figure may not exceed this: representation drift for encoders (0..2),
+    # general-text loss increase in nats for causal LMs. None: no forgetting gate.
+    max_forgetting: float | None = None
+    # A failed blocking gate fails the report at ERROR severity, so nothing downstream of it
+    # (leaderboard, champion) runs in that run. Non-blocking gates warn. A recipe with any failed
+    # gate, blocking or not, is never made champion.
+    blocking: bool = False
+
+
 # base_model forms besides a local directory or hub id.
 SCRATCH = "scratch"
 CHECKPOINT_PREFIX = "checkpoint:"
@@ -240,6 +271,7 @@ class RecipeConfig(_Strict):
     scratch: ScratchModelConfig | None = None
     generation: GenerationConfig = GenerationConfig()
     forgetting: ForgettingConfig | None = None
+    gates: GatesConfig = GatesConfig()
     method: Method
     method_args: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
@@ -392,6 +424,10 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
                 problems.append(f"datasets[{i}] ({d.name}): field {field}: corpus {ref!r} {problem}")
         if d.test_corpus is not None and d.test_corpus == d.corpus:
             problems.append(f"datasets[{i}] ({d.name}): field test_corpus: must differ from corpus")
+        metrics = TASK_METRICS[d.task][2]
+        if d.champion.metric is not None and d.champion.metric not in metrics:
+            problems.append(f"datasets[{i}] ({d.name}): field champion.metric: {d.champion.metric!r} is not a "
+                            f"{d.task} metric (one of: {', '.join(metrics)})")
     recipes = {r.name: r for r in config.recipes}
     for i, r in enumerate(config.recipes):
         where = f"recipes[{i}] ({r.name})"
@@ -408,6 +444,9 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
             elif general.record != "text":
                 problems.append(f"{where}: field forgetting.corpus: corpus {general.name!r} holds instruction "
                                 "records; forgetting is measured on plain text")
+        elif r.gates.max_forgetting is not None:
+            problems.append(f"{where}: field gates.max_forgetting: the recipe measures no forgetting; add "
+                            "`forgetting: {corpus: <general text corpus>}` or drop the ceiling")
         problems += [f"{where}: field {field}: {p}" for field, p in _method_problems(r, config.dataset(r.dataset))]
     return problems
 
@@ -440,6 +479,15 @@ def _base_recipe_problems(recipe: RecipeConfig, recipes: dict[str, RecipeConfig]
 
 
 CAUSAL_TASKS = ("instruction", "language_modeling")
+
+# Per task: the headline metric (the default ranking), whether higher is better, and every metric
+# a report carries at its top level.
+TASK_METRICS = {
+    "classification": ("accuracy", True, ("accuracy", "macro_f1")),
+    "instruction": ("rouge_l", True, ("rouge_l", "exact_match", "perplexity")),
+    "language_modeling": ("perplexity", False, ("perplexity", "eval_loss")),
+}
+LOWER_IS_BETTER = {"perplexity", "eval_loss"}
 
 
 def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple[str, str]]:

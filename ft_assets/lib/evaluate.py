@@ -184,10 +184,19 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     body = _render_causal_markdown(report) if report["task"] != "classification" else _render_classification(report)
     if report.get("forgetting"):
         body += _forgetting_markdown(report["forgetting"])
+    if report.get("gates"):
+        body += _gates_markdown(report["gates"])
     for name, heading in FIGURES.items():
         if name in (images or {}):
             body += f"\n## {heading}\n\n![{name}]({images[name]})\n"
     return body
+
+
+def _gates_markdown(gates: list[dict]) -> str:
+    lines = ["", "## Gates", "", "| gate | result | blocking | why |", "| --- | --- | --- | --- |"]
+    lines += [f"| {g['name']} | {'pass' if g['passed'] else '**FAIL**'} | {'yes' if g['blocking'] else 'no'} | "
+              f"{g['summary']} |" for g in gates]
+    return "\n".join(lines) + "\n"
 
 
 def _render_classification(report: dict) -> str:

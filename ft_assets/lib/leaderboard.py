@@ -5,14 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ft_assets.lib.config import TASK_METRICS
 from ft_assets.lib.plots import data_uri, png_bytes, pyplot
-
-# Per task: the headline metric (the sort key), whether higher is better, and the metric columns.
-TASK_METRICS = {
-    "classification": ("accuracy", True, ("accuracy", "macro_f1")),
-    "instruction": ("rouge_l", True, ("rouge_l", "exact_match", "perplexity")),
-    "language_modeling": ("perplexity", False, ("perplexity", "eval_loss")),
-}
 
 
 def untuned_base(report: dict) -> dict | None:

@@ -1,11 +1,35 @@
-"""Lineage records: which raw files (by content hash) fed a dataset, and which code produced a model."""
+"""Lineage records: which raw files (by content hash) fed a dataset, and which code produced a model.
+
+Also the two checks that read those records back: `code_version`, which ties each asset's Dagster
+code version to the source of the modules that compute it, and `verify_checkpoint`, which re-hashes
+a checkpoint directory and its raw files against its manifest.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import subprocess
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import duckdb
+
+from ft_assets.lib.model_card import CARD_FILE
+from ft_assets.lib.models import MANIFEST_FILE
+from ft_assets.lib.storage import sha256_file
+
+
+class AuditError(LookupError):
+    """The Dagster instance holds no materialization for what an audit asked about."""
+
+LIB_DIR = Path(__file__).resolve().parent
+# The files a checkpoint's manifest does not hash: the manifest cannot hold its own hash, and the
+# model card is rewritten with the test metrics when the report is built.
+UNHASHED_FILES = frozenset({MANIFEST_FILE, CARD_FILE})
+# Files that from_pretrained could load as weights: one the manifest does not list was added later.
+WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt"})
 
 
 def dataset_files(conn: duckdb.DuckDBPyConnection, dataset_name: str, corpora: list[str]) -> list[dict]:
@@ -42,3 +66,84 @@ def git_state(path: Path) -> dict:
     sha = git("rev-parse", "HEAD")
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"sha": sha or "unknown", "dirty": bool(status) if status is not None else None}
+
+
+def source_hash(*modules: str) -> str:
+    """sha256 of the source bytes of lib/ modules, named without `.py`, in the order given."""
+    digest = hashlib.sha256()
+    for module in modules:
+        digest.update(f"{module}\n".encode())
+        digest.update((LIB_DIR / f"{module}.py").read_bytes())
+    return digest.hexdigest()
+
+
+def code_version(settings_hash: str, *modules: str) -> str:
+    """An asset's Dagster code_version: its settings' hash and the source of the modules that compute it.
+
+    Dagster marks an asset stale when its code_version differs from the one its latest materialization
+    recorded, so editing e.g. cleaning.py flags every dataset, and editing a recipe flags only that
+    recipe's assets. Source bytes, not Python's hash(), so every process agrees.
+    """
+    return hashlib.sha256((settings_hash + source_hash(*modules)).encode()).hexdigest()[:12]
+
+
+def checkpoint_file_hashes(checkpoint_dir: Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under the directory but the manifest and model card."""
+    return {
+        path.relative_to(checkpoint_dir).as_posix(): sha256_file(path)
+        for path in sorted(checkpoint_dir.rglob("*"))
+        if path.is_file() and path.relative_to(checkpoint_dir).as_posix() not in UNHASHED_FILES
+    }
+
+
+def verify_checkpoint(checkpoint_dir: Path) -> dict:
+    """Re-hashes a checkpoint's files and the raw files it learned from against its manifest.json.
+
+    Returns:
+        {"checkpoint", "ok", "problems", "files", "raw_files"}. Each entry of `files` and
+        `raw_files` has path (uri for raw files), expected, actual (sha256 or None) and status:
+        files: ok | mismatch | missing | unrecorded (a weight file the manifest does not list);
+        raw_files: ok | drift (changed since training) | missing | not checked (remote).
+        `ok` is false on any checkpoint file that is not ok, on raw drift, and for a manifest
+        without file hashes; a deleted or remote raw file is listed but does not fail it, since
+        the weights it produced are still the ones recorded.
+
+    Raises:
+        FileNotFoundError: the directory holds no manifest.json, so it is not a checkpoint.
+    """
+    manifest_path = checkpoint_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{checkpoint_dir} is not a checkpoint: it has no {MANIFEST_FILE}")
+    manifest = json.loads(manifest_path.read_text())
+    problems, files = [], []
+    recorded = manifest.get("files")
+    if recorded is None:
+        problems.append(f"{MANIFEST_FILE} records no file hashes: this checkpoint predates them, "
+                        "so its weights cannot be verified")
+    else:
+        for relative, expected in sorted(recorded.items()):
+            path = checkpoint_dir / relative
+            actual = sha256_file(path) if path.is_file() else None
+            status = "ok" if actual == expected else "missing" if actual is None else "mismatch"
+            files.append({"path": relative, "expected": expected, "actual": actual, "status": status})
+        for path in sorted(checkpoint_dir.rglob("*")):
+            relative = path.relative_to(checkpoint_dir).as_posix()
+            if path.is_file() and path.suffix in WEIGHT_SUFFIXES and relative not in recorded:
+                files.append({"path": relative, "expected": None, "actual": sha256_file(path),
+                              "status": "unrecorded"})
+    raw_files = [_verify_raw_file(entry["uri"], entry["sha256"])
+                 for entry in manifest.get("dataset", {}).get("raw_files", [])]
+    problems += [f"{f['path']}: {f['status']}" for f in files if f["status"] != "ok"]
+    problems += [f"{f['uri']}: changed since training" for f in raw_files if f["status"] == "drift"]
+    return {"checkpoint": str(checkpoint_dir), "ok": not problems, "problems": problems,
+            "files": files, "raw_files": raw_files}
+
+
+def _verify_raw_file(uri: str, expected: str) -> dict:
+    parsed = urlparse(uri)
+    if parsed.scheme != "file":
+        return {"uri": uri, "expected": expected, "actual": None, "status": "not checked (remote)"}
+    path = Path(url2pathname(parsed.path))
+    actual = sha256_file(path) if path.is_file() else None
+    status = "ok" if actual == expected else "missing" if actual is None else "drift"
+    return {"uri": uri, "expected": expected, "actual": actual, "status": status}

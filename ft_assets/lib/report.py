@@ -11,6 +11,7 @@ from ft_assets.lib.config import RecipeConfig, stable_hash
 from ft_assets.lib.evaluate import (
     ClassificationMetrics, classification_metrics, majority_baseline, predict_logits, resolve_device, write_report,
 )
+from ft_assets.lib.gates import evaluate_gates
 from ft_assets.lib.model_card import CARD_FILE, render_model_card
 from ft_assets.lib.models import (
     MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint, resolve_base_model, weights_sha256,
@@ -162,7 +163,7 @@ def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkp
     """The fields every report shares, the task's `blocks` (metrics, baselines, ...) and the cost last;
     headline numbers first, flat, for tools and the Dagster UI's plots."""
     cost = _cost(checkpoint_dir)
-    return {
+    report = {
         "task": task,
         **headline,
         "n_test": n_test,
@@ -179,6 +180,7 @@ def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkp
         **blocks,
         "cost": cost,
     }
+    return {**report, "gates": evaluate_gates(report, recipe.gates)}
 
 
 def _score_causal(model, tokenizer, recipe: RecipeConfig, task: str, test_texts: list[str], device: str) -> dict:

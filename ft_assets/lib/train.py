@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from ft_assets.lib.config import SCRATCH, RecipeConfig
 from ft_assets.lib.evaluate import describe_device, predict_logits, resolve_device
+from ft_assets.lib.lineage import checkpoint_file_hashes
 from ft_assets.lib.methods import apply_method, count_parameters, head_modules
 from ft_assets.lib.models import (
     LABELS_FILE, MANIFEST_FILE, MERGED_DIR, METRICS_FILE, TRAIN_INFO_FILE, build_scratch_model, load_causal_lm,
@@ -405,6 +406,8 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
         (staging / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
         (staging / TRAIN_INFO_FILE).write_text(json.dumps(result.train_info, indent=2) + "\n")
         result.logger.write_jsonl(staging / METRICS_FILE)
+        # Last, so every file is in place: `ft-assets verify` re-hashes them against this map.
+        manifest["files"] = checkpoint_file_hashes(staging)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / CARD_FILE).write_text(render_model_card(manifest))
     return manifest

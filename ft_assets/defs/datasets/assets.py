@@ -7,6 +7,7 @@ from dagster_duckdb import DuckDBResource
 from ft_assets.defs.resources import WAREHOUSE_POOL
 from ft_assets.lib.cleaning import DatasetSummary, build_dataset, dataset_labels, read_table
 from ft_assets.lib.config import DatasetConfig, ProjectConfig
+from ft_assets.lib.lineage import code_version, dataset_files, source_hash
 from ft_assets.lib.schemas import clean_rows_schema, validate
 
 
@@ -16,6 +17,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
     split_rule = (f"test = corpus `{dataset.test_corpus}`" if dataset.test_corpus
                   else f"test {dataset.test_fraction:.0%}") + f", validation {dataset.validation_fraction:.0%}"
     classification = dataset.task == "classification"
+    # The code that cleans and validates rows: part of the code_version, and recorded for audits.
+    cleaning_source = source_hash("cleaning", "schemas")
     checks = [
         dg.AssetCheckSpec("contract", asset=key, description="pandera CleanRows with the dataset's labels and length limit"),
         dg.AssetCheckSpec("row_accounting", asset=key,
@@ -31,7 +34,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         kinds={"duckdb"},
         pool=WAREHOUSE_POOL,
         deps=[dg.AssetKey(["raw", c]) for c in corpora],
-        code_version=config.dataset_hash(dataset)[:12],
+        code_version=code_version(config.dataset_hash(dataset), "cleaning", "schemas"),
         description=(
             f"{dataset.task.replace('_', ' ').capitalize()} dataset `datasets.{dataset.name}` from "
             f"{', '.join(corpora)}: unicode normalised; empty, over-long ({dataset.max_chars} chars), "
@@ -46,6 +49,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             summary = build_dataset(conn, dataset)
             problems = validate(clean_rows_schema(dataset), read_table(conn, f"datasets.{dataset.name}"))
             labels = dataset_labels(conn, dataset)
+            raw_files = dataset_files(conn, dataset.name, corpora)
         uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
                      if not summary.label_counts.get(split, {}).get(label)]
         label_results = [dg.AssetCheckResult(
@@ -60,6 +64,9 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                 "quarantined": summary.quarantined,
                 "duplicates": summary.duplicates,
                 "quarantine_by_reason": dg.MetadataValue.json(summary.quarantine_by_reason),
+                "raw_files": dg.MetadataValue.json(raw_files),
+                "cleaning_code_version": cleaning_source,
+                "dataset_config_hash": config.dataset_hash(dataset),
                 **({"label_distribution": dg.MetadataValue.md(_label_markdown(summary, labels))}
                    if classification else {}),
             },

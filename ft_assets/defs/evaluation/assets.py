@@ -8,9 +8,10 @@ from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import GPU_POOL
 from ft_assets.lib.cleaning import read_split
+from ft_assets.lib.config import TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig
 from ft_assets.lib.ingest import read_texts
-from ft_assets.lib.config import DatasetConfig, ProjectConfig, RecipeConfig
-from ft_assets.lib.leaderboard import TASK_METRICS, write_leaderboard
+from ft_assets.lib.leaderboard import forgetting_figure, write_leaderboard
+from ft_assets.lib.lineage import code_version
 from ft_assets.lib.report import evaluate_checkpoint
 
 
@@ -42,15 +43,12 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         # Evaluation and the baseline's training use the accelerator too.
         pool=GPU_POOL,
         deps=[checkpoint_key] + ([dg.AssetKey(["raw", recipe.forgetting.corpus])] if recipe.forgetting else []),
-        code_version=recipe.recipe_hash()[:12],
+        code_version=code_version(recipe.recipe_hash(), "evaluate", "report", "forgetting", "gates"),
         description=(
             f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training. "
             f"Writes `{out_dir}/eval.json` and `report.md`."
         ),
-        check_specs=[dg.AssetCheckSpec(
-            "beats_baselines", asset=key,
-            description=f"the tuned model's test {metric} is {'above' if higher_is_better else 'below'} every baseline's",
-        )],
+        check_specs=_gate_specs(recipe, key, metric, higher_is_better),
     )
     def report(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
         event = context.instance.get_latest_materialization_event(checkpoint_key)
@@ -70,7 +68,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         headline = result.report
         scores = {c: headline[c] for c in TASK_METRICS[task][2]}
         beaten = {name: b[metric] for name, b in headline["baselines"].items()}
-        better = (lambda a, b: a > b) if higher_is_better else (lambda a, b: a < b)
+        figure = forgetting_figure(headline.get("forgetting"))
         return dg.MaterializeResult(
             metadata={
                 **scores,
@@ -78,22 +76,42 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
                 **{f"baseline_{name}_{metric}": value for name, value in beaten.items()},
                 **{f"forgetting_{k}": v for k, v in (headline.get("forgetting") or {}).items()
                    if isinstance(v, float)},
+                **({"forgetting": figure} if figure is not None else {}),
                 "trainable_params": headline["trainable_params"],
                 "total_params": headline["total_params"],
                 "train_seconds": headline["train_seconds"],
+                "gates": dg.MetadataValue.json(headline["gates"]),
                 "checkpoint_path": dg.MetadataValue.path(str(checkpoint_dir)),
                 "eval_json": dg.MetadataValue.path(str(result.eval_path)),
                 "report": dg.MetadataValue.md(result.markdown),
             },
             check_results=[dg.AssetCheckResult(
-                check_name="beats_baselines",
-                passed=all(better(headline[metric], value) for value in beaten.values()),
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={metric: headline[metric], **{f"{n}_{metric}": v for n, v in beaten.items()}},
-            )],
+                check_name=gate["name"],
+                passed=gate["passed"],
+                severity=dg.AssetCheckSeverity.ERROR if gate["blocking"] else dg.AssetCheckSeverity.WARN,
+                description=gate["summary"],
+                metadata={**gate["values"], "why": gate["summary"]},
+            ) for gate in headline["gates"]],
         )
 
     return report
+
+
+def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str, higher_is_better: bool) -> list:
+    gates = recipe.gates
+    margin = f" by at least {gates.min_margin:g}" if gates.min_margin else ""
+    specs = [dg.AssetCheckSpec(
+        "beats_baselines", asset=key, blocking=gates.blocking,
+        description=f"the tuned model's test {metric} is {'above' if higher_is_better else 'below'} every "
+                    f"baseline's{margin}",
+    )]
+    if gates.max_forgetting is not None:
+        specs.append(dg.AssetCheckSpec(
+            "forgetting_ceiling", asset=key, blocking=gates.blocking,
+            description=f"forgetting on `{recipe.forgetting.corpus}` (representation drift for encoders, loss "
+                        f"increase in nats for causal LMs) is at most {gates.max_forgetting:g}",
+        ))
+    return specs
 
 
 def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:

@@ -7,6 +7,7 @@ from dagster_duckdb import DuckDBResource
 from ft_assets.defs.resources import WAREHOUSE_POOL
 from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
 from ft_assets.lib.ingest import read_corpus, write_raw
+from ft_assets.lib.lineage import code_version
 from ft_assets.lib.schemas import RawRows, validate
 
 
@@ -19,7 +20,8 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         group_name="raw",
         kinds={"duckdb"},
         pool=WAREHOUSE_POOL,
-        code_version=stable_hash(corpus.model_dump(mode="json"))[:12],
+        # The corpus settings and the code that parses and validates its files.
+        code_version=code_version(stable_hash(corpus.model_dump(mode="json")), "ingest", "schemas"),
         description=(
             f"Every {corpus.format} file under `{landing}` read into `raw.{corpus.name}` with its source URI, "
             "file sha256 and row number; records that do not parse go to "
@@ -51,6 +53,9 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
                 "bytes": sum(f["bytes"] for f in files),
                 "dagster/row_count": raw.rows.num_rows,
                 "file_table": dg.MetadataValue.md(_files_markdown(files)),
+                # For `ft-assets audit --raw-file`: which materialization read which file contents.
+                "raw_files": dg.MetadataValue.json([{k: f[k] for k in ("source_uri", "file_sha256", "rows", "rejects")}
+                                                    for f in files]),
             },
             # The corpus changes exactly when the set of file contents changes.
             data_version=dg.DataVersion(stable_hash(sorted(f["file_sha256"] for f in files))[:16]),

@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 from ft_assets.defs.resources import GPU_POOL, GpuResource
 from ft_assets.lib.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
-from ft_assets.lib.lineage import dataset_files, git_state
+from ft_assets.lib.lineage import code_version, dataset_files, git_state
 from ft_assets.lib.models import MANIFEST_FILE, MERGED_DIR
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
@@ -34,7 +34,7 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         kinds={"pytorch"},
         pool=GPU_POOL,
         deps=[dataset_key] + ([base_key] if base_key else []),
-        code_version=recipe.recipe_hash()[:12],
+        code_version=code_version(recipe.recipe_hash(), "train", "methods", "models", "causal_data"),
         description=(
             f"`{recipe.method}` {'training' if recipe.scratch else 'fine-tuning'} of {base} on datasets/{dataset.name} "
             f"({dataset.task.replace('_', ' ')}, "
