@@ -143,6 +143,22 @@ def test_a_blocking_gate_stops_everything_downstream_in_the_run(promoted):
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
 
 
+def test_a_checkpoint_deleted_from_disk_cannot_be_promoted(promoted):
+    config_path, instance, _ = promoted
+    config = with_full_gates(config_path, {})
+    event = instance.get_latest_materialization_event(dg.AssetKey(["reports", "tiny_full"]))
+    checkpoint = Path(event.asset_materialization.metadata["checkpoint_path"].value)
+    aside = checkpoint.with_name("moved_aside")
+    checkpoint.rename(aside)
+    try:
+        result = materialize_all(build_definitions(config), instance, selection=REEVALUATE[1:])
+    finally:
+        aside.rename(checkpoint)
+    meta = result.asset_materializations_for_node("models__tickets__champion")[0].metadata
+    assert meta["decision"].value == "kept_previous"
+    assert f"the evaluated checkpoint {checkpoint} is no longer on disk" in meta["ranking"].value
+
+
 def test_without_any_champion_yet_the_asset_fails_naming_each_recipe(tmp_path, tiny_model_dir):
     recipes = learning_recipes(tiny_model_dir)[1:]  # only the head, which cannot beat the majority class
     config = load_config(write_project(tmp_path, tiny_model_dir, recipes=recipes, n_per_label=60))

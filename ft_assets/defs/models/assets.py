@@ -106,7 +106,11 @@ def _candidate(instance: dg.DagsterInstance, recipe: RecipeConfig, dataset: Data
         gates.append({"name": name, "passed": passed,
                       "summary": summary or f"not evaluated for the latest report; re-materialize reports/{recipe.name}"})
     checkpoint = meta["checkpoint_path"]
-    manifest = json.loads((Path(checkpoint) / MANIFEST_FILE).read_text())
+    manifest_path = Path(checkpoint) / MANIFEST_FILE
+    if not manifest_path.is_file():
+        gates.append({"name": "checkpoint_present", "passed": False,
+                      "summary": f"the evaluated checkpoint {checkpoint} is no longer on disk"})
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"dagster": {"run_id": None}}
     return {
         "recipe": recipe.name,
         "method": recipe.method,
