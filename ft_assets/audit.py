@@ -334,8 +334,10 @@ def format_chain(chain: dict, indent: str = "") -> str:
 
 
 def format_raw_file(found: dict, stale: bool) -> str:
-    what = found["sha256"] or found["uri"]
-    lines = [f"raw file {what}" + (f" ({found['uri']})" if found["sha256"] and found["uri"] else "")]
+    if found["sha256"]:
+        lines = [f"raw file sha256 {found['sha256']}" + (f" ({found['uri']})" if found["uri"] else "")]
+    else:
+        lines = [f"raw file {found['uri']} (not on disk now: matched by its URI, any contents)"]
     sections = (("raw", "read by"), ("datasets", "dataset versions"), ("checkpoints", "checkpoints"),
                 ("reports", "reports"), ("champions", "champions"))
     for kind, title in sections:

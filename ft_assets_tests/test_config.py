@@ -23,7 +23,7 @@ def write(tmp_path: Path, payload: dict) -> Path:
 def test_every_shipped_project_yaml_validates(path):
     config = load_config(path)
     for corpus in config.corpora:
-        assert config.corpus_path(corpus).exists(), f"{path.name}: corpus {corpus.name} points at nothing"
+        assert Path(config.corpus_location(corpus)).exists(), f"{path.name}: corpus {corpus.name} points at nothing"
 
 
 def test_default_config_resolves_to_the_repo_data_folder(monkeypatch):
@@ -31,7 +31,7 @@ def test_default_config_resolves_to_the_repo_data_folder(monkeypatch):
     monkeypatch.delenv("FT_ASSETS_ROOT", raising=False)
     config = load_config()
     assert config.root == REPO / "data"
-    assert config.corpus_path(config.corpora[0]) == REPO / "data" / "raw" / "tickets"
+    assert config.corpus_location(config.corpora[0]) == str(REPO / "data" / "raw" / "tickets")
     assert {r.method for r in config.recipes} == {"full", "lora", "head_only"}
 
 

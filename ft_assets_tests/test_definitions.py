@@ -72,3 +72,12 @@ def test_code_versions_are_the_same_in_every_process():
             for _ in range(2)]
     assert runs[0] == runs[1]
     assert runs[0] == str(sorted((s.key.to_user_string(), s.code_version) for s in defs.resolve_all_asset_specs())) + "\n"
+
+
+def test_sensors_run_from_the_start_and_every_asset_but_raw_has_an_automation_condition():
+    statuses = {s.name: s.default_status for s in defs.sensors}
+    corpora = {k.path[1] for k in defs.resolve_asset_graph().get_all_asset_keys() if k.path[0] == "raw"}
+    assert statuses == {**{f"landing_{c}": dg.DefaultSensorStatus.RUNNING for c in corpora},
+                        "ft_assets_automation": dg.DefaultSensorStatus.RUNNING}
+    for spec in defs.resolve_all_asset_specs():
+        assert (spec.automation_condition is None) == (spec.key.path[0] == "raw"), spec.key

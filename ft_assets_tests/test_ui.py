@@ -7,6 +7,7 @@ a description on every asset, and raw/tickets + datasets/tickets materialize and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,9 +18,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ft_assets_tests.conftest import write_project
 
@@ -102,13 +105,10 @@ def location_loaded(server: Server) -> bool:
     return True
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("ui")
-    # One recipe is enough for all five groups, and keeps code location loads short.
-    config_path = write_project(tmp, tiny_model_dir, recipes=[
-        {"name": "tiny_head", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
-         "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}])
+@contextlib.contextmanager
+def dagster_dev(tmp: Path, config_path: Path) -> Iterator[Server]:
+    """`make ui`'s dagster dev (webserver, daemon, code server) over `config_path`, with a new instance in
+    `tmp`, on a free port, in its own process group; the whole group is killed on the way out."""
     home = tmp / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "data" / "dagster" / "dagster.yaml", home / "dagster.yaml")
@@ -138,6 +138,21 @@ def server(tmp_path_factory, tiny_model_dir):
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("ui")
+    # One recipe is enough for all five groups, and keeps code location loads short.
+    config_path = write_project(tmp, tiny_model_dir, recipes=[
+        {"name": "tiny_head", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
+         "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}])
+    # These tests click Materialize themselves: sensors off, so no automated run lands in between.
+    raw = yaml.safe_load(config_path.read_text())
+    raw["automation"] = {"enabled": False}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with dagster_dev(tmp, config_path) as running:
+        yield running
 
 
 ASSET_NODES = "{ assetNodes { assetKey { path } groupName description } }"

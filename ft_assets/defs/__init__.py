@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dagster as dg
 
+from ft_assets.defs.automation import automation_sensor
 from ft_assets.defs.datasets.assets import build_dataset_asset
 from ft_assets.defs.evaluation.assets import build_leaderboard_asset, build_report_asset
 from ft_assets.defs.ingest.assets import build_raw_corpus_asset
+from ft_assets.defs.ingest.sensors import build_landing_sensor
 from ft_assets.defs.models.assets import build_champion_asset
 from ft_assets.defs.resources import build_resources
 from ft_assets.defs.training.assets import build_checkpoint_asset
@@ -23,5 +25,6 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
             *(build(d, config) for d in config.datasets if any(r.dataset == d.name for r in config.recipes)
               for build in (build_leaderboard_asset, build_champion_asset)),
         ],
+        sensors=[*(build_landing_sensor(c, config) for c in config.corpora), automation_sensor(config)],
         resources=build_resources(config),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -256,6 +257,36 @@ class GatesConfig(_Strict):
     blocking: bool = False
 
 
+INTERVAL_CRONS = {"15m": "*/15 * * * *", "30m": "*/30 * * * *", "1h": "0 * * * *", "2h": "0 */2 * * *",
+                  "3h": "0 */3 * * *", "6h": "0 */6 * * *", "12h": "0 */12 * * *", "1d": "0 0 * * *"}
+
+
+class RetrainConfig(_Strict):
+    """When a changed dataset (or base checkpoint) retrains the recipe by itself, through Dagster's
+    declarative automation: only after the dataset's blocking checks passed, at most once per
+    interval, one run at a time."""
+
+    # One of INTERVAL_CRONS' keys: at most one retraining per interval (clock-aligned: 1h = on the hour).
+    min_interval: str | None = "1h"
+    # Instead of min_interval, any cron expression: at most one retraining per cron tick.
+    cron: str | None = None
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> RetrainConfig:
+        if self.cron is not None:
+            fields = self.cron.split()
+            if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,\-]+", f) for f in fields):
+                raise ValueError(f"cron {self.cron!r} is not a 5-field cron expression (minute hour day month weekday)")
+            object.__setattr__(self, "min_interval", None)
+        elif self.min_interval not in INTERVAL_CRONS:
+            raise ValueError(f"min_interval {self.min_interval!r}: use one of {', '.join(INTERVAL_CRONS)}, or a cron")
+        return self
+
+    @property
+    def schedule(self) -> str:
+        return self.cron or INTERVAL_CRONS[self.min_interval]
+
+
 # base_model forms besides a local directory or hub id.
 SCRATCH = "scratch"
 CHECKPOINT_PREFIX = "checkpoint:"
@@ -272,6 +303,8 @@ class RecipeConfig(_Strict):
     generation: GenerationConfig = GenerationConfig()
     forgetting: ForgettingConfig | None = None
     gates: GatesConfig = GatesConfig()
+    # `manual`: never retrained by automation; the checkpoint is rebuilt only when you materialize it.
+    retrain: RetrainConfig | Literal["manual"] = RetrainConfig()
     method: Method
     method_args: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
@@ -305,8 +338,19 @@ class RecipeConfig(_Strict):
         return self.base_model.removeprefix(CHECKPOINT_PREFIX) if self.base_model.startswith(CHECKPOINT_PREFIX) else None
 
 
+class AutomationConfig(_Strict):
+    """How often the daemon looks: landing locations for new files, and automation conditions."""
+
+    # false: the landing and automation sensors start stopped (start them in the UI's Automation tab).
+    # It sets their default only: once started or stopped in the UI, the instance remembers that.
+    enabled: bool = True
+    landing_interval_seconds: int = Field(30, ge=1)
+    evaluation_interval_seconds: int = Field(30, ge=1)
+
+
 class ProjectConfig(_Strict):
     storage: StorageConfig = StorageConfig()
+    automation: AutomationConfig = AutomationConfig()
     corpora: list[CorpusConfig]
     datasets: list[DatasetConfig]
     recipes: list[RecipeConfig] = []
@@ -334,8 +378,11 @@ class ProjectConfig(_Strict):
         root = os.environ.get("FT_ASSETS_ROOT") or self.storage.root
         return (self.source.parent / root).resolve()
 
-    def corpus_path(self, corpus: CorpusConfig) -> Path:
-        return (self.root / corpus.path).resolve()
+    def corpus_location(self, corpus: CorpusConfig) -> str:
+        """Where the corpus lands: an s3:// URI as written, else a local path against the storage root."""
+        if corpus.path.startswith("s3://"):
+            return corpus.path
+        return str((self.root / corpus.path).resolve())
 
     @property
     def warehouse_path(self) -> Path:

@@ -6,6 +6,7 @@ Each corpus becomes three tables in the `raw` schema of the warehouse:
   raw.<corpus>           source_uri, file_sha256, row_number, text, label
   raw.<corpus>__rejects  source_uri, file_sha256, line, error, raw_line   (records that did not parse)
   raw.<corpus>__files    source_uri, file_sha256, bytes, rows, rejects
+and raw.<corpus>__file_log keeps every file version ever read or withdrawn (see write_raw).
 Files are only read, never moved or rewritten. A record that cannot be parsed (bad bytes, wrong
 column count, bad JSON) is a reject with its line and the parser's message; a file the corpus
 cannot use at all (a required column missing) raises ValueError naming the file and the column.
@@ -27,7 +28,8 @@ import duckdb
 import pyarrow as pa
 
 from ft_assets.lib.config import CorpusConfig
-from ft_assets.lib.storage import landing_files, sha256_file
+from ft_assets.lib.landing import landing_changes, local_copies
+from ft_assets.lib.storage import sha256_file
 
 ROW_SCHEMA = pa.schema(
     [("source_uri", pa.string()), ("file_sha256", pa.string()), ("row_number", pa.int64()),
@@ -50,21 +52,28 @@ class RawCorpus:
     files: pa.Table
 
 
-def read_corpus(corpus: CorpusConfig, landing: Path) -> RawCorpus:
-    """Reads every file of the corpus' landing path.
+def read_corpus(corpus: CorpusConfig, location: str | Path) -> RawCorpus:
+    """Reads every file of the corpus' landing location: a local folder or file, or s3://bucket/prefix/.
 
     Raises:
-        FileNotFoundError: the landing path is missing.
-        ValueError: the folder has no files, or a file lacks a required column.
+        FileNotFoundError: the landing location is missing.
+        ValueError: it has no files, or a file lacks a required column (named by its URI).
     """
-    files = landing_files(landing)
+    with local_copies(str(location)) as files:
+        return _read_files(corpus, files, str(location))
+
+
+def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], location: str) -> RawCorpus:
     if not files:
-        raise ValueError(f"corpus {corpus.name!r}: landing folder {landing} has no files")
+        raise ValueError(f"corpus {corpus.name!r}: landing location {location} has no files")
     row_parts, reject_parts, file_rows = [], [], []
-    for path in files:
+    for uri, path in files:
         sha = sha256_file(path)
-        uri = path.resolve().as_uri()
-        rows, rejects = _READERS[corpus.format](corpus, path)
+        try:
+            rows, rejects = _READERS[corpus.format](corpus, path)
+        except ValueError as e:
+            # An S3 object is read from a temporary copy: name the object, not the copy.
+            raise ValueError(str(e).replace(str(path), uri)) from e
         row_parts.append(_with_provenance(rows, uri, sha, ROW_SCHEMA))
         reject_parts.append(_with_provenance(rejects, uri, sha, REJECT_SCHEMA))
         file_rows.append({"source_uri": uri, "file_sha256": sha, "bytes": path.stat().st_size,
@@ -76,19 +85,45 @@ def read_corpus(corpus: CorpusConfig, landing: Path) -> RawCorpus:
     )
 
 
-def write_raw(conn: duckdb.DuckDBPyConnection, corpus_name: str, raw: RawCorpus) -> None:
-    """Replaces the corpus' three raw tables in one transaction."""
+def write_raw(conn: duckdb.DuckDBPyConnection, corpus_name: str, raw: RawCorpus,
+              run_id: str | None = None) -> dict[str, list[dict]]:
+    """Replaces the corpus' three raw tables and appends what changed to its file log, in one transaction.
+
+    raw.<corpus>__file_log keeps every file version the corpus ever read: one row when content
+    arrives (or arrives under a known name: changed), one when it is withdrawn from the landing,
+    with the run that saw it. Returns the changes (see landing.landing_changes).
+    """
     conn.execute("CREATE SCHEMA IF NOT EXISTS raw")
+    conn.execute(f"""CREATE TABLE IF NOT EXISTS raw."{corpus_name}__file_log" (
+        source_uri VARCHAR, file_sha256 VARCHAR, event VARCHAR, run_id VARCHAR, logged_at TIMESTAMPTZ)""")
+    previous = _previous_files(conn, corpus_name)
+    current = {f["source_uri"]: {"sha256": f["file_sha256"]} for f in raw.files.to_pylist()}
+    changes = landing_changes(previous, current)
+    events = [(c["uri"], c["sha256"], kind) for kind in ("arrived", "changed", "moved", "withdrawn")
+              for c in changes[kind]]
     conn.execute("BEGIN TRANSACTION")
     try:
         for suffix, table in (("", raw.rows), ("__rejects", raw.rejects), ("__files", raw.files)):
             conn.register("_incoming", table)
             conn.execute(f'CREATE OR REPLACE TABLE raw."{corpus_name}{suffix}" AS SELECT * FROM _incoming')
             conn.unregister("_incoming")
+        for uri, sha, kind in events:
+            conn.execute(f'INSERT INTO raw."{corpus_name}__file_log" VALUES (?, ?, ?, ?, now())',
+                         [uri, sha, kind, run_id])
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")
         raise
+    return changes
+
+
+def _previous_files(conn: duckdb.DuckDBPyConnection, corpus_name: str) -> dict[str, dict]:
+    exists = conn.sql("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'raw' AND table_name = ?",
+                      params=[f"{corpus_name}__files"]).fetchall()[0][0]
+    if not exists:
+        return {}
+    return {uri: {"sha256": sha} for uri, sha in
+            conn.sql(f'SELECT source_uri, file_sha256 FROM raw."{corpus_name}__files"').fetchall()}
 
 
 def _with_provenance(table: pa.Table, uri: str, sha: str, schema: pa.Schema) -> pa.Table:

@@ -4,6 +4,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from ft_assets.defs.automation import rebuild_after_upstream
 from ft_assets.defs.resources import WAREHOUSE_POOL
 from ft_assets.lib.cleaning import DatasetSummary, build_dataset, dataset_labels, read_table
 from ft_assets.lib.config import DatasetConfig, ProjectConfig
@@ -20,8 +21,10 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
     # The code that cleans and validates rows: part of the code_version, and recorded for audits.
     cleaning_source = source_hash("cleaning", "schemas")
     checks = [
-        dg.AssetCheckSpec("contract", asset=key, description="pandera CleanRows with the dataset's labels and length limit"),
-        dg.AssetCheckSpec("row_accounting", asset=key,
+        # Blocking: nothing downstream trains on data that broke its contract or lost rows.
+        dg.AssetCheckSpec("contract", asset=key, blocking=True,
+                          description="pandera CleanRows with the dataset's labels and length limit"),
+        dg.AssetCheckSpec("row_accounting", asset=key, blocking=True,
                           description="raw records = clean + quarantined + duplicates: nothing is lost"),
     ]
     if classification:
@@ -35,6 +38,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         pool=WAREHOUSE_POOL,
         deps=[dg.AssetKey(["raw", c]) for c in corpora],
         code_version=code_version(config.dataset_hash(dataset), "cleaning", "schemas"),
+        automation_condition=rebuild_after_upstream(),
         description=(
             f"{dataset.task.replace('_', ' ').capitalize()} dataset `datasets.{dataset.name}` from "
             f"{', '.join(corpora)}: unicode normalised; empty, over-long ({dataset.max_chars} chars), "

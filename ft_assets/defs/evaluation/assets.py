@@ -39,6 +39,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
     @dg.asset(
         key=key,
         group_name="evaluation",
+        automation_condition=dg.AutomationCondition.eager(),
         kinds={"pytorch"},
         # Evaluation and the baseline's training use the accelerator too.
         pool=GPU_POOL,
@@ -122,6 +123,7 @@ def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg
     @dg.asset(
         key=dg.AssetKey(["reports", "leaderboard", dataset.name]),
         group_name="evaluation",
+        automation_condition=dg.AutomationCondition.eager(),
         kinds={"python"},
         deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
         description=(

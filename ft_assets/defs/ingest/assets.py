@@ -13,7 +13,7 @@ from ft_assets.lib.schemas import RawRows, validate
 
 def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     key = dg.AssetKey(["raw", corpus.name])
-    landing = config.corpus_path(corpus)
+    landing = config.corpus_location(corpus)
 
     @dg.asset(
         key=key,
@@ -25,10 +25,12 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         description=(
             f"Every {corpus.format} file under `{landing}` read into `raw.{corpus.name}` with its source URI, "
             "file sha256 and row number; records that do not parse go to "
-            f"`raw.{corpus.name}__rejects` with the line and the parser's message. Files are never modified."
+            f"`raw.{corpus.name}__rejects` with the line and the parser's message; every file version that "
+            f"arrived, changed, moved or was withdrawn is logged in `raw.{corpus.name}__file_log`. "
+            "Files are never modified."
         ),
-        metadata={"landing_path": dg.MetadataValue.path(str(landing)), "format": corpus.format},
-        check_specs=[dg.AssetCheckSpec("raw_contract", asset=key,
+        metadata={"landing": dg.MetadataValue.path(landing), "format": corpus.format},
+        check_specs=[dg.AssetCheckSpec("raw_contract", asset=key, blocking=True,
                                        description="pandera RawRows: provenance present, sha256 well-formed, rows unique")],
     )
     def raw_corpus(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
@@ -38,7 +40,7 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
             raise dg.Failure(description=f"raw/{corpus.name}: {e}") from e
         config.root.mkdir(parents=True, exist_ok=True)
         with warehouse.get_connection() as conn:
-            write_raw(conn, corpus.name, raw)
+            changes = write_raw(conn, corpus.name, raw, context.run_id)
             frame = conn.sql(f'SELECT * FROM raw."{corpus.name}"').df()
         problems = validate(RawRows, frame)
         files = raw.files.to_pylist()
@@ -53,6 +55,8 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
                 "bytes": sum(f["bytes"] for f in files),
                 "dagster/row_count": raw.rows.num_rows,
                 "file_table": dg.MetadataValue.md(_files_markdown(files)),
+                **{f"files_{kind}": len(entries) for kind, entries in changes.items()},
+                "file_changes": dg.MetadataValue.json(changes),
                 # For `ft-assets audit --raw-file`: which materialization read which file contents.
                 "raw_files": dg.MetadataValue.json([{k: f[k] for k in ("source_uri", "file_sha256", "rows", "rejects")}
                                                     for f in files]),

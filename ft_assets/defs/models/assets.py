@@ -23,6 +23,7 @@ def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.As
     @dg.asset(
         key=key,
         group_name="models",
+        automation_condition=dg.AutomationCondition.eager(),
         kinds={"pytorch"},
         deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
         code_version=code_version(stable_hash(rule.model_dump(mode="json")), "champion"),

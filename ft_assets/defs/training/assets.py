@@ -11,6 +11,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from ft_assets.defs.automation import retraining
 from ft_assets.defs.resources import GPU_POOL, GpuResource
 from ft_assets.lib.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
@@ -35,6 +36,7 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         pool=GPU_POOL,
         deps=[dataset_key] + ([base_key] if base_key else []),
         code_version=code_version(recipe.recipe_hash(), "train", "methods", "models", "causal_data"),
+        automation_condition=None if recipe.retrain == "manual" else retraining(recipe.retrain),
         description=(
             f"`{recipe.method}` {'training' if recipe.scratch else 'fine-tuning'} of {base} on datasets/{dataset.name} "
             f"({dataset.task.replace('_', ' ')}, "
