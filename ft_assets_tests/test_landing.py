@@ -112,6 +112,8 @@ def test_withdrawn_files_are_logged_and_their_rows_leave_the_dataset(watched):
     result = materialize_all(defs, instance, selection=RAW_AND_DATASET)
     meta = result.asset_materializations_for_node("raw__tickets")[0].metadata
     assert meta["files_withdrawn"].value == 1 and meta["files_arrived"].value == 0
+    changes = result.asset_materializations_for_node("datasets__tickets")[0].metadata["raw_file_changes"].value
+    assert changes.startswith(f"- dropped {(landing / 'b.csv').as_uri()} (`") and "added" not in changes
     conn = duckdb.connect(str(config.warehouse_path), read_only=True)
     log = conn.sql('SELECT source_uri, event FROM raw."tickets__file_log" ORDER BY logged_at, event').fetchall()
     b = (landing / "b.csv").as_uri()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
@@ -33,3 +34,32 @@ def build_resources(config: ProjectConfig) -> dict:
         "gpu": GpuResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
+
+
+def publish(config: ProjectConfig, local_path: Path, last: str | None = None) -> dict:
+    """Mirrors a file or directory under the local root to the s3:// storage root, if there is one.
+
+    Returns:
+        {"<name>_uri": the s3:// URI} for the materialization's metadata, named after the
+        directory's kind (checkpoint_uri, report_uri, ...); empty for a local root.
+    """
+    from ft_assets.lib.storage import publish_directory, publish_file
+
+    uri = config.remote_uri(local_path)
+    if uri is None:
+        return {}
+    if local_path.is_dir():
+        publish_directory(local_path, uri, last)
+    else:
+        publish_file(local_path, uri)
+    return {"published_uri": uri}
+
+
+def local_copy(path: str, uri: str | None) -> Path:
+    """A published directory on local disk: where it was written, else fetched from its s3:// copy
+    (another machine wrote it) into the model cache."""
+    if Path(path).exists() or uri is None:
+        return Path(path)
+    from ft_assets.lib.model_cache import fetch_model
+
+    return fetch_model(uri)

@@ -25,11 +25,14 @@ By task:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ft_assets.lib.config import DatasetConfig
+from ft_assets.lib.storage import atomic_directory
 
 QUARANTINE_REASONS = (
     "unparseable", "empty_text", "too_long", "missing_label", "unknown_label", "conflicting_labels",
@@ -221,6 +224,17 @@ def read_split(conn: duckdb.DuckDBPyConnection, dataset_name: str, split: str, *
     return conn.sql(
         f'SELECT row_id, text, label FROM datasets."{dataset_name}" WHERE split = ? ORDER BY {order}', params=[split]
     ).to_arrow_table()
+
+
+def export_splits(conn: duckdb.DuckDBPyConnection, dataset_name: str, out_dir: Path) -> None:
+    """Writes every clean row, with its provenance, as <split>.parquet (train, validation, test) into a
+    new directory that appears whole or not at all; an existing export of the same version is kept."""
+    if out_dir.exists():
+        return
+    with atomic_directory(out_dir) as staging:
+        for split in ("train", "validation", "test"):
+            pq.write_table(conn.sql(f'SELECT * FROM datasets."{dataset_name}" WHERE split = ? ORDER BY row_id',
+                                    params=[split]).to_arrow_table(), staging / f"{split}.parquet")
 
 
 def read_table(conn: duckdb.DuckDBPyConnection, table: str):

@@ -30,7 +30,12 @@ class _Strict(BaseModel):
 
 
 class StorageConfig(_Strict):
+    # Where checkpoints, reports, leaderboards, champions and dataset exports live: a folder
+    # (relative to this file) or s3://bucket/prefix, reached through s3fs.
     root: str = "data"
+    # With an s3:// root, the local working folder: the DuckDB warehouse (a file, so it stays on
+    # local disk or a volume) and the working copies of what is published to the root.
+    local: str = "data"
 
 
 class InstructionFields(_Strict):
@@ -374,9 +379,22 @@ class ProjectConfig(_Strict):
 
     @property
     def root(self) -> Path:
-        """The storage root: FT_ASSETS_ROOT, else storage.root against the config file's folder."""
+        """The local storage root: FT_ASSETS_ROOT, else storage.root, against the config file's folder;
+        with an s3:// root, storage.local (where everything is written before it is published)."""
         root = os.environ.get("FT_ASSETS_ROOT") or self.storage.root
-        return (self.source.parent / root).resolve()
+        return (self.source.parent / (self.storage.local if root.startswith("s3://") else root)).resolve()
+
+    @property
+    def remote_root(self) -> str | None:
+        """The s3:// storage root, or None when the root is a local folder."""
+        root = os.environ.get("FT_ASSETS_ROOT") or self.storage.root
+        return root.rstrip("/") if root.startswith("s3://") else None
+
+    def remote_uri(self, local_path: Path) -> str | None:
+        """Where a path under the local root is published (None for a local root)."""
+        if self.remote_root is None:
+            return None
+        return f"{self.remote_root}/{local_path.relative_to(self.root).as_posix()}"
 
     def corpus_location(self, corpus: CorpusConfig) -> str:
         """Where the corpus lands: an s3:// URI as written, else a local path against the storage root."""

@@ -61,3 +61,24 @@ def atomic_directory(final: Path) -> Iterator[Path]:
     finally:
         if staging.exists():
             shutil.rmtree(staging)
+
+
+def publish_file(local_path: Path, remote_uri: str) -> None:
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).put_file(str(local_path), remote_uri.removeprefix("s3://"))
+
+
+def publish_directory(local_dir: Path, remote_uri: str, last: str | None = None) -> None:
+    """Copies a directory to s3://, file by file, with `last` (a relative path) uploaded after all the
+    others: S3 has no directory rename, so a reader that waits for that file never sees a partial copy.
+    Credentials and endpoint from the environment, as s3fs reads them."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    target = remote_uri.removeprefix("s3://").rstrip("/")
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    ordered = [p for p in files if p.relative_to(local_dir).as_posix() != last]
+    ordered += [p for p in files if p.relative_to(local_dir).as_posix() == last]
+    for path in ordered:
+        fs.put_file(str(path), f"{target}/{path.relative_to(local_dir).as_posix()}")

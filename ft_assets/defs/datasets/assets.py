@@ -5,8 +5,8 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import rebuild_after_upstream
-from ft_assets.defs.resources import WAREHOUSE_POOL
-from ft_assets.lib.cleaning import DatasetSummary, build_dataset, dataset_labels, read_table
+from ft_assets.defs.resources import WAREHOUSE_POOL, publish
+from ft_assets.lib.cleaning import DatasetSummary, build_dataset, dataset_labels, export_splits, read_table
 from ft_assets.lib.config import DatasetConfig, ProjectConfig
 from ft_assets.lib.lineage import code_version, dataset_files, source_hash
 from ft_assets.lib.schemas import clean_rows_schema, validate
@@ -44,7 +44,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             f"{', '.join(corpora)}: unicode normalised; empty, over-long ({dataset.max_chars} chars), "
             + ("mislabelled" if classification else "unanswered") + " rows quarantined with a reason in "
             f"`datasets.{dataset.name}__quarantine`, duplicates dropped into `datasets.{dataset.name}__duplicates`, "
-            f"hash-split ({split_rule})."
+            f"hash-split ({split_rule}); each version exported as parquet to "
+            f"`{config.remote_root or config.root}/datasets/{dataset.name}/<version>/`."
         ),
         check_specs=checks,
     )
@@ -54,6 +55,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             problems = validate(clean_rows_schema(dataset), read_table(conn, f"datasets.{dataset.name}"))
             labels = dataset_labels(conn, dataset)
             raw_files = dataset_files(conn, dataset.name, corpora)
+            export_dir = config.root / "datasets" / dataset.name / summary.version[:16]
+            export_splits(conn, dataset.name, export_dir)
         uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
                      if not summary.label_counts.get(split, {}).get(label)]
         label_results = [dg.AssetCheckResult(
@@ -69,6 +72,9 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                 "duplicates": summary.duplicates,
                 "quarantine_by_reason": dg.MetadataValue.json(summary.quarantine_by_reason),
                 "raw_files": dg.MetadataValue.json(raw_files),
+                "export_path": dg.MetadataValue.path(str(export_dir)),
+                **publish(config, export_dir, last="test.parquet"),
+                "raw_file_changes": dg.MetadataValue.md(_file_changes(context.instance, key, raw_files)),
                 "cleaning_code_version": cleaning_source,
                 "dataset_config_hash": config.dataset_hash(dataset),
                 **({"label_distribution": dg.MetadataValue.md(_label_markdown(summary, labels))}
@@ -90,6 +96,20 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         )
 
     return cleaned_dataset
+
+
+def _file_changes(instance: dg.DagsterInstance, key: dg.AssetKey, raw_files: list[dict]) -> str:
+    """Which file contents this build added or dropped against the previous one: why an automated
+    rebuild happened, on the materialization itself."""
+    event = instance.get_latest_materialization_event(key)
+    entry = event.asset_materialization.metadata.get("raw_files") if event else None
+    if entry is None:
+        return "first build with its raw files recorded"
+    before = {(f["uri"], f["sha256"]) for f in entry.value}
+    now = {(f["uri"], f["sha256"]) for f in raw_files}
+    lines = [f"- {kind} {uri} (`{sha[:12]}`)" for kind, files in (("added", now - before), ("dropped", before - now))
+             for uri, sha in sorted(files)]
+    return "\n".join(lines) or "the same raw files as the previous build"
 
 
 def _label_markdown(summary: DatasetSummary, labels: list[str]) -> str:

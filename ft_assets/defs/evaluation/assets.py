@@ -6,12 +6,13 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ft_assets.defs.resources import GPU_POOL
+from ft_assets.defs.resources import GPU_POOL, local_copy, publish
 from ft_assets.lib.cleaning import read_split
 from ft_assets.lib.config import TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig
 from ft_assets.lib.ingest import read_texts
 from ft_assets.lib.leaderboard import forgetting_figure, write_leaderboard
 from ft_assets.lib.lineage import code_version
+from ft_assets.lib.model_card import CARD_FILE
 from ft_assets.lib.report import evaluate_checkpoint
 
 
@@ -55,7 +56,10 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         event = context.instance.get_latest_materialization_event(checkpoint_key)
         if event is None or "checkpoint_path" not in event.asset_materialization.metadata:
             raise dg.Failure(description=f"reports/{recipe.name}: checkpoints/{recipe.name} has no materialization yet")
-        checkpoint_dir = Path(event.asset_materialization.metadata["checkpoint_path"].value)
+        meta = event.asset_materialization.metadata
+        checkpoint_path = meta["checkpoint_path"].value
+        # Trained on another machine: evaluate its copy from the S3 root.
+        checkpoint_dir = local_copy(checkpoint_path, meta["published_uri"].value if "published_uri" in meta else None)
         with warehouse.get_connection() as conn:
             splits = {s: read_split(conn, recipe.dataset, s, in_file_order=task == "language_modeling").to_pydict()
                       for s in ("train", "validation", "test")}
@@ -67,6 +71,9 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
                                      baseline_cache=config.root / "reports" / "_baselines", task=task,
                                      general_texts=general)
         headline = result.report
+        published = publish(config, out_dir, last="eval.json")
+        if published and checkpoint_dir == Path(checkpoint_path):  # its model card gained the results
+            publish(config, checkpoint_dir / CARD_FILE)
         scores = {c: headline[c] for c in TASK_METRICS[task][2]}
         beaten = {name: b[metric] for name, b in headline["baselines"].items()}
         figure = forgetting_figure(headline.get("forgetting"))
@@ -82,7 +89,8 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
                 "total_params": headline["total_params"],
                 "train_seconds": headline["train_seconds"],
                 "gates": dg.MetadataValue.json(headline["gates"]),
-                "checkpoint_path": dg.MetadataValue.path(str(checkpoint_dir)),
+                "checkpoint_path": dg.MetadataValue.path(checkpoint_path),
+                **published,
                 "eval_json": dg.MetadataValue.path(str(result.eval_path)),
                 "report": dg.MetadataValue.md(result.markdown),
             },
@@ -147,6 +155,7 @@ def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg
         rows, markdown = write_leaderboard(reports, dataset.name, out_dir, missing)
         best = rows[0]
         return dg.MaterializeResult(metadata={
+            **publish(config, out_dir, last="leaderboard.json"),
             "best_recipe": best["recipe"],
             f"best_{metric}": best[metric],
             "recipes": len(rows),

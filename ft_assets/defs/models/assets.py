@@ -5,8 +5,10 @@ from pathlib import Path
 
 import dagster as dg
 
+from ft_assets.defs.resources import local_copy, publish
 from ft_assets.lib.champion import (
-    champion_record, choose_champion, current_champion, publish_champion, ranking_markdown,
+    CHAMPION_FILE, HISTORY_FILE, champion_record, choose_champion, current_champion, publish_champion,
+    ranking_markdown,
 )
 from ft_assets.lib.config import TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash
 from ft_assets.lib.lineage import code_version
@@ -41,7 +43,7 @@ def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.As
         )],
     )
     def champion(context: dg.AssetExecutionContext):
-        candidates = [c for c in (_candidate(context.instance, r, dataset) for r in recipes) if c is not None]
+        candidates = [c for c in (_candidate(context.instance, r, dataset, config) for r in recipes) if c is not None]
         decision = choose_champion(candidates, rule, dataset.task)
         previous = current_champion(champion_dir)
         ranking = dg.MetadataValue.md(ranking_markdown(decision))
@@ -64,7 +66,9 @@ def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.As
         record = champion_record(decision, dataset.name, context.run_id)
         unchanged = previous is not None and previous["checkpoint"] == record["checkpoint"]
         if not unchanged:
-            publish_champion(Path(record["checkpoint"]), champion_dir, record)
+            publish_champion(Path(winner["local_copy"]), champion_dir, record)
+            publish(config, champion_dir, last=CHAMPION_FILE)
+            publish(config, champion_dir.parent / HISTORY_FILE)
             context.log.info(f"published {record['recipe']} ({record['checkpoint_version']}) to {champion_dir}")
         return dg.MaterializeResult(
             metadata={**_lineage(record, champion_dir), "decision": "unchanged" if unchanged else "promoted",
@@ -89,7 +93,8 @@ def _lineage(record: dict, champion_dir: Path) -> dict:
     }
 
 
-def _candidate(instance: dg.DagsterInstance, recipe: RecipeConfig, dataset: DatasetConfig) -> dict | None:
+def _candidate(instance: dg.DagsterInstance, recipe: RecipeConfig, dataset: DatasetConfig,
+               config: ProjectConfig) -> dict | None:
     """The recipe's latest report as a candidate, its gates read from the Dagster check records of that
     very materialization (a check from another run, or none, counts as not passed)."""
     report_key = dg.AssetKey(["reports", recipe.name])
@@ -107,7 +112,8 @@ def _candidate(instance: dg.DagsterInstance, recipe: RecipeConfig, dataset: Data
         gates.append({"name": name, "passed": passed,
                       "summary": summary or f"not evaluated for the latest report; re-materialize reports/{recipe.name}"})
     checkpoint = meta["checkpoint_path"]
-    manifest_path = Path(checkpoint) / MANIFEST_FILE
+    local = local_copy(checkpoint, config.remote_uri(Path(checkpoint)) if config.remote_root else None)
+    manifest_path = local / MANIFEST_FILE
     if not manifest_path.is_file():
         gates.append({"name": "checkpoint_present", "passed": False,
                       "summary": f"the evaluated checkpoint {checkpoint} is no longer on disk"})
@@ -121,6 +127,7 @@ def _candidate(instance: dg.DagsterInstance, recipe: RecipeConfig, dataset: Data
         "train_seconds": meta["train_seconds"],
         "gates": gates,
         "checkpoint": checkpoint,
+        "local_copy": str(local),
         "checkpoint_run_id": manifest["dagster"]["run_id"],
         "report_run_id": event.run_id,
     }

@@ -12,7 +12,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import retraining
-from ft_assets.defs.resources import GPU_POOL, GpuResource
+from ft_assets.defs.resources import GPU_POOL, GpuResource, local_copy, publish
 from ft_assets.lib.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.lineage import code_version, dataset_files, git_state
@@ -98,9 +98,12 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             )
         reported = invocation.get_materialize_result()
         manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
+        # Manifest last: on S3 a checkpoint is complete once its manifest is there.
+        published = publish(config, output_dir, last=MANIFEST_FILE)
         return dg.MaterializeResult(
             metadata={
                 **(reported.metadata or {}),
+                **published,
                 "checkpoint_path": dg.MetadataValue.path(str(output_dir)),
                 "version": version,
                 "recipe_hash": manifest["recipe_hash"],
@@ -114,10 +117,12 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
 
 def _base_checkpoint_path(context: dg.AssetExecutionContext, base_key: dg.AssetKey) -> str:
     """The model directory of the base recipe's latest checkpoint (its merged/ export for an adapter)."""
-    path = _metadata_value(context.instance.get_latest_materialization_event(base_key), "checkpoint_path")
+    event = context.instance.get_latest_materialization_event(base_key)
+    path = _metadata_value(event, "checkpoint_path")
     if path is None:
         raise dg.Failure(description=f"{context.asset_key.to_user_string()} starts from "
                                      f"{base_key.to_user_string()}, which has no materialization yet")
+    path = local_copy(path, _metadata_value(event, "published_uri"))
     merged = Path(path) / MERGED_DIR
     return str(merged if merged.is_dir() else Path(path))
 
