@@ -315,6 +315,10 @@ class RecipeConfig(_Strict):
     training: TrainingConfig = TrainingConfig()
     # `merged`: also write the adapter folded into the base weights (merge_and_unload) under merged/.
     export: Literal["adapter", "merged"] = "adapter"
+    # Loading the base model: pickle weights (.bin, .pt) and a repository's own Python code can run
+    # anything when loaded, so both are refused unless the recipe says it trusts them.
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
 
     @model_validator(mode="after")
     def _method_args(self) -> RecipeConfig:
@@ -336,6 +340,11 @@ class RecipeConfig(_Strict):
 
     def recipe_hash(self) -> str:
         return stable_hash(self.model_dump(mode="json"))
+
+    @property
+    def loading(self) -> dict[str, bool]:
+        """The base model loading policy, as load_classifier / load_causal_lm take it."""
+        return {"allow_pickle": self.allow_pickle, "trust_remote_code": self.trust_remote_code}
 
     @property
     def base_recipe(self) -> str | None:

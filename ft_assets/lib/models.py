@@ -62,6 +62,29 @@ def weights_sha256(model_dir: str) -> str | None:
     return hashlib.sha256("".join(f"{f.name}:{sha256_file(f)}\n" for f in files).encode()).hexdigest()
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def loading_policy(model_path: str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> dict:
+    """`from_pretrained` arguments that load only safetensors weights unless pickle is allowed, and run
+    a model repository's own Python code only when trusted (both per recipe, both off by default):
+    unpickling and remote code can execute anything on load.
+
+    Raises:
+        ValueError: a local model directory holds only pickle weights and pickle is not allowed.
+    """
+    path = Path(model_path)
+    if not allow_pickle and path.is_dir() and not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if pickled:
+            raise ValueError(
+                f"model {model_path} has only pickle weights ({', '.join(pickled)}), and unpickling can run "
+                "arbitrary code: convert them to safetensors (save_pretrained(..., safe_serialization=True)), "
+                "or set `allow_pickle: true` on the recipe if you trust the files"
+            )
+    return {"use_safetensors": None if allow_pickle else True, "trust_remote_code": trust_remote_code}
+
+
 def quiet_hf_logging() -> None:
     """Progress bars and load reports would bury the training log; errors still show."""
     import datasets
@@ -72,7 +95,8 @@ def quiet_hf_logging() -> None:
     datasets.disable_progress_bars()
 
 
-def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: bool = False):
+def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: bool = False,
+                    allow_pickle: bool = False, trust_remote_code: bool = False):
     """A sequence classifier over `labels` on top of a pretrained encoder, and its tokenizer.
 
     The classification head is freshly initialised from the current torch seed. With
@@ -85,10 +109,12 @@ def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: b
 
     quiet_hf_logging()
     quantization = _quantization(quantize_4bit)
+    policy = loading_policy(base_model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model_path)
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(
             base_model_path,
+            **policy,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
@@ -102,7 +128,8 @@ def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: b
     return model, tokenizer
 
 
-def load_causal_lm(base_model_path: str, *, quantize_4bit: bool = False):
+def load_causal_lm(base_model_path: str, *, quantize_4bit: bool = False, allow_pickle: bool = False,
+                   trust_remote_code: bool = False):
     """A causal LM and its tokenizer, with a pad token and a chat template (DEFAULT_CHAT_TEMPLATE if none).
 
     Raises:
@@ -113,9 +140,10 @@ def load_causal_lm(base_model_path: str, *, quantize_4bit: bool = False):
     from ft_assets.lib.causal_data import ensure_chat_template, ensure_pad_token
 
     quiet_hf_logging()
+    policy = loading_policy(base_model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(base_model_path)
-        model = AutoModelForCausalLM.from_pretrained(base_model_path, **_quantization(quantize_4bit))
+        tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(base_model_path, **policy, **_quantization(quantize_4bit))
     except OSError as e:
         raise ValueError(
             f"cannot load causal LM {base_model_path!r}: {e}. Use a local save_pretrained directory, "
@@ -185,7 +213,8 @@ def load_checkpoint(checkpoint_dir: Path):
     labels = json.loads((checkpoint_dir / LABELS_FILE).read_text())["labels"]
     manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
     causal = manifest.get("task", "classification") != "classification"
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    loading = {k: manifest["recipe"].get(k, False) for k in ("allow_pickle", "trust_remote_code")}
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=loading["trust_remote_code"])
     if causal:
         ensure_pad_token(tokenizer)
     if (checkpoint_dir / "adapter_config.json").exists():
@@ -193,11 +222,13 @@ def load_checkpoint(checkpoint_dir: Path):
 
         quantized = manifest["recipe"]["method"] == "qlora"
         base_path = manifest["base_model"]["path"]
-        base = (load_causal_lm(base_path, quantize_4bit=quantized)[0] if causal
-                else load_classifier(base_path, labels, quantize_4bit=quantized)[0])
+        base = (load_causal_lm(base_path, quantize_4bit=quantized, **loading)[0] if causal
+                else load_classifier(base_path, labels, quantize_4bit=quantized, **loading)[0])
         model = PeftModel.from_pretrained(base, checkpoint_dir)
     else:
         auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-        model = auto.from_pretrained(checkpoint_dir)
+        # The checkpoint's own weights are safetensors: it was written with safe_serialization.
+        model = auto.from_pretrained(checkpoint_dir, use_safetensors=True,
+                                     trust_remote_code=loading["trust_remote_code"])
     model.eval()
     return model, tokenizer, labels

@@ -14,7 +14,7 @@ from ft_assets.lib.evaluate import (
 from ft_assets.lib.gates import evaluate_gates
 from ft_assets.lib.model_card import CARD_FILE, render_model_card
 from ft_assets.lib.models import (
-    MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint, resolve_base_model, weights_sha256,
+    MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint, loading_policy, resolve_base_model, weights_sha256,
 )
 from ft_assets.lib.storage import directory_bytes, sha256_file
 
@@ -112,7 +112,8 @@ def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, 
 
     from ft_assets.lib.forgetting import encoder_forgetting
 
-    base = AutoModel.from_pretrained(manifest["base_model"]["path"]).to(device)
+    path = manifest["base_model"]["path"]
+    base = AutoModel.from_pretrained(path, **loading_policy(path, **recipe.loading)).to(device)
     cfg = recipe.training
     return {"corpus": recipe.forgetting.corpus, **encoder_forgetting(
         base, model, tokenizer, texts, max_length=cfg.max_length, batch_size=cfg.batch_size * 2, device=device)}
@@ -135,7 +136,7 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manife
     if cached.exists():
         base = json.loads(cached.read_text())
     else:
-        base_model = _untuned_base(manifest, checkpoint_dir, recipe.training.seed).to(device)
+        base_model = _untuned_base(manifest, checkpoint_dir, recipe.training.seed, recipe.loading).to(device)
         base = _score_causal(base_model, tokenizer, recipe, task, test_texts, device)
         if general:
             base["general_loss"] = mean_causal_loss(base_model, general, tokenizer.pad_token_id, cfg.batch_size, device)
@@ -204,7 +205,7 @@ def _score_causal(model, tokenizer, recipe: RecipeConfig, task: str, test_texts:
     return scored
 
 
-def _untuned_base(manifest: dict, checkpoint_dir: Path, seed: int):
+def _untuned_base(manifest: dict, checkpoint_dir: Path, seed: int, loading: dict):
     """The model the recipe started from: the base weights, or for scratch the same random initialisation."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -215,7 +216,7 @@ def _untuned_base(manifest: dict, checkpoint_dir: Path, seed: int):
         config = AutoConfig.from_pretrained(checkpoint_dir)
         torch.manual_seed(seed)
         return AutoModelForCausalLM.from_config(config).eval()
-    return load_causal_lm(manifest["base_model"]["path"])[0].eval()
+    return load_causal_lm(manifest["base_model"]["path"], **loading)[0].eval()
 
 
 def _tokenizer_fingerprint(checkpoint_dir: Path) -> str | None:

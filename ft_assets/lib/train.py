@@ -231,7 +231,7 @@ def _classification_data(recipe, labels, train_rows, validation_rows, base_model
     if unknown:
         raise ValueError(f"recipe {recipe.name!r}: training rows have labels {unknown} outside the label set {labels}")
     base_path = base_model_path or resolve_base_model(recipe.base_model)
-    model, tokenizer = load_classifier(base_path, labels, quantize_4bit=recipe.method == "qlora")
+    model, tokenizer = load_classifier(base_path, labels, quantize_4bit=recipe.method == "qlora", **recipe.loading)
     model = apply_method(model, recipe.method, recipe.method_args, base_model_path=base_path)
     train_set = Dataset.from_dict({"text": train_rows["text"], "labels": [label_ids[x] for x in train_rows["label"]]})
     train_set = train_set.map(
@@ -273,7 +273,7 @@ def _causal_data(recipe, task, train_rows, validation_rows, base_model_path, dev
         base_path = None
     else:
         base_path = base_model_path or resolve_base_model(recipe.base_model)
-        model, tokenizer = load_causal_lm(base_path, quantize_4bit=recipe.method == "qlora")
+        model, tokenizer = load_causal_lm(base_path, quantize_4bit=recipe.method == "qlora", **recipe.loading)
     model = apply_method(model, recipe.method, recipe.method_args, causal=True, base_model_path=base_path)
     train_set, info = causal_examples(tokenizer, task, train_rows["text"], cfg.max_length, packing=cfg.packing)
     if not train_set:
@@ -386,7 +386,8 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
     if recipe.base_model == SCRATCH:
         base = {"id": SCRATCH, "path": None, "weights_sha256": None, "scratch": recipe.scratch.model_dump()}
     else:
-        base = {"id": recipe.base_model, "path": base_path, "weights_sha256": weights_sha256(base_path)}
+        base = {"id": recipe.base_model, "path": base_path, "weights_sha256": weights_sha256(base_path),
+                "loading": recipe.loading}
     manifest = {
         "task": task,
         "recipe": recipe.model_dump(mode="json"),
@@ -402,7 +403,8 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
         result.model.save_pretrained(staging, safe_serialization=True)
         result.tokenizer.save_pretrained(staging)
         if recipe.export == "merged":
-            _export_merged(staging, base_path, labels, result.tokenizer, causal=task != "classification")
+            _export_merged(staging, base_path, labels, result.tokenizer, causal=task != "classification",
+                           loading=recipe.loading)
         (staging / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
         (staging / TRAIN_INFO_FILE).write_text(json.dumps(result.train_info, indent=2) + "\n")
         result.logger.write_jsonl(staging / METRICS_FILE)
@@ -413,11 +415,12 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
     return manifest
 
 
-def _export_merged(adapter_dir: Path, base_path: str, labels: list[str], tokenizer, *, causal: bool) -> None:
+def _export_merged(adapter_dir: Path, base_path: str, labels: list[str], tokenizer, *, causal: bool,
+                   loading: dict) -> None:
     """Folds the adapter into an unquantized copy of the base (never into 4-bit weights) under merged/."""
     from peft import PeftModel
 
-    base = load_causal_lm(base_path)[0] if causal else load_classifier(base_path, labels)[0]
+    base = load_causal_lm(base_path, **loading)[0] if causal else load_classifier(base_path, labels, **loading)[0]
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.save_pretrained(adapter_dir / MERGED_DIR, safe_serialization=True)
     tokenizer.save_pretrained(adapter_dir / MERGED_DIR)
