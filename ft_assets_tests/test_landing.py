@@ -154,3 +154,22 @@ def test_the_same_over_an_s3_landing_prefix(tmp_path, tiny_model_dir, s3_endpoin
     fs.rm("landing-bucket/tickets/b_copy.csv")
     requests, _, _ = tick(defs, instance, cursor)
     assert len(requests) == 1 and requests[0].tags[TRIGGER_TAG].startswith("withdrawn: b_copy.csv")
+
+
+def test_a_symlink_out_of_the_landing_folder_is_refused_and_recorded(watched, tmp_path):
+    config, defs, instance, landing = watched
+    write_csv(landing / "a.csv", ticket_rows(10))
+    outside = write_csv(tmp_path / "someone_elses" / "secret.csv", ticket_rows(10, seed=9))
+    (landing / "innocent.csv").symlink_to(outside)
+    requests, _, _ = tick(defs, instance, None)
+    assert "innocent" not in requests[0].tags[TRIGGER_TAG]
+    result = materialize_all(defs, instance, selection=RAW_AND_DATASET)
+    assert result.success
+    conn = duckdb.connect(str(config.warehouse_path), read_only=True)
+    link = (landing / "innocent.csv").as_uri()
+    assert conn.sql('SELECT count(*) FROM raw."tickets" WHERE source_uri = ?', params=[link]).fetchall() == [(0,)]
+    reason, detail = conn.sql('SELECT reason, detail FROM datasets."tickets__quarantine" WHERE source_uri = ?',
+                              params=[link]).fetchall()[0]
+    assert reason == "refused_file" and f"symlink to {outside}, outside the landing folder" in detail
+    accounting = next(e for e in result.get_asset_check_evaluations() if e.check_name == "row_accounting")
+    assert accounting.passed

@@ -35,7 +35,7 @@ from ft_assets.lib.config import DatasetConfig
 from ft_assets.lib.storage import atomic_directory
 
 QUARANTINE_REASONS = (
-    "unparseable", "empty_text", "too_long", "missing_label", "unknown_label", "conflicting_labels",
+    "unparseable", "refused_file", "empty_text", "too_long", "missing_label", "unknown_label", "conflicting_labels",
     "no_response", "empty_response",
 )
 LM_SEGMENT_LINES = 20
@@ -124,7 +124,10 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}__quarantine" AS
             SELECT source_uri, file_sha256, NULL::BIGINT AS row_number, line, raw_line AS text,
-                   NULL::VARCHAR AS label, 'unparseable' AS reason, error AS detail
+                   NULL::VARCHAR AS label,
+                   -- a landing entry never read (a symlink out of the folder): see storage.landing_files
+                   CASE WHEN starts_with(error, 'refused: ') THEN 'refused_file' ELSE 'unparseable' END AS reason,
+                   error AS detail
             FROM ({rejects_union})
             UNION ALL
             SELECT source_uri, file_sha256, row_number, NULL, raw_text, raw_label, reason, detail

@@ -59,11 +59,12 @@ def read_corpus(corpus: CorpusConfig, location: str | Path) -> RawCorpus:
         FileNotFoundError: the landing location is missing.
         ValueError: it has no files, or a file lacks a required column (named by its URI).
     """
-    with local_copies(str(location)) as files:
-        return _read_files(corpus, files, str(location))
+    with local_copies(str(location)) as (files, refused):
+        return _read_files(corpus, files, refused, str(location))
 
 
-def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], location: str) -> RawCorpus:
+def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], refused: list[tuple[str, str]],
+                location: str) -> RawCorpus:
     if not files:
         raise ValueError(f"corpus {corpus.name!r}: landing location {location} has no files")
     row_parts, reject_parts, file_rows = [], [], []
@@ -78,6 +79,10 @@ def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], location: s
         reject_parts.append(_with_provenance(rejects, uri, sha, REJECT_SCHEMA))
         file_rows.append({"source_uri": uri, "file_sha256": sha, "bytes": path.stat().st_size,
                           "rows": rows.num_rows, "rejects": rejects.num_rows})
+    # A refused entry is a whole-file reject: never read, recorded with why.
+    reject_parts.append(pa.Table.from_pylist(
+        [{"source_uri": uri, "file_sha256": None, "line": None, "error": f"refused: {reason}", "raw_line": None}
+         for uri, reason in refused], schema=REJECT_SCHEMA))
     return RawCorpus(
         rows=pa.concat_tables(row_parts),
         rejects=pa.concat_tables(reject_parts),

@@ -71,31 +71,37 @@ def needs_ingest(changes: dict[str, list[dict]]) -> bool:
 
 
 @contextlib.contextmanager
-def local_copies(location: str) -> Iterator[list[tuple[str, Path]]]:
-    """(uri, local path) of every landing file, in URI order. Local files are read where they are;
-    S3 objects are downloaded into a temporary folder removed afterwards (the URI stays s3://)."""
+def local_copies(location: str) -> Iterator[tuple[list[tuple[str, Path]], list[tuple[str, str]]]]:
+    """((uri, local path) of every landing file in URI order, (uri, reason) of every entry refused).
+
+    Local files are read where they are; S3 objects are downloaded into a temporary folder, removed
+    afterwards, under names of our own (the URI stays s3://), so no key can write outside it.
+    """
     if not is_remote(location):
-        yield [(path.resolve().as_uri(), path) for path in landing_files(Path(location))]
+        files, refused = landing_files(Path(location))
+        yield ([(path.resolve().as_uri(), path) for path in files],
+               [(path.absolute().as_uri(), reason) for path, reason in refused])
         return
     fs = _s3()
+    objects, refused = _s3_objects(fs, location)
     with tempfile.TemporaryDirectory(prefix="ft_assets_landing_") as tmp:
         copies = []
-        for i, (key, _) in enumerate(_s3_objects(fs, location)):
+        for i, (key, _) in enumerate(objects):
             local = Path(tmp) / f"{i:06d}_{Path(key).name}"
             fs.get_file(key, str(local))
             copies.append((f"s3://{key}", local))
-        yield copies
+        yield copies, refused
 
 
 def _files(location: str):
     """(uri, bytes, stamp, read) per file, `read` returning its sha256 when called."""
     if not is_remote(location):
-        for path in landing_files(Path(location)):
+        for path in landing_files(Path(location))[0]:
             stat = path.stat()
             yield path.resolve().as_uri(), stat.st_size, str(stat.st_mtime_ns), lambda p=path: sha256_file(p)
         return
     fs = _s3()
-    for key, info in _s3_objects(fs, location):
+    for key, info in _s3_objects(fs, location)[0]:
         yield f"s3://{key}", info["size"], str(info.get("ETag", "")), lambda k=key: _s3_sha256(fs, k)
 
 
@@ -106,16 +112,23 @@ def _s3():
     return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
 
 
-def _s3_objects(fs, location: str) -> list[tuple[str, dict]]:
+def _s3_objects(fs, location: str) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:
+    """(key, info) of every visible object under the prefix, and (uri, reason) of the keys refused:
+    `..` or empty segments, which would name a path outside the prefix on any file system."""
     prefix = location.removeprefix("s3://").rstrip("/")
     found = fs.find(prefix, detail=True)
     if not found and not fs.exists(prefix):
         raise FileNotFoundError(f"landing location {location} does not exist (no such bucket or prefix)")
-    return sorted(
-        (key, info) for key, info in found.items()
-        if info.get("type") != "directory"
-        and not any(part.startswith(".") for part in key[len(prefix):].split("/") if part)
-    )
+    objects, refused = [], []
+    for key, info in sorted(found.items()):
+        parts = key[len(prefix):].lstrip("/").split("/")
+        if info.get("type") == "directory" or any(part.startswith(".") and part != ".." for part in parts):
+            continue
+        if ".." in parts or "" in parts:
+            refused.append((f"s3://{key}", "key with '..' or empty path segments"))
+        else:
+            objects.append((key, info))
+    return objects, refused
 
 
 def _s3_sha256(fs, key: str, chunk_bytes: int = 1 << 20) -> str:

@@ -19,21 +19,30 @@ def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def landing_files(path: Path) -> list[Path]:
-    """The files a corpus reads: `path` itself, or every visible file under the folder, sorted.
+def landing_files(path: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The files a corpus reads — `path` itself, or every visible file under the folder, sorted — and
+    the entries refused: symlinks that lead outside the landing folder (a landing folder is often
+    writable by others; a link must not let them feed /etc/passwd or another team's data in).
 
     Raises:
         FileNotFoundError: the landing path does not exist.
     """
     if path.is_file():
-        return [path]
+        return [path], []
     if not path.is_dir():
         raise FileNotFoundError(f"landing path {path} does not exist")
+    root = path.resolve()
+    files, refused = [], []
     # Dotfiles (.gitkeep, editor swap files) are not data.
-    return sorted(
-        p for p in path.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
-    )
+    for entry in sorted(path.rglob("*")):
+        if any(part.startswith(".") for part in entry.relative_to(path).parts) or not entry.is_file():
+            continue
+        target = entry.resolve()
+        if not target.is_relative_to(root):
+            refused.append((entry, f"symlink to {target}, outside the landing folder {root}"))
+        else:
+            files.append(entry)
+    return files, refused
 
 
 def directory_bytes(path: Path) -> int:
