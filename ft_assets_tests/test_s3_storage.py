@@ -2,6 +2,7 @@
 and a machine without the local copy evaluates the checkpoint from it."""
 
 import json
+import os
 import shutil
 
 import dagster as dg
@@ -79,3 +80,19 @@ def test_a_machine_without_the_local_checkpoint_evaluates_the_published_one(on_s
     meta = result.asset_materializations_for_node("reports__tiny_full")[0].metadata
     assert meta["checkpoint_path"].value.startswith(str(checkpoints))  # lineage names the real checkpoint
     assert meta["accuracy"].value > 0.5
+
+
+def test_no_credential_reaches_the_event_log_metadata_manifests_or_reports(on_s3):
+    config, instance, fs = on_s3
+    secrets = [os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]]
+    texts = [dg.serialize_value(event) for run in instance.get_runs() for event in instance.all_logs(run.run_id)]
+    texts += [json.dumps(run.tags) for run in instance.get_runs()]
+    texts += [p.read_text(errors="replace") for p in config.root.rglob("*")
+              if p.is_file() and p.suffix in (".json", ".jsonl", ".md", ".yaml")]
+    texts += [fs.cat(key).decode(errors="replace") for key in fs.find("artifacts/project")
+              if key.endswith((".json", ".jsonl", ".md"))]
+    # The scan reads what a leak would be in: the runs' events, manifests and reports, local and published.
+    assert any("s3://artifacts/project/checkpoints/tiny_full/" in t for t in texts)
+    assert any('"raw_files"' in t for t in texts) and len(texts) > 100
+    leaks = [t[:200] for t in texts if any(secret in t for secret in secrets)]
+    assert not leaks
