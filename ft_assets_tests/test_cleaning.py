@@ -197,3 +197,49 @@ def test_language_modeling_keeps_repeated_lines_and_splits_runs_of_lines(warehou
         f'SELECT DISTINCT row_number // {LM_SEGMENT_LINES} FROM datasets."d" WHERE split = \'train\'').fetchall()}
     expected = [line for i, line in enumerate(lines) if (i + 1) // LM_SEGMENT_LINES in train_segments]
     assert read_split(warehouse, "d", "train", in_file_order=True).column("text").to_pylist() == expected
+
+
+PII_ROWS = [
+    ("billing", "Please refund jane.doe@example.com, card 4111 1111 1111 1111 was charged twice"),
+    ("billing", "Call me on +44 20 7946 0958 about invoice 48213 from 2026-11-26"),
+    ("shipping", "Parcel 123456789012 late, ring (555) 123-4567 or 07700900123"),
+    ("shipping", "Tracking 1234 5678 9012 3456 shows nothing, order 99812"),
+]
+
+
+def test_redaction_replaces_pii_in_the_clean_text_counts_it_and_leaves_raw_alone(warehouse, tmp_path):
+    load(warehouse, tmp_path, PII_ROWS)
+    summary = build_dataset(warehouse, dataset(redact=["email", "phone", "card_number"], test_fraction=0.25))
+    assert set(clean(warehouse)) == {
+        "Please refund [EMAIL], card [CARD_NUMBER] was charged twice",
+        "Call me on [PHONE] about invoice 48213 from 2026-11-26",
+        "Parcel 123456789012 late, ring [PHONE] or [PHONE]",
+        # 16 digits that fail the Luhn check: a tracking number, not a card.
+        "Tracking 1234 5678 9012 3456 shows nothing, order 99812",
+    }
+    assert summary.redacted == {"card_number": 1, "email": 1, "phone": 2}
+    raw = {r[0] for r in warehouse.sql('SELECT text FROM raw."c"').fetchall()}
+    assert raw == {text for _, text in PII_ROWS}
+
+
+def test_only_the_rules_asked_for_run(warehouse, tmp_path):
+    load(warehouse, tmp_path, PII_ROWS)
+    summary = build_dataset(warehouse, dataset(redact=["email"], test_fraction=0.25))
+    assert summary.redacted == {"email": 1}
+    assert "Call me on +44 20 7946 0958 about invoice 48213 from 2026-11-26" in clean(warehouse)
+    assert build_dataset(warehouse, dataset(test_fraction=0.25)).redacted == {}
+
+
+def test_redaction_keeps_instruction_records_valid_conversations(warehouse, tmp_path):
+    import json
+
+    landing = tmp_path / "qa"
+    landing.mkdir()
+    (landing / "a.jsonl").write_text(json.dumps(
+        {"instruction": "Email bob@example.org the receipt", "response": "Sent to bob@example.org."}) + "\n")
+    write_raw(warehouse, "qa", read_corpus(CorpusConfig(name="qa", path="qa", format="jsonl", record="instruction"),
+                                           landing))
+    build_dataset(warehouse, DatasetConfig(name="d", corpus="qa", task="instruction", redact=["email"],
+                                           validation_fraction=0.0, test_fraction=0.5))
+    (text,) = warehouse.sql('SELECT text FROM datasets."d"').fetchall()[0]
+    assert [m["content"] for m in json.loads(text)] == ["Email [EMAIL] the receipt", "Sent to [EMAIL]."]

@@ -61,6 +61,7 @@ class DatasetSummary:
     clean_rows: int
     quarantined: int
     duplicates: int
+    redacted: dict[str, int]  # redaction rule -> rows it changed
 
     @property
     def accounted(self) -> bool:
@@ -94,6 +95,10 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
                    substr(sha256(file_sha256 || ':' || row_number::VARCHAR), 1, 16) AS row_id
             FROM ({rows_union})
         """)
+        redacted = _redact(conn, dataset.redact)
+        conn.execute(f'CREATE OR REPLACE TABLE datasets."{name}__redactions" (rule VARCHAR, rows BIGINT)')
+        for rule, rows in redacted.items():
+            conn.execute(f'INSERT INTO datasets."{name}__redactions" VALUES (?, ?)', [rule, rows])
         conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE _checked AS
             SELECT *,
@@ -173,6 +178,30 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
     return summarize_dataset(conn, dataset)
 
 
+def _redact(conn: duckdb.DuckDBPyConnection, rules: list[str]) -> dict[str, int]:
+    """Applies the dataset's redaction rules to _normalised.text; rows changed per rule."""
+    from duckdb import sqltypes
+
+    from ft_assets.lib.redaction import RULES, redact
+
+    counts = {}
+    for rule in (r for r in RULES if r in rules):
+        function = f"ft_redact_{rule}"
+        conn.create_function(function, _redactor(redact, rule), [sqltypes.VARCHAR], sqltypes.VARCHAR)
+        try:
+            counts[rule] = conn.execute(
+                f"UPDATE _normalised SET text = {function}(text) WHERE text IS NOT NULL AND {function}(text) <> text"
+            ).fetchall()[0][0]
+        finally:
+            conn.remove_function(function)
+    return counts
+
+
+def _redactor(redact, rule: str):
+    # DuckDB reads the function's parameters: it must take exactly the text.
+    return lambda text: redact(text, rule)
+
+
 def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> DatasetSummary:
     name = dataset.name
     corpora = [dataset.corpus] + ([dataset.test_corpus] if dataset.test_corpus else [])
@@ -207,6 +236,7 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
         clean_rows=sum(rows_by_split.values()),
         quarantined=sum(quarantine.values()),
         duplicates=duplicates,
+        redacted=dict(conn.sql(f'SELECT rule, rows FROM datasets."{name}__redactions" ORDER BY rule').fetchall()),
     )
 
 

@@ -111,6 +111,8 @@ class DatasetConfig(_Strict):
     max_chars: int = Field(2000, gt=0)
     # Changing the salt reshuffles which rows land in which split.
     split_salt: str = ""
+    # PII replaced by a placeholder in the clean text (see lib/redaction.py); raw tables keep what arrived.
+    redact: list[Literal["email", "phone", "card_number"]] = []
     champion: ChampionConfig = ChampionConfig()
 
     @model_validator(mode="after")

@@ -71,6 +71,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                 "quarantined": summary.quarantined,
                 "duplicates": summary.duplicates,
                 "quarantine_by_reason": dg.MetadataValue.json(summary.quarantine_by_reason),
+                **{f"redacted_{rule}": rows for rule, rows in summary.redacted.items()},
                 "raw_files": dg.MetadataValue.json(raw_files),
                 "export_path": dg.MetadataValue.path(str(export_dir)),
                 **publish(config, export_dir, last="test.parquet"),
