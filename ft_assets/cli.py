@@ -91,6 +91,45 @@ def verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def quarantine(args: argparse.Namespace) -> int:
+    """The rows a dataset's last build quarantined: counts by reason, then each row with its file,
+    row or line, reason and detail."""
+    import duckdb
+
+    from ft_assets.lib.cleaning import quarantined
+
+    config = load_config(args.config)
+    if args.dataset not in {d.name for d in config.datasets}:
+        print(f"ft-assets quarantine: no dataset named {args.dataset!r} in {config.source}", file=sys.stderr)
+        return 2
+    if not config.warehouse_path.exists():
+        print(f"ft-assets quarantine: no warehouse at {config.warehouse_path}; materialize datasets/{args.dataset} "
+              "first", file=sys.stderr)
+        return 2
+    with duckdb.connect(str(config.warehouse_path), read_only=True) as conn:
+        try:
+            rows = quarantined(conn, args.dataset, reason=args.reason)
+        except duckdb.CatalogException:
+            print(f"ft-assets quarantine: datasets/{args.dataset} was never built", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    counts = {}
+    for row in rows:
+        counts[row["reason"]] = counts.get(row["reason"], 0) + 1
+    print(f"{len(rows)} quarantined row(s) in datasets/{args.dataset}: "
+          + (", ".join(f"{r} {n}" for r, n in counts.items()) or "none"))
+    for row in rows[: args.limit]:
+        text = (row["text"] or "").replace("\n", " ")
+        text = text if text.strip() else repr(text)  # an empty or blank text, visibly
+        print(f"{row['reason']:<18} {row['source_uri']}:{row['position'] or '-'}  {row['detail'] or ''}\n"
+              f"{'':<18} {text[:120]}")
+    if len(rows) > args.limit:
+        print(f"... {len(rows) - args.limit} more (--limit, --reason, or --json for all)")
+    return 0
+
+
 def audit(args: argparse.Namespace) -> int:
     """Lineage from the Dagster event log: a recipe's or champion's chain back to the raw files, or
     (--raw-file) everything that consumed one raw file."""
@@ -132,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     verifier.add_argument("checkpoint", type=Path, help="a checkpoint directory, the one holding manifest.json")
     verifier.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     verifier.set_defaults(run=verify)
+    quarantiner = commands.add_parser("quarantine", help=quarantine.__doc__.splitlines()[0],
+                                      description=quarantine.__doc__)
+    quarantiner.add_argument("dataset", help="a dataset name")
+    quarantiner.add_argument("--reason", help="only this reason (e.g. unknown_label)")
+    quarantiner.add_argument("--limit", type=int, default=50, help="rows to print (default 50)")
+    quarantiner.add_argument("--json", action="store_true", help="every row as JSON")
+    quarantiner.set_defaults(run=quarantine)
     auditor = commands.add_parser("audit", help=audit.__doc__.splitlines()[0], description=audit.__doc__)
     auditor.add_argument("target", nargs="?", help="a recipe name, or champion:<dataset>")
     auditor.add_argument("--run", dest="run_id", help="audit the checkpoint materialized in this run instead of the latest")

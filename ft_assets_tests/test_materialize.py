@@ -178,3 +178,20 @@ def test_a_file_missing_a_column_fails_the_raw_asset_with_the_file_named(tmp_pat
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data.error)
     assert str(bad) in message and "'text'" in message
+
+
+def test_the_quarantine_is_shown_on_the_dataset_and_listed_by_the_cli(project, capsys):
+    from ft_assets.cli import main
+
+    config, instance, _, _ = project
+    meta = instance.get_latest_materialization_event(dg.AssetKey(["datasets", "tickets"])).asset_materialization.metadata
+    report = meta["quarantine_report"].value
+    assert "| empty_text | 1 |" in report and "| unknown_label | 1 |" in report and "typo in the label" in report
+    assert main(["--config", str(config.source), "quarantine", "tickets", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {(r["reason"], r["source_uri"].rsplit("/", 1)[-1], r["position"]) for r in rows} == {
+        ("empty_text", "part3.csv", 1), ("unknown_label", "part3.csv", 2)}
+    assert main(["--config", str(config.source), "quarantine", "tickets", "--reason", "unknown_label"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("1 quarantined row(s) in datasets/tickets: unknown_label 1")
+    assert "label biling is not one of the dataset labels" in out

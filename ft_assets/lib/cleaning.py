@@ -270,6 +270,34 @@ def export_splits(conn: duckdb.DuckDBPyConnection, dataset_name: str, out_dir: P
                                     params=[split]).to_arrow_table(), staging / f"{split}.parquet")
 
 
+def quarantined(conn: duckdb.DuckDBPyConnection, dataset_name: str, *, reason: str | None = None,
+                per_reason: int | None = None) -> list[dict]:
+    """Quarantined rows (file, row or line, reason, detail, text), by reason then file order;
+    `per_reason` keeps the first N of each reason (a sample for the UI)."""
+    rows = conn.sql(f"""
+        SELECT source_uri, coalesce(row_number, line) AS position, reason, detail, text,
+               row_number() OVER (PARTITION BY reason ORDER BY source_uri, coalesce(row_number, line)) AS nth
+        FROM datasets."{dataset_name}__quarantine"
+        WHERE ? IS NULL OR reason = ?
+        ORDER BY reason, source_uri, position
+    """, params=[reason, reason]).fetchall()
+    return [{"source_uri": uri, "position": position, "reason": why, "detail": detail, "text": text}
+            for uri, position, why, detail, text, nth in rows if per_reason is None or nth <= per_reason]
+
+
+def quarantine_markdown(by_reason: dict[str, int], sample: list[dict]) -> str:
+    """Counts by reason, then a sample of rows: what the UI shows on the dataset."""
+    if not by_reason:
+        return "Nothing quarantined."
+    lines = ["| reason | rows |", "| --- | ---: |", *(f"| {r} | {n:,} |" for r, n in by_reason.items()), "",
+             "| reason | file | row/line | detail | text |", "| --- | --- | ---: | --- | --- |"]
+    for row in sample:
+        text = (row["text"] or "").replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {row['reason']} | {row['source_uri'].rsplit('/', 1)[-1]} | {row['position'] or ''} | "
+                     f"{(row['detail'] or '').replace('|', '/')} | {text[:80] + ('…' if len(text) > 80 else '')} |")
+    return "\n".join(lines)
+
+
 def read_table(conn: duckdb.DuckDBPyConnection, table: str):
     """A whole table as a pandas DataFrame, e.g. for contract checks."""
     schema, name = table.split(".", 1)

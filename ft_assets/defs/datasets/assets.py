@@ -6,7 +6,9 @@ from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import rebuild_after_upstream
 from ft_assets.defs.resources import WAREHOUSE_POOL, publish
-from ft_assets.lib.cleaning import DatasetSummary, build_dataset, dataset_labels, export_splits, read_table
+from ft_assets.lib.cleaning import (
+    DatasetSummary, build_dataset, dataset_labels, export_splits, quarantine_markdown, quarantined, read_table,
+)
 from ft_assets.lib.config import DatasetConfig, ProjectConfig
 from ft_assets.lib.lineage import code_version, dataset_files, source_hash
 from ft_assets.lib.schemas import clean_rows_schema, validate
@@ -55,6 +57,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             problems = validate(clean_rows_schema(dataset), read_table(conn, f"datasets.{dataset.name}"))
             labels = dataset_labels(conn, dataset)
             raw_files = dataset_files(conn, dataset.name, corpora)
+            quarantine_sample = quarantined(conn, dataset.name, per_reason=3)
             export_dir = config.root / "datasets" / dataset.name / summary.version[:16]
             export_splits(conn, dataset.name, export_dir)
         uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
@@ -71,6 +74,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                 "quarantined": summary.quarantined,
                 "duplicates": summary.duplicates,
                 "quarantine_by_reason": dg.MetadataValue.json(summary.quarantine_by_reason),
+                "quarantine_report": dg.MetadataValue.md(
+                    quarantine_markdown(summary.quarantine_by_reason, quarantine_sample)),
                 **{f"redacted_{rule}": rows for rule, rows in summary.redacted.items()},
                 "raw_files": dg.MetadataValue.json(raw_files),
                 "export_path": dg.MetadataValue.path(str(export_dir)),
