@@ -1,0 +1,78 @@
+"""A training process killed with SIGKILL registers nothing and leaves no checkpoint directory; the next
+materialization starts clean (and removes what a killed save left behind)."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+
+from ft_assets.defs import build_definitions
+from ft_assets.lib.config import load_config
+from ft_assets_tests.conftest import write_project
+from ft_assets_tests.test_materialize import materialize_all
+
+CHECKPOINT = dg.AssetKey(["checkpoints", "slow"])
+
+
+def training_processes() -> list[int]:
+    """Pids of `python -m ft_assets.lib.train` processes that are children of this test process."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"ft_assets.lib.train" in cmdline and ppid == os.getpid():
+            found.append(int(entry.name))
+    return found
+
+
+def kill_training_once_it_has_started(killed: list[int]) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not killed:
+        pids = training_processes()
+        # Started and into its epochs: the process has been up for a moment.
+        if pids:
+            time.sleep(3)
+            for pid in pids:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        time.sleep(0.2)
+
+
+def test_a_killed_training_process_registers_nothing_and_the_next_run_starts_clean(tmp_path, tiny_model_dir):
+    recipe = {"name": "slow", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
+              "training": {"epochs": 200, "batch_size": 4, "max_length": 16}}
+    config = load_config(write_project(tmp_path, tiny_model_dir, recipes=[recipe]))
+    defs, instance = build_definitions(config), dg.DagsterInstance.ephemeral()
+    assert materialize_all(defs, instance, selection="*datasets/tickets").success
+    recipe_dir = config.root / "checkpoints" / "slow"
+
+    killed: list[int] = []
+    killer = threading.Thread(target=kill_training_once_it_has_started, args=(killed,))
+    killer.start()
+    result = materialize_all(defs, instance, selection=[CHECKPOINT], raise_on_error=False)
+    killer.join()
+    assert killed, "the training process was never seen"
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "External execution process failed with code -9" in str(failure.event_specific_data.error.cause)
+    assert instance.get_latest_materialization_event(CHECKPOINT) is None
+    assert not recipe_dir.exists() or not [p for p in recipe_dir.iterdir() if not p.name.startswith(".")]
+
+    # What a kill during the final save leaves: a staging directory, never a checkpoint.
+    recipe_dir.mkdir(parents=True, exist_ok=True)
+    (recipe_dir / ".20261126T000000Z-deadbeef.partial-0123abcd").mkdir()
+    (recipe_dir / ".20261126T000000Z-deadbeef.partial-0123abcd" / "model.safetensors").write_bytes(b"half")
+    quick = build_definitions(load_config(write_project(tmp_path, tiny_model_dir, recipes=[
+        {**recipe, "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}])))
+    again = materialize_all(quick, instance, selection=[CHECKPOINT])
+    assert again.success
+    assert [p.name for p in recipe_dir.iterdir()] == [
+        again.asset_materializations_for_node("checkpoints__slow")[0].metadata["version"].value]
