@@ -170,6 +170,6 @@ def test_a_symlink_out_of_the_landing_folder_is_refused_and_recorded(watched, tm
     assert conn.sql('SELECT count(*) FROM raw."tickets" WHERE source_uri = ?', params=[link]).fetchall() == [(0,)]
     reason, detail = conn.sql('SELECT reason, detail FROM datasets."tickets__quarantine" WHERE source_uri = ?',
                               params=[link]).fetchall()[0]
-    assert reason == "refused_file" and f"symlink to {outside}, outside the landing folder" in detail
+    assert reason == "rejected_file" and f"symlink to {outside}, outside the landing folder" in detail
     accounting = next(e for e in result.get_asset_check_evaluations() if e.check_name == "row_accounting")
     assert accounting.passed

@@ -169,15 +169,34 @@ def test_rematerializing_a_checkpoint_adds_a_version_and_keeps_the_old_one(proje
     assert not [p for p in after if "partial" in p]
 
 
-def test_a_file_missing_a_column_fails_the_raw_asset_with_the_file_named(tmp_path, tiny_model_dir):
+def test_a_file_missing_a_column_is_rejected_whole_and_the_others_go_on(tmp_path, tiny_model_dir):
     config_path = write_project(tmp_path, tiny_model_dir, recipes=[])
     bad = write_csv(tmp_path / "data" / "raw" / "tickets" / "zz_bad.csv", [("hello",)], header=("body",))
+    config = load_config(config_path)
+    result = materialize_all(build_definitions(config), dg.DagsterInstance.ephemeral(),
+                             selection=[dg.AssetKey(["raw", "tickets"]), dg.AssetKey(["datasets", "tickets"])])
+    assert result.success
+    conn = duckdb.connect(str(config.warehouse_path), read_only=True)
+    reason, detail = conn.sql('SELECT reason, detail FROM datasets."tickets__quarantine" WHERE source_uri = ?',
+                              params=[bad.as_uri()]).fetchall()[0]
+    assert reason == "rejected_file" and f"file {bad.as_uri()} has no column 'text'" in detail
+    assert conn.sql('SELECT count(*) FROM datasets."tickets"').fetchall()[0][0] > 0
+    accounting = next(e for e in result.get_asset_check_evaluations() if e.check_name == "row_accounting")
+    assert accounting.passed
+
+
+def test_a_corpus_with_no_readable_file_fails_naming_each_file(tmp_path, tiny_model_dir):
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[])
+    landing = tmp_path / "data" / "raw" / "tickets"
+    for f in landing.iterdir():
+        f.unlink()
+    bad = write_csv(landing / "bad.csv", [("hello",)], header=("body",))
     result = materialize_all(build_definitions(load_config(config_path)), dg.DagsterInstance.ephemeral(),
                              selection="raw/tickets", raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = str(failure.event_specific_data.error)
-    assert str(bad) in message and "'text'" in message
+    assert "no file in" in message and bad.as_uri() in message and "'text'" in message
 
 
 def test_the_quarantine_is_shown_on_the_dataset_and_listed_by_the_cli(project, capsys):

@@ -32,10 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ft_assets.lib.config import DatasetConfig
+from ft_assets.lib.ingest import FILE_REJECTED
 from ft_assets.lib.storage import atomic_directory
 
 QUARANTINE_REASONS = (
-    "unparseable", "refused_file", "empty_text", "too_long", "missing_label", "unknown_label", "conflicting_labels",
+    "unparseable", "rejected_file", "nul_byte", "empty_text", "too_long", "missing_label", "unknown_label", "conflicting_labels",
     "no_response", "empty_response",
 )
 LM_SEGMENT_LINES = 20
@@ -102,14 +103,17 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
         conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE _checked AS
             SELECT *,
-                   CASE WHEN trim(text) = '' THEN 'empty_text'
+                   CASE WHEN contains(coalesce(raw_text, ''), chr(0)) THEN 'nul_byte'
+                        WHEN trim(text) = '' THEN 'empty_text'
                         WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant' THEN 'no_response'
                         WHEN {task == "instruction"} AND trim({_LAST_CONTENT}) = '' THEN 'empty_response'
                         WHEN length(text) > {dataset.max_chars} THEN 'too_long'
                         WHEN {task == "classification"} AND label IS NULL THEN 'missing_label'
                         WHEN ? AND NOT list_contains(?, label) THEN 'unknown_label'
                    END AS reason,
-                   CASE WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant'
+                   CASE WHEN contains(coalesce(raw_text, ''), chr(0))
+                            THEN 'NUL byte at character ' || strpos(raw_text, chr(0))::VARCHAR || ': a corrupt or binary record'
+                        WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant'
                             THEN 'the conversation ends with a ' || {_LAST_ROLE} || ' message, not an answer'
                         WHEN length(text) > {dataset.max_chars}
                             THEN length(text)::VARCHAR || ' characters, limit {dataset.max_chars}'
@@ -130,8 +134,8 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
             CREATE OR REPLACE TABLE datasets."{name}__quarantine" AS
             SELECT source_uri, file_sha256, NULL::BIGINT AS row_number, line, raw_line AS text,
                    NULL::VARCHAR AS label,
-                   -- a landing entry never read (a symlink out of the folder): see storage.landing_files
-                   CASE WHEN starts_with(error, 'refused: ') THEN 'refused_file' ELSE 'unparseable' END AS reason,
+                   -- a whole file: unusable, or never read (a symlink out of the landing folder)
+                   CASE WHEN starts_with(error, '{FILE_REJECTED}') THEN 'rejected_file' ELSE 'unparseable' END AS reason,
                    error AS detail
             FROM ({rejects_union})
             UNION ALL

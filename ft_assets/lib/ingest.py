@@ -45,6 +45,10 @@ FILE_SCHEMA = pa.schema(
 )
 
 
+# The error prefix of a reject that stands for a whole file (never read, or unusable).
+FILE_REJECTED = "file rejected: "
+
+
 @dataclass(frozen=True)
 class RawCorpus:
     rows: pa.Table
@@ -68,21 +72,27 @@ def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], refused: li
     if not files:
         raise ValueError(f"corpus {corpus.name!r}: landing location {location} has no files")
     row_parts, reject_parts, file_rows = [], [], []
+    # A file the corpus cannot use at all (a required column missing, not parquet, an empty header)
+    # is rejected whole and recorded, so one bad upload does not hold back the others.
+    rejected = [(uri, reason) for uri, reason in refused]
     for uri, path in files:
         sha = sha256_file(path)
         try:
             rows, rejects = _READERS[corpus.format](corpus, path)
         except ValueError as e:
             # An S3 object is read from a temporary copy: name the object, not the copy.
-            raise ValueError(str(e).replace(str(path), uri)) from e
+            rejected.append((uri, str(e).replace(str(path), uri), sha))
+            continue
         row_parts.append(_with_provenance(rows, uri, sha, ROW_SCHEMA))
         reject_parts.append(_with_provenance(rejects, uri, sha, REJECT_SCHEMA))
         file_rows.append({"source_uri": uri, "file_sha256": sha, "bytes": path.stat().st_size,
                           "rows": rows.num_rows, "rejects": rejects.num_rows})
-    # A refused entry is a whole-file reject: never read, recorded with why.
+    if not file_rows:
+        raise ValueError(f"corpus {corpus.name!r}: no file in {location} could be read:\n"
+                         + "\n".join(f"  - {entry[1]}" for entry in rejected))
     reject_parts.append(pa.Table.from_pylist(
-        [{"source_uri": uri, "file_sha256": None, "line": None, "error": f"refused: {reason}", "raw_line": None}
-         for uri, reason in refused], schema=REJECT_SCHEMA))
+        [{"source_uri": entry[0], "file_sha256": entry[2] if len(entry) > 2 else None, "line": None,
+          "error": f"{FILE_REJECTED}{entry[1]}", "raw_line": None} for entry in rejected], schema=REJECT_SCHEMA))
     return RawCorpus(
         rows=pa.concat_tables(row_parts),
         rejects=pa.concat_tables(reject_parts),
@@ -234,7 +244,8 @@ def _read_jsonl(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
             if not raw.strip():
                 continue
             try:
-                record = json.loads(raw.decode("utf-8"))
+                # A byte-order mark may open the file; it is not part of the first record.
+                record = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
                 if not isinstance(record, dict):
                     raise ValueError(f"expected a JSON object, got {type(record).__name__}")
                 missing = [k for k in _required_fields(corpus) if k not in record]
@@ -255,7 +266,7 @@ def _read_txt(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
     with open(path, "rb") as f:
         for line_no, raw in enumerate(f, start=1):
             try:
-                text = raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip("\r\n")
             except UnicodeDecodeError as e:
                 rejects.append({"line": line_no, "error": f"UnicodeDecodeError: {e}",
                                 "raw_line": raw.decode("utf-8", errors="replace").rstrip("\n")})

@@ -1,0 +1,109 @@
+"""Bad files of every format, each beside a good one: read without a crash, every record accounted for
+(clean, quarantined with its file, line and reason, or a duplicate), or the whole file rejected and recorded."""
+
+import io
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ft_assets.lib.cleaning import build_dataset
+from ft_assets.lib.config import CorpusConfig, DatasetConfig
+from ft_assets.lib.ingest import read_corpus, write_raw
+
+GOOD = {
+    "csv": b"label,text\nbilling,my card was charged twice\nshipping,where is my parcel\n",
+    "tsv": b"billing\tmy card was charged twice\nshipping\twhere is my parcel\n",
+    "jsonl": b'{"label": "billing", "text": "my card was charged twice"}\n'
+             b'{"label": "shipping", "text": "where is my parcel"}\n',
+    "txt": b"my card was charged twice\nwhere is my parcel\n",
+}
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()
+
+
+LONG = "x" * 1_200_000  # a line over 1 MB
+# (format, the bad file's bytes, {quarantine reason: rows} of the bad file after cleaning)
+CASES = {
+    "csv_extra_column": ("csv", b"label,text,extra\nbilling,refund please,zzz\n", {}),
+    "csv_headerless_file": ("csv", b"billing,refund please\nshipping,late parcel\n", {"rejected_file": 1}),
+    "csv_undecodable_and_mixed_encoding": ("csv", "label,text\nbilling,caf\u00e9 ok\n".encode()
+                                           + b"billing,caf\xe9 latin-1\n", {"unparseable": 1}),
+    "csv_bom": ("csv", b"\xef\xbb\xbflabel,text\nbilling,refund with a bom\n", {}),
+    "csv_empty_file": ("csv", b"", {"rejected_file": 1}),
+    "csv_only_blank_lines": ("csv", b"\n\n\n", {"rejected_file": 1}),
+    "csv_line_over_1mb": ("csv", f"label,text\nbilling,{LONG}\n".encode(), {"too_long": 1}),
+    "csv_nul_byte": ("csv", b"label,text\nbilling,nul\x00inside\n", {"nul_byte": 1}),
+    "txt_nul_byte": ("txt", b"fine\nbinary\x00junk\n", {"nul_byte": 1}),
+    "csv_label_outside_the_set": ("csv", b"label,text\nbiling,typo label\n", {"unknown_label": 1}),
+    "csv_number_as_text": ("csv", b"label,text\nbilling,12345\n", {}),
+    "csv_truncated_last_line": ("csv", b'label,text\nbilling,fine\nbilling,"unterminated', {"unparseable": 1}),
+    "csv_wrong_column_count": ("csv", b"label,text\nbilling,a,b\nbilling\n", {"unparseable": 2}),
+    "tsv_file_with_a_header_declared_headerless": ("tsv", b"label\ttext\nbilling\trefund\n", {"unknown_label": 1}),
+    "jsonl_broken_line_in_the_middle": ("jsonl", b'{"label": "billing", "text": "a"}\n{"label": "bil\n'
+                                        b'{"label": "billing", "text": "b"}\n', {"unparseable": 1}),
+    "jsonl_truncated_last_line": ("jsonl", b'{"label": "billing", "text": "a"}\n{"label": "billing", "te',
+                                  {"unparseable": 1}),
+    "jsonl_number_as_text": ("jsonl", b'{"label": "billing", "text": 12345}\n', {}),
+    "jsonl_missing_field": ("jsonl", b'{"label": "billing", "body": "x"}\n', {"unparseable": 1}),
+    "jsonl_bom": ("jsonl", b'\xef\xbb\xbf{"label": "billing", "text": "bom first"}\n', {}),
+    "jsonl_not_an_object": ("jsonl", b'["billing", "a list"]\n', {"unparseable": 1}),
+    "txt_undecodable_line": ("txt", b"fine line\ncaf\xe9 latin-1\n", {"unparseable": 1}),
+    "txt_bom": ("txt", b"\xef\xbb\xbfa line with a bom\n", {}),
+    # Blank lines are not records in txt (nor in jsonl): nothing to quarantine, nothing lost.
+    "txt_only_blank_lines": ("txt", b"\n\n \n", {}),
+    "txt_empty_file": ("txt", b"", {}),
+    "parquet_not_parquet": ("parquet", b"PAR1 this is not parquet", {"rejected_file": 1}),
+    "parquet_missing_column": ("parquet", parquet_bytes(pa.table({"body": ["x"], "label": ["billing"]})),
+                               {"rejected_file": 1}),
+    "parquet_number_as_text": ("parquet", parquet_bytes(pa.table({"text": [12345], "label": ["billing"]})), {}),
+}
+
+
+def corpus_for(fmt: str) -> CorpusConfig:
+    if fmt == "txt":
+        return CorpusConfig(name="c", path="c", format="txt")
+    if fmt == "tsv":
+        return CorpusConfig(name="c", path="c", format="tsv", columns=["label", "text"], label_field="label")
+    return CorpusConfig(name="c", path="c", format=fmt, label_field="label")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_bad_file_is_read_accounted_for_and_explained(case, tmp_path):
+    fmt, bad, expected = CASES[case]
+    landing = tmp_path / "c"
+    landing.mkdir()
+    good_format = "csv" if fmt == "parquet" else fmt
+    (landing / f"good.{good_format}").write_bytes(GOOD[good_format])
+    (landing / f"bad.{fmt}").write_bytes(bad)
+    corpus = corpus_for(fmt)
+    if fmt == "parquet":  # a parquet corpus reads parquet: the good file is written as one
+        (landing / "good.csv").unlink()
+        pq.write_table(pa.table({"text": ["my card was charged twice", "where is my parcel"],
+                                 "label": ["billing", "shipping"]}), landing / "good.parquet")
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    write_raw(conn, "c", read_corpus(corpus, landing))
+    task = "language_modeling" if fmt == "txt" else "classification"
+    summary = build_dataset(conn, DatasetConfig(
+        name="d", corpus="c", task=task, max_chars=2000, test_fraction=0.5,
+        **({"labels": ["billing", "shipping"]} if task == "classification" else {})))
+    assert summary.accounted
+    bad_uri = (landing / f"bad.{fmt}").as_uri()
+    reasons = dict(conn.sql('SELECT reason, count(*) FROM datasets."d__quarantine" WHERE source_uri = ? GROUP BY 1',
+                            params=[bad_uri]).fetchall())
+    details = conn.sql('SELECT reason, coalesce(row_number, line), detail FROM datasets."d__quarantine" '
+                       'WHERE source_uri = ?', params=[bad_uri]).fetchall()
+    assert reasons == expected, details
+    for reason, position, detail in details:
+        # Precise: a row or line for a record, a reason and a message for a whole file.
+        assert position is not None or (reason == "rejected_file" and detail), (reason, position, detail)
+    if case.endswith("_bom"):
+        texts = [t for (t,) in conn.sql('SELECT text FROM raw."c" WHERE source_uri = ?', params=[bad_uri]).fetchall()]
+        assert texts and not any("\ufeff" in t for t in texts)  # the mark is not part of the text
+    good = conn.sql('SELECT count(*) FROM datasets."d" WHERE source_uri LIKE \'%/good.%\'').fetchall()[0][0]
+    assert good == 2  # the good file beside it is untouched by the bad one
