@@ -76,3 +76,58 @@ def test_a_killed_training_process_registers_nothing_and_the_next_run_starts_cle
     assert again.success
     assert [p.name for p in recipe_dir.iterdir()] == [
         again.asset_materializations_for_node("checkpoints__slow")[0].metadata["version"].value]
+
+
+KILL_AT_COMMIT = """
+import os, signal, sys
+import duckdb
+from ft_assets.lib.cleaning import build_dataset
+from ft_assets.lib.config import DatasetConfig
+
+
+class DiesAtCommit:
+    # The connection, except that the process is killed the moment cleaning would commit.
+    def __init__(self, conn):
+        self.conn = conn
+
+    def execute(self, sql, *args):
+        if sql.strip() == "COMMIT":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.conn.execute(sql, *args)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+conn = duckdb.connect(sys.argv[1])
+build_dataset(DiesAtCommit(conn), DatasetConfig(name="d", corpus="c", labels=["billing", "shipping", "access"],
+                                                 split_salt="another split"))
+"""
+
+
+def test_a_cleaning_run_killed_before_it_commits_leaves_the_previous_version_intact(tmp_path):
+    import subprocess
+    import sys
+
+    import duckdb
+
+    from ft_assets.lib.cleaning import build_dataset, summarize_dataset
+    from ft_assets.lib.config import CorpusConfig, DatasetConfig
+    from ft_assets.lib.ingest import read_corpus, write_raw
+    from ft_assets_tests.conftest import ticket_rows, write_csv
+
+    write_csv(tmp_path / "c" / "a.csv", ticket_rows(20))
+    warehouse = tmp_path / "w.duckdb"
+    dataset = DatasetConfig(name="d", corpus="c", labels=["billing", "shipping", "access"])
+    with duckdb.connect(str(warehouse)) as conn:
+        write_raw(conn, "c", read_corpus(CorpusConfig(name="c", path="c", format="csv", label_field="label"),
+                                         tmp_path / "c"))
+        before = build_dataset(conn, dataset)
+        splits_before = conn.sql('SELECT row_id, split FROM datasets."d" ORDER BY row_id').fetchall()
+
+    killed = subprocess.run([sys.executable, "-c", KILL_AT_COMMIT, str(warehouse)], capture_output=True)
+    assert killed.returncode == -9, killed.stderr.decode()[-2000:]
+
+    with duckdb.connect(str(warehouse)) as conn:
+        assert summarize_dataset(conn, dataset) == before
+        assert conn.sql('SELECT row_id, split FROM datasets."d" ORDER BY row_id').fetchall() == splits_before
