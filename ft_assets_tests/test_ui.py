@@ -242,3 +242,13 @@ def test_materialize_and_rematerialize_from_the_ui(server):
             assert executions == [{"runId": run_id, "status": "SUCCEEDED"}] * len(executions), (attempt, node)
         run_ids.append(run_id)
     assert len(set(run_ids)) == 2
+
+
+def test_two_runs_over_the_same_warehouse_at_once_both_succeed(server):
+    # DuckDB takes one writing process per file: without the duckdb_warehouse pool the second run
+    # would fail on the file lock. Launched together, the pool makes them take turns.
+    selection = [["raw", "tickets"], ["datasets", "tickets"]]
+    run_ids = [materialize_from_ui(server, selection), materialize_from_ui(server, selection)]
+    statuses = [wait_for_run(server, run_id) for run_id in run_ids]
+    assert statuses == ["SUCCESS", "SUCCESS"], f"{statuses}\n{server.log_tail()}"
+    assert "Could not set lock" not in server.log.read_text(errors="replace")
