@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test ui update-snapshot clean
+.PHONY: setup browser demo test ui update-snapshot clean
 
 setup: $(VENV)/.installed
 
@@ -26,7 +26,14 @@ demo: setup
 	$(BIN)/dagster asset materialize --select '*' -m ft_assets.definitions
 	$(BIN)/ft-assets summary
 
-test: setup
+# Debian's chromium for the browser test (Playwright drives it and downloads no browser of its own),
+# where this machine can install it: as root, with apt. Elsewhere that one test is skipped, except in CI.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "chromium is not installed: the browser test will be skipped"
+
+test: setup browser
 	$(BIN)/python -m pytest
 
 ui: setup
