@@ -2,12 +2,17 @@
 materialization starts clean (and removes what a killed save left behind)."""
 
 import os
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
 import dagster as dg
+import duckdb
+import pytest
 
 from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
@@ -62,7 +67,9 @@ def test_a_killed_training_process_registers_nothing_and_the_next_run_starts_cle
     assert killed, "the training process was never seen"
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "External execution process failed with code -9" in str(failure.event_specific_data.error.cause)
+    description = str(failure.event_specific_data.error)
+    assert "checkpoints/slow: training failed and nothing was registered" in description
+    assert "External execution process failed with code -9" in description
     assert instance.get_latest_materialization_event(CHECKPOINT) is None
     assert not recipe_dir.exists() or not [p for p in recipe_dir.iterdir() if not p.name.startswith(".")]
 
@@ -106,11 +113,6 @@ build_dataset(DiesAtCommit(conn), DatasetConfig(name="d", corpus="c", labels=["b
 
 
 def test_a_cleaning_run_killed_before_it_commits_leaves_the_previous_version_intact(tmp_path):
-    import subprocess
-    import sys
-
-    import duckdb
-
     from ft_assets.lib.cleaning import build_dataset, summarize_dataset
     from ft_assets.lib.config import CorpusConfig, DatasetConfig
     from ft_assets.lib.ingest import read_corpus, write_raw
@@ -131,3 +133,31 @@ def test_a_cleaning_run_killed_before_it_commits_leaves_the_previous_version_int
     with duckdb.connect(str(warehouse)) as conn:
         assert summarize_dataset(conn, dataset) == before
         assert conn.sql('SELECT row_id, split FROM datasets."d" ORDER BY row_id').fetchall() == splits_before
+
+
+def test_a_full_disk_fails_training_with_the_reason_and_leaves_nothing(tmp_path, tiny_model_dir):
+    """The storage root on a small tmpfs, filled up before training: a real ENOSPC, not a mock."""
+    root = tmp_path / "data"
+    root.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)], capture_output=True)
+    if mounted.returncode != 0:  # mounting needs root with CAP_SYS_ADMIN, as on our machines and CI
+        if os.environ.get("CI"):
+            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {mounted.stderr.decode()}")
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        recipe = {"name": "slow", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
+                  "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}
+        config = load_config(write_project(tmp_path, tiny_model_dir, recipes=[recipe]))
+        defs, instance = build_definitions(config), dg.DagsterInstance.ephemeral()
+        assert materialize_all(defs, instance, selection="*datasets/tickets").success
+        filler = root / "filler"
+        filler.write_bytes(b"\0" * (shutil.disk_usage(root).free - 50_000))
+        result = materialize_all(defs, instance, selection=[CHECKPOINT], raise_on_error=False)
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        assert "No space left on device" in str(failure.event_specific_data.error)
+        assert instance.get_latest_materialization_event(CHECKPOINT) is None
+        assert not list((root / "checkpoints" / "slow").iterdir())  # no checkpoint, no staging folder
+        filler.unlink()
+        assert materialize_all(defs, instance, selection=[CHECKPOINT]).success
+    finally:
+        subprocess.run(["umount", str(root)], capture_output=True)

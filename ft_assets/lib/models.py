@@ -13,6 +13,8 @@ LABELS_FILE = "labels.json"
 MANIFEST_FILE = "manifest.json"
 TRAIN_INFO_FILE = "train_info.json"
 METRICS_FILE = "metrics.jsonl"
+# Written beside a training spec when training fails: the reason, for the asset's error.
+TRAINING_ERROR_FILE = "training_error.txt"
 # export: merged writes the adapter folded into the base here, loadable without PEFT.
 MERGED_DIR = "merged"
 

@@ -38,8 +38,8 @@ from ft_assets.lib.evaluate import describe_device, predict_logits, resolve_devi
 from ft_assets.lib.lineage import checkpoint_file_hashes
 from ft_assets.lib.methods import apply_method, count_parameters, head_modules
 from ft_assets.lib.models import (
-    LABELS_FILE, MANIFEST_FILE, MERGED_DIR, METRICS_FILE, TRAIN_INFO_FILE, build_scratch_model, load_causal_lm,
-    load_classifier, resolve_base_model, weights_sha256,
+    LABELS_FILE, MANIFEST_FILE, MERGED_DIR, METRICS_FILE, TRAIN_INFO_FILE, TRAINING_ERROR_FILE, build_scratch_model,
+    load_causal_lm, load_classifier, resolve_base_model, weights_sha256,
 )
 from ft_assets.lib.model_card import CARD_FILE, render_model_card
 from ft_assets.lib.storage import atomic_directory
@@ -460,6 +460,15 @@ def main(argv: list[str] | None = None) -> None:
     if len(argv) != 1:
         raise SystemExit("usage: python -m ft_assets.lib.train SPEC.json")
     spec = json.loads(Path(argv[0]).read_text())
+    try:
+        _train_from_spec(spec)
+    except Exception as e:
+        # The orchestrator sees only an exit code: leave it the reason, beside the spec.
+        (Path(argv[0]).parent / TRAINING_ERROR_FILE).write_text(f"{type(e).__name__}: {e}")
+        raise
+
+
+def _train_from_spec(spec: dict) -> None:
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
     if not PipesEnvVarParamsLoader().is_dagster_pipes_process():

@@ -16,7 +16,7 @@ from ft_assets.defs.resources import GPU_POOL, GpuResource, local_copy, publish
 from ft_assets.lib.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.lineage import code_version, dataset_files, git_state
-from ft_assets.lib.models import MANIFEST_FILE, MERGED_DIR
+from ft_assets.lib.models import MANIFEST_FILE, MERGED_DIR, TRAINING_ERROR_FILE
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 
@@ -93,9 +93,15 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             spec_path.write_text(json.dumps(spec))
             context.log.info(f"training {recipe.name} ({recipe.method}) on {splits['train'].num_rows} rows "
                              f"into {output_dir}")
-            invocation = pipes_subprocess_client.run(
-                command=[sys.executable, "-m", "ft_assets.lib.train", str(spec_path)], context=context,
-            )
+            try:
+                invocation = pipes_subprocess_client.run(
+                    command=[sys.executable, "-m", "ft_assets.lib.train", str(spec_path)], context=context,
+                )
+            except Exception as e:
+                error_file = Path(tmp) / TRAINING_ERROR_FILE
+                reason = error_file.read_text() if error_file.exists() else f"the process ended without one: {e}"
+                raise dg.Failure(description=f"checkpoints/{recipe.name}: training failed and nothing was "
+                                             f"registered (no folder at {output_dir}). Reason: {reason}") from e
         reported = invocation.get_materialize_result()
         manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
         # Manifest last: on S3 a checkpoint is complete once its manifest is there.
