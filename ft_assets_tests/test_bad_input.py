@@ -92,7 +92,7 @@ def test_a_bad_file_is_read_accounted_for_and_explained(case, tmp_path):
     summary = build_dataset(conn, DatasetConfig(
         name="d", corpus="c", task=task, max_chars=2000, test_fraction=0.5,
         **({"labels": ["billing", "shipping"]} if task == "classification" else {})))
-    assert summary.accounted
+    assert summary.accounted and summary.unbalanced_files == []  # in total and per file
     bad_uri = (landing / f"bad.{fmt}").as_uri()
     reasons = dict(conn.sql('SELECT reason, count(*) FROM datasets."d__quarantine" WHERE source_uri = ? GROUP BY 1',
                             params=[bad_uri]).fetchall())

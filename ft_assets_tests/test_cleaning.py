@@ -243,3 +243,16 @@ def test_redaction_keeps_instruction_records_valid_conversations(warehouse, tmp_
                                            validation_fraction=0.0, test_fraction=0.5))
     (text,) = warehouse.sql('SELECT text FROM datasets."d"').fetchall()[0]
     assert [m["content"] for m in json.loads(text)] == ["Email [EMAIL] the receipt", "Sent to [EMAIL]."]
+
+
+def test_the_accounting_names_a_file_whose_rows_went_missing(warehouse, tmp_path):
+    from ft_assets.lib.cleaning import summarize_dataset
+
+    load(warehouse, tmp_path, ticket_rows(5))
+    config = dataset(labels=None)
+    assert build_dataset(warehouse, config).accounted
+    warehouse.execute('DELETE FROM datasets."d" WHERE row_id IN (SELECT row_id FROM datasets."d" LIMIT 1)')
+    summary = summarize_dataset(warehouse, config)
+    assert not summary.accounted
+    assert summary.unbalanced_files == [{"source_uri": (tmp_path / "c" / "a.csv").as_uri(), "raw_records": 15,
+                                         "placed": 14}]

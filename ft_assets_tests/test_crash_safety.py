@@ -1,6 +1,7 @@
 """A training process killed with SIGKILL registers nothing and leaves no checkpoint directory; the next
 materialization starts clean (and removes what a killed save left behind)."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -135,19 +136,30 @@ def test_a_cleaning_run_killed_before_it_commits_leaves_the_previous_version_int
         assert conn.sql('SELECT row_id, split FROM datasets."d" ORDER BY row_id').fetchall() == splits_before
 
 
-def test_a_full_disk_fails_training_with_the_reason_and_leaves_nothing(tmp_path, tiny_model_dir):
-    """The storage root on a small tmpfs, filled up before training: a real ENOSPC, not a mock."""
-    root = tmp_path / "data"
+@contextlib.contextmanager
+def tmpfs(root: Path, size: str):
+    """A real small file system at `root` for the storage root (root with CAP_SYS_ADMIN, as on our
+    machines and CI); unmounted afterwards."""
     root.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)], capture_output=True)
-    if mounted.returncode != 0:  # mounting needs root with CAP_SYS_ADMIN, as on our machines and CI
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(root)], capture_output=True)
+    if mounted.returncode != 0:
         if os.environ.get("CI"):
-            pytest.fail(f"cannot mount a tmpfs for the disk-full test: {mounted.stderr.decode()}")
+            pytest.fail(f"cannot mount a tmpfs: {mounted.stderr.decode()}")
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        recipe = {"name": "slow", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
-                  "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}
-        config = load_config(write_project(tmp_path, tiny_model_dir, recipes=[recipe]))
+        yield root
+    finally:
+        subprocess.run(["umount", str(root)], capture_output=True)
+
+
+QUICK = {"name": "slow", "dataset": "tickets", "method": "full",
+         "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}
+
+
+def test_a_full_disk_fails_training_with_the_reason_and_leaves_nothing(tmp_path, tiny_model_dir):
+    with tmpfs(tmp_path / "data", "8m") as root:
+        config = load_config(write_project(tmp_path, tiny_model_dir, recipes=[
+            {**QUICK, "base_model": str(tiny_model_dir)}]))
         defs, instance = build_definitions(config), dg.DagsterInstance.ephemeral()
         assert materialize_all(defs, instance, selection="*datasets/tickets").success
         filler = root / "filler"
@@ -159,5 +171,22 @@ def test_a_full_disk_fails_training_with_the_reason_and_leaves_nothing(tmp_path,
         assert not list((root / "checkpoints" / "slow").iterdir())  # no checkpoint, no staging folder
         filler.unlink()
         assert materialize_all(defs, instance, selection=[CHECKPOINT]).success
-    finally:
-        subprocess.run(["umount", str(root)], capture_output=True)
+
+
+def test_an_unwritable_storage_root_fails_naming_it_and_corrupts_nothing(tmp_path, tiny_model_dir):
+    with tmpfs(tmp_path / "data", "16m") as root:
+        config = load_config(write_project(tmp_path, tiny_model_dir, recipes=[]))
+        defs, instance = build_definitions(config), dg.DagsterInstance.ephemeral()
+        assert materialize_all(defs, instance, selection="*datasets/tickets").success
+        with duckdb.connect(str(config.warehouse_path), read_only=True) as conn:
+            before = conn.sql('SELECT * FROM datasets."tickets" ORDER BY row_id').fetchall()
+        subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True)
+        try:
+            result = materialize_all(defs, instance, selection="*datasets/tickets", raise_on_error=False)
+        finally:
+            subprocess.run(["mount", "-o", "remount,rw", str(root)], check=True)
+        failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+        message = str(failure.event_specific_data.error)
+        assert str(config.warehouse_path) in message and "Read-only file system" in message
+        with duckdb.connect(str(config.warehouse_path), read_only=True) as conn:
+            assert conn.sql('SELECT * FROM datasets."tickets" ORDER BY row_id').fetchall() == before

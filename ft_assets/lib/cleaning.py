@@ -64,9 +64,13 @@ class DatasetSummary:
     duplicates: int
     redacted: dict[str, int]  # redaction rule -> rows it changed
 
+    # Files whose raw records do not all reappear as clean, quarantined or duplicate rows.
+    unbalanced_files: list[dict]
+
     @property
     def accounted(self) -> bool:
-        return self.raw_records == self.clean_rows + self.quarantined + self.duplicates
+        return (self.raw_records == self.clean_rows + self.quarantined + self.duplicates
+                and not self.unbalanced_files)
 
 
 def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> DatasetSummary:
@@ -225,6 +229,18 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
         f'SELECT reason, count(*) FROM datasets."{name}__quarantine" GROUP BY reason ORDER BY reason'
     ).fetchall())
     duplicates = conn.sql(f'SELECT count(*) FROM datasets."{name}__duplicates"').fetchall()[0][0]
+    raw_union = " UNION ALL ".join(f'SELECT source_uri FROM raw."{c}" UNION ALL SELECT source_uri FROM raw."{c}__rejects"'
+                                   for c in corpora)
+    unbalanced = conn.sql(f"""
+        WITH raw AS (SELECT source_uri, count(*) AS n FROM ({raw_union}) GROUP BY 1),
+             placed AS (SELECT source_uri, count(*) AS n FROM (
+                 SELECT source_uri FROM datasets."{name}" UNION ALL
+                 SELECT source_uri FROM datasets."{name}__quarantine" UNION ALL
+                 SELECT source_uri FROM datasets."{name}__duplicates") GROUP BY 1)
+        SELECT source_uri, coalesce(raw.n, 0), coalesce(placed.n, 0)
+        FROM raw FULL JOIN placed USING (source_uri)
+        WHERE coalesce(raw.n, 0) <> coalesce(placed.n, 0) ORDER BY source_uri
+    """).fetchall()
     # Content hash of what a trainer sees: any change to a row, label or split changes it.
     version = conn.sql(
         f"""SELECT coalesce(sha256(string_agg(row_id || ':' || split || ':' || coalesce(label, '') || ':' || md5(text), chr(10)
@@ -241,6 +257,8 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
         quarantined=sum(quarantine.values()),
         duplicates=duplicates,
         redacted=dict(conn.sql(f'SELECT rule, rows FROM datasets."{name}__redactions" ORDER BY rule').fetchall()),
+        unbalanced_files=[{"source_uri": uri, "raw_records": n_raw, "placed": n_placed}
+                          for uri, n_raw, n_placed in unbalanced],
     )
 
 

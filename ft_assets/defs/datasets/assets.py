@@ -27,7 +27,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         dg.AssetCheckSpec("contract", asset=key, blocking=True,
                           description="pandera CleanRows with the dataset's labels and length limit"),
         dg.AssetCheckSpec("row_accounting", asset=key, blocking=True,
-                          description="raw records = clean + quarantined + duplicates: nothing is lost"),
+                          description="raw records = clean + quarantined + duplicates, in total and per file: "
+                                      "nothing is lost"),
     ]
     if classification:
         checks.append(dg.AssetCheckSpec("label_coverage", asset=key,
@@ -95,7 +96,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                 dg.AssetCheckResult(
                     check_name="row_accounting", passed=summary.accounted,
                     metadata={"raw_records": summary.raw_records, "clean": summary.clean_rows,
-                              "quarantined": summary.quarantined, "duplicates": summary.duplicates},
+                              "quarantined": summary.quarantined, "duplicates": summary.duplicates,
+                              "unbalanced_files": dg.MetadataValue.json(summary.unbalanced_files)},
                 ),
                 *label_results,
             ],
