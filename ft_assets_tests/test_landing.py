@@ -156,6 +156,24 @@ def test_the_same_over_an_s3_landing_prefix(tmp_path, tiny_model_dir, s3_endpoin
     assert len(requests) == 1 and requests[0].tags[TRIGGER_TAG].startswith("withdrawn: b_copy.csv")
 
 
+def test_an_s3_key_with_dot_dot_segments_is_refused_and_recorded(tmp_path, tiny_model_dir, s3_endpoint):
+    import boto3
+
+    from ft_assets.lib.ingest import read_corpus
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="dotdot")
+    body = write_csv(tmp_path / "a.csv", ticket_rows(3)).read_bytes()
+    s3.put_object(Bucket="dotdot", Key="tickets/a.csv", Body=body)
+    s3.put_object(Bucket="dotdot", Key="tickets/sub/../../escape.csv", Body=body)  # a literal key, as S3 allows
+    corpus = load_config(write_project(tmp_path, tiny_model_dir, recipes=[])).corpora[0]
+    raw = read_corpus(corpus, "s3://dotdot/tickets/")
+    assert set(raw.rows.column("source_uri").to_pylist()) == {"s3://dotdot/tickets/a.csv"}
+    (reject,) = raw.rejects.to_pylist()
+    assert reject["source_uri"] == "s3://dotdot/tickets/sub/../../escape.csv"
+    assert reject["error"] == "file rejected: key with '..' or empty path segments"
+
+
 def test_a_symlink_out_of_the_landing_folder_is_refused_and_recorded(watched, tmp_path):
     config, defs, instance, landing = watched
     write_csv(landing / "a.csv", ticket_rows(10))
