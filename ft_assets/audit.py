@@ -183,10 +183,24 @@ def _evaluation(history: _History, recipe: str, checkpoint_path: str) -> dict | 
     return None
 
 
-def _base_checkpoint(history: _History, base_path: str | None):
-    """The checkpoint materialization a checkpoint:<recipe> base points at (its dir, or its merged/ export)."""
+def _base_checkpoint_dir(base_path: str | None) -> str | None:
+    """The checkpoint folder a checkpoint:<recipe> base was loaded from: the folder itself, or the one
+    holding the merged/ export it was read from."""
     if base_path is None:
         return None
+    path = Path(base_path)
+    return str(path.parent) if path.name == MERGED_DIR else base_path
+
+
+def _base_checkpoint(history: _History, base_path: str | None):
+    """The checkpoint materialization a checkpoint:<recipe> base points at."""
+    base_dir = _base_checkpoint_dir(base_path)
+    if base_dir is None:
+        return None
+    for record in reversed(history.prefixed("checkpoints")):
+        if _meta(record).get("checkpoint_path") == base_dir:
+            return record
+    return None
     path = Path(base_path)
     candidates = {str(path), str(path.parent)} if path.name == MERGED_DIR else {str(path)}
     for record in reversed(history.prefixed("checkpoints")):
@@ -231,8 +245,7 @@ def audit_raw_file(instance: dg.DagsterInstance, sha256: str | None, uri: str | 
         meta = _meta(record)
         manifest = meta.get("manifest") or {}
         files = matches(manifest.get("dataset", {}).get("raw_files", []), "sha256", "uri")
-        base = manifest.get("base_model", {}).get("path")
-        base_dir = str(Path(base).parent) if base and Path(base).name == MERGED_DIR else base
+        base_dir = _base_checkpoint_dir(manifest.get("base_model", {}).get("path"))
         if files:
             via = "trained on it"
         elif base_dir in affected:

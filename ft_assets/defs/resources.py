@@ -40,8 +40,7 @@ def publish(config: ProjectConfig, local_path: Path, last: str | None = None) ->
     """Mirrors a file or directory under the local root to the s3:// storage root, if there is one.
 
     Returns:
-        {"<name>_uri": the s3:// URI} for the materialization's metadata, named after the
-        directory's kind (checkpoint_uri, report_uri, ...); empty for a local root.
+        {"published_uri": the s3:// URI} for the materialization's metadata; empty for a local root.
     """
     from ft_assets.lib.storage import publish_directory, publish_file
 

@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from ft_assets.lib.config import DatasetConfig
 from ft_assets.lib.ingest import FILE_REJECTED
+from ft_assets.lib.redaction import RULES, redact
 from ft_assets.lib.storage import atomic_directory
 
 QUARANTINE_REASONS = (
@@ -190,12 +191,10 @@ def _redact(conn: duckdb.DuckDBPyConnection, rules: list[str]) -> dict[str, int]
     """Applies the dataset's redaction rules to _normalised.text; rows changed per rule."""
     from duckdb import sqltypes
 
-    from ft_assets.lib.redaction import RULES, redact
-
     counts = {}
     for rule in (r for r in RULES if r in rules):
         function = f"ft_redact_{rule}"
-        conn.create_function(function, _redactor(redact, rule), [sqltypes.VARCHAR], sqltypes.VARCHAR)
+        conn.create_function(function, _redactor(rule), [sqltypes.VARCHAR], sqltypes.VARCHAR)
         try:
             counts[rule] = conn.execute(
                 f"UPDATE _normalised SET text = {function}(text) WHERE text IS NOT NULL AND {function}(text) <> text"
@@ -205,7 +204,7 @@ def _redact(conn: duckdb.DuckDBPyConnection, rules: list[str]) -> dict[str, int]
     return counts
 
 
-def _redactor(redact, rule: str):
+def _redactor(rule: str):
     # DuckDB reads the function's parameters: it must take exactly the text.
     return lambda text: redact(text, rule)
 

@@ -500,7 +500,7 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
                 problems.append(f"datasets[{i}] ({d.name}): field {field}: corpus {ref!r} {problem}")
         if d.test_corpus is not None and d.test_corpus == d.corpus:
             problems.append(f"datasets[{i}] ({d.name}): field test_corpus: must differ from corpus")
-        metrics = TASK_METRICS[d.task][2]
+        metrics = TASK_METRICS[d.task][1]
         if d.champion.metric is not None and d.champion.metric not in metrics:
             problems.append(f"datasets[{i}] ({d.name}): field champion.metric: {d.champion.metric!r} is not a "
                             f"{d.task} metric (one of: {', '.join(metrics)})")
@@ -556,13 +556,13 @@ def _base_recipe_problems(recipe: RecipeConfig, recipes: dict[str, RecipeConfig]
 
 CAUSAL_TASKS = ("instruction", "language_modeling")
 
-# Per task: the headline metric (the default ranking), whether higher is better, and every metric
-# a report carries at its top level.
+# Per task: the headline metric (the default ranking) and every metric a report carries at its top level.
 TASK_METRICS = {
-    "classification": ("accuracy", True, ("accuracy", "macro_f1")),
-    "instruction": ("rouge_l", True, ("rouge_l", "exact_match", "perplexity")),
-    "language_modeling": ("perplexity", False, ("perplexity", "eval_loss")),
+    "classification": ("accuracy", ("accuracy", "macro_f1")),
+    "instruction": ("rouge_l", ("rouge_l", "exact_match", "perplexity")),
+    "language_modeling": ("perplexity", ("perplexity", "eval_loss")),
 }
+# Every other metric is better higher.
 LOWER_IS_BETTER = {"perplexity", "eval_loss"}
 
 

@@ -74,7 +74,7 @@ def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], refused: li
     row_parts, reject_parts, file_rows = [], [], []
     # A file the corpus cannot use at all (a required column missing, not parquet, an empty header)
     # is rejected whole and recorded, so one bad upload does not hold back the others.
-    rejected = [(uri, reason) for uri, reason in refused]
+    rejected = [(uri, reason, None) for uri, reason in refused]  # (uri, reason, sha256 if read)
     for uri, path in files:
         sha = sha256_file(path)
         try:
@@ -89,10 +89,10 @@ def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], refused: li
                           "rows": rows.num_rows, "rejects": rejects.num_rows})
     if not file_rows:
         raise ValueError(f"corpus {corpus.name!r}: no file in {location} could be read:\n"
-                         + "\n".join(f"  - {entry[1]}" for entry in rejected))
+                         + "\n".join(f"  - {reason}" for _, reason, _ in rejected))
     reject_parts.append(pa.Table.from_pylist(
-        [{"source_uri": entry[0], "file_sha256": entry[2] if len(entry) > 2 else None, "line": None,
-          "error": f"{FILE_REJECTED}{entry[1]}", "raw_line": None} for entry in rejected], schema=REJECT_SCHEMA))
+        [{"source_uri": uri, "file_sha256": sha, "line": None, "error": f"{FILE_REJECTED}{reason}", "raw_line": None}
+         for uri, reason, sha in rejected], schema=REJECT_SCHEMA))
     return RawCorpus(
         rows=pa.concat_tables(row_parts),
         rejects=pa.concat_tables(reject_parts),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ft_assets.lib.config import TASK_METRICS
+from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS
 from ft_assets.lib.plots import data_uri, png_bytes, pyplot
 
 
@@ -33,7 +33,7 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
     rows = []
     for r in reports:
         task = r.get("task", "classification")
-        metric, higher_is_better, columns = TASK_METRICS[task]
+        metric, columns = TASK_METRICS[task]
         cost = r["cost"]
         base = (untuned_base(r) or r)[metric]
         rows.append({
@@ -47,7 +47,7 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
             "peak_mem_bytes": cost["peak_mem_bytes"], "checkpoint_bytes": cost["checkpoint_bytes"],
             "forgetting": forgetting_figure(r.get("forgetting")),
         })
-    return sorted(rows, key=lambda row: (-row[row["metric"]] if TASK_METRICS[row["task"]][1] else row[row["metric"]],
+    return sorted(rows, key=lambda row: (row[row["metric"]] if row["metric"] in LOWER_IS_BETTER else -row[row["metric"]],
                                          row["trainable_params"]))
 
 
@@ -90,7 +90,7 @@ HEADERS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "rouge_l": "ROUGE-L",
 
 def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: list[str]) -> str:
     """The table, then the chart at `image_ref` (a file name, or a data: URI for the Dagster UI)."""
-    columns = TASK_METRICS[rows[0]["task"]][2] if rows else ()
+    columns = TASK_METRICS[rows[0]["task"]][1] if rows else ()
     lines = [
         f"# Leaderboard: {dataset}", "",
         "| # | recipe | method | " + " | ".join(HEADERS[c] for c in columns) + " | Δ vs base | trainable | share "

@@ -8,7 +8,7 @@ from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import GPU_POOL, local_copy, publish
 from ft_assets.lib.cleaning import read_split
-from ft_assets.lib.config import TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig
+from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig
 from ft_assets.lib.ingest import read_texts
 from ft_assets.lib.leaderboard import forgetting_figure, write_leaderboard
 from ft_assets.lib.lineage import code_version
@@ -30,7 +30,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
     checkpoint_key = dg.AssetKey(["checkpoints", recipe.name])
     out_dir = config.root / "reports" / recipe.name
     task = config.dataset(recipe.dataset).task
-    metric, higher_is_better, _ = TASK_METRICS[task]
+    metric = TASK_METRICS[task][0]
     if task != "classification":
         baselines = "the untuned base model"
     else:
@@ -50,7 +50,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
             f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training. "
             f"Writes `{out_dir}/eval.json` and `report.md`."
         ),
-        check_specs=_gate_specs(recipe, key, metric, higher_is_better),
+        check_specs=_gate_specs(recipe, key, metric),
     )
     def report(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
         event = context.instance.get_latest_materialization_event(checkpoint_key)
@@ -74,7 +74,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         published = publish(config, out_dir, last="eval.json")
         if published and checkpoint_dir == Path(checkpoint_path):  # its model card gained the results
             publish(config, checkpoint_dir / CARD_FILE)
-        scores = {c: headline[c] for c in TASK_METRICS[task][2]}
+        scores = {c: headline[c] for c in TASK_METRICS[task][1]}
         beaten = {name: b[metric] for name, b in headline["baselines"].items()}
         figure = forgetting_figure(headline.get("forgetting"))
         return dg.MaterializeResult(
@@ -106,12 +106,12 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
     return report
 
 
-def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str, higher_is_better: bool) -> list:
+def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str) -> list:
     gates = recipe.gates
     margin = f" by at least {gates.min_margin:g}" if gates.min_margin else ""
     specs = [dg.AssetCheckSpec(
         "beats_baselines", asset=key, blocking=gates.blocking,
-        description=f"the tuned model's test {metric} is {'above' if higher_is_better else 'below'} every "
+        description=f"the tuned model's test {metric} is {'below' if metric in LOWER_IS_BETTER else 'above'} every "
                     f"baseline's{margin}",
     )]
     if gates.max_forgetting is not None:
@@ -126,7 +126,7 @@ def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str, higher_is_b
 def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     recipes = [r for r in config.recipes if r.dataset == dataset.name]
     out_dir = config.root / "reports" / "leaderboard" / dataset.name
-    metric, higher_is_better, _ = TASK_METRICS[dataset.task]
+    metric = TASK_METRICS[dataset.task][0]
 
     @dg.asset(
         key=dg.AssetKey(["reports", "leaderboard", dataset.name]),
@@ -136,7 +136,7 @@ def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg
         deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
         description=(
             f"Every recipe on datasets/{dataset.name} side by side, best test {metric} first "
-            f"({'higher' if higher_is_better else 'lower'} is better): the task metrics, change against the untuned "
+            f"({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better): the task metrics, change against the untuned "
             "base, trainable parameters and their share, train time, examples/s, tokens/s, peak memory, "
             f"checkpoint size; a table and a chart in `{out_dir}`."
         ),

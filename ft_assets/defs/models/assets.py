@@ -121,7 +121,7 @@ def _candidate(instance: dg.DagsterInstance, recipe: RecipeConfig, dataset: Data
     return {
         "recipe": recipe.name,
         "method": recipe.method,
-        "metrics": {m: meta[m] for m in TASK_METRICS[dataset.task][2]},
+        "metrics": {m: meta[m] for m in TASK_METRICS[dataset.task][1]},
         "forgetting": meta.get("forgetting"),
         "trainable_params": meta["trainable_params"],
         "train_seconds": meta["train_seconds"],
