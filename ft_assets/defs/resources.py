@@ -22,17 +22,33 @@ class GpuResource(dg.ConfigurableResource):
 
     device: auto (CUDA when torch sees it, else CPU), cpu, or cuda.
     precision: auto (bf16 on CUDA when supported, else fp32), fp32, bf16 or fp16.
+    processes: training processes, one per GPU; above 1 the training command runs under torchrun
+        (DDP: NCCL between GPUs, gloo between CPU processes), and on Kubernetes the pod asks for
+        that many `nvidia.com/gpu`.
     """
 
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16 or fp16")
+    processes: int = Field(1, ge=1, description="training processes (GPUs); above 1, torchrun with DDP")
+
+    def training_command(self, python: str, spec: str) -> list[str]:
+        """The command that trains from SPEC.json: one process, or torchrun over `processes`."""
+        if self.processes == 1:
+            return [python, "-m", "ft_assets.lib.train", spec]
+        # --standalone: a rendezvous on a free local port, so two jobs on one machine never collide.
+        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.processes}",
+                "-m", "ft_assets.lib.train", spec]
 
 
 def build_resources(config: ProjectConfig) -> dict:
+    from ft_assets.defs.training.kubernetes import kubernetes_client
+
     return {
         "warehouse": DuckDBResource(database=str(config.warehouse_path)),
         "gpu": GpuResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        # Used only with FT_ENV=k8s; it finds its cluster when a run starts, not when this loads.
+        "pipes_k8s_client": kubernetes_client(),
     }
 
 

@@ -207,6 +207,19 @@ class TrainingConfig(_Strict):
     warmup_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_grad_norm: float = Field(1.0, gt=0)
     log_every_steps: int = Field(10, gt=0)
+    # The optimizer steps once per gradient_accumulation_steps batches: the global batch is
+    # batch_size × gradient_accumulation_steps × processes (the gpu resource's processes).
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    # Learning rate after the linear warmup: linear decay to 0, or a cosine down to 0.
+    schedule: Literal["linear", "cosine"] = "linear"
+    # Recompute activations in the backward pass: much less memory for about a third more compute.
+    gradient_checkpointing: bool = False
+    # torch.compile the model. auto: on CUDA only; on a CPU the compile time outweighs small runs.
+    compile: bool | Literal["auto"] = "auto"
+    # Classification: batches of examples of similar length (little padding), in random order.
+    group_by_length: bool = True
+    # Every this many optimizer steps, keep what a killed run needs to resume here (0: never).
+    save_every_steps: int = Field(200, ge=0)
     # instruction: several conversations per sequence, each attending only to itself.
     packing: bool = False
     # Skewed label counts: `class_weights` weighs each class's loss by n / (k * n_class);
@@ -364,9 +377,63 @@ class AutomationConfig(_Strict):
     evaluation_interval_seconds: int = Field(30, ge=1)
 
 
+class Toleration(_Strict):
+    """A Kubernetes toleration, written as in a pod's YAML (tolerationSeconds in camelCase).
+
+    Typed rather than a free dict so that a misspelt key fails when the config loads, not when the
+    pod is created after the splits were exported.
+    """
+
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] = "Equal"
+    value: str | None = None
+    # None: every effect.
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    # NoExecute only: how long the pod stays on a node after the taint appears (None: forever).
+    toleration_seconds: int | None = Field(None, alias="tolerationSeconds", ge=0)
+
+    @model_validator(mode="after")
+    def _as_kubernetes_accepts(self) -> Toleration:
+        # The API server's own rules, checked before a run exports anything.
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without a key matches every taint only with operator: Exists")
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError("operator: Exists matches any value; drop value")
+        return self
+
+
+class KubernetesConfig(_Strict):
+    """With FT_ENV=k8s: the pod each checkpoint asset runs its training command in (PipesK8sClient).
+
+    The pod cannot read the Dagster machine's disk: storage.root must be s3://.
+    """
+
+    # ft_assets with a CUDA build of torch; the code location's image works if its torch is one.
+    # No default: a wrong image fails late, on a GPU node.
+    image: str = Field(min_length=1)
+    # None: the namespace the run's own pod is in (where the Dagster chart's Role lets its service
+    # account create pods), else the kubeconfig context's, else "default".
+    namespace: str | None = None
+    # Labels a node must carry, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
+    node_selector: dict[str, str] = {}
+    # GPU nodes are usually tainted to keep other pods off them; the training pod tolerates these.
+    tolerations: list[Toleration] = []
+    # Kubernetes fails the pod (and frees its GPUs) after this long running (activeDeadlineSeconds).
+    timeout_seconds: int = Field(86400, gt=0)
+    # None: the namespace's default service account; the training pod needs no Kubernetes API access.
+    service_account_name: str | None = None
+    # Secrets whose keys become the pod's environment (envFrom), e.g. AWS_ACCESS_KEY_ID,
+    # AWS_SECRET_ACCESS_KEY and AWS_ENDPOINT_URL for the s3:// storage root.
+    env_from_secrets: list[str] = []
+    # With a fixed tag, IfNotPresent reuses the node's copy of a multi-GB CUDA image.
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
 class ProjectConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     automation: AutomationConfig = AutomationConfig()
+    # Only read with FT_ENV=k8s; see KubernetesConfig.
+    kubernetes: KubernetesConfig | None = None
     corpora: list[CorpusConfig]
     datasets: list[DatasetConfig]
     recipes: list[RecipeConfig] = []

@@ -1,15 +1,18 @@
 """Fine-tunes one recipe into a checkpoint directory.
 
     python -m ft_assets.lib.train SPEC.json
+    python -m torch.distributed.run --standalone --nproc-per-node N -m ft_assets.lib.train SPEC.json
 
-SPEC.json (the checkpoint asset writes it; it can also be written by hand):
+SPEC.json (the checkpoint asset writes it; it can also be written by hand; local or s3://):
     recipe           a recipe as in the project YAML (validated again here)
     task             classification | instruction | language_modeling
     labels           the label set, in the order of the classifier's outputs ([] for causal LMs)
     base_model_path  the base model's directory when the recipe's base_model is checkpoint:<recipe>
-    train_path       parquet with columns text, label
+    train_path       parquet with columns text, label (local or s3://)
     validation_path  parquet with columns text, label, or null
     output_dir       where the checkpoint appears; must not exist yet
+    publish_uri      optional: an s3:// prefix the finished checkpoint is copied to, manifest last
+    resume_dir       optional: where step states are kept so that a killed run resumes (lib/resume.py)
     device           auto | cpu | cuda
     precision        auto | fp32 | bf16 | fp16
     lineage          anything to record in manifest.json (raw files, dataset version, run id)
@@ -17,13 +20,17 @@ SPEC.json (the checkpoint asset writes it; it can also be written by hand):
 The checkpoint is written to a staging directory and renamed into place only when complete, so a
 crash never leaves a half checkpoint behind. Launched by Dagster Pipes, every logged metric also
 goes to the Dagster run log and the run ends with a materialization carrying the cost figures.
+Under torchrun every process trains (DDP); only rank 0 talks to Dagster and saves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import platform
 import resource
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,8 +90,11 @@ def resolve_precision(precision: str, device: str) -> str:
 
 def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], validation_rows: dict[str, list] | None,
         *, task: str = "classification", base_model_path: str | None = None, device: str = "auto",
-        precision: str = "auto", logger: MetricLogger | None = None) -> FitResult:
+        precision: str = "auto", logger: MetricLogger | None = None, resume_dir: Path | None = None) -> FitResult:
     """Trains `recipe` on in-memory rows ({"text": [...], "label": [...]}) and returns the model.
+
+    Under torchrun every process calls this with the same rows; each trains on its slice of every
+    global batch (DDP) and only rank 0 logs, validates and returns a model to save.
 
     Args:
         labels: the classifier's outputs, in order; [] for the causal-LM tasks.
@@ -92,15 +102,19 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
             language_modeling.
         base_model_path: where the base model is, for base_model checkpoint:<recipe>; None resolves
             the recipe's base_model.
+        resume_dir: where step states are kept (see lib/resume.py); the run continues from the newest
+            one there, and None never saves or resumes.
 
     Raises:
         ValueError: in setup, before any training step, with the fix in the message.
     """
     import torch
-    from transformers import get_linear_schedule_with_warmup
+
+    from ft_assets.lib import distributed, resume
 
     # --- setup ---
     logger = logger or MetricLogger()
+    world = distributed.current_world()
     device = resolve_device(device)
     precision = resolve_precision(precision, device)
     cfg = recipe.training
@@ -109,20 +123,25 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     quantized = recipe.method == "qlora"
     if quantized and device != "cuda":
         raise ValueError(f"recipe {recipe.name!r}: qlora needs a CUDA device, the run has {device}; use lora")
+    distributed.start_process_group(world, device)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (loss, norms) on tensor cores
 
     torch.manual_seed(cfg.seed)
     if task == "classification":
-        data = _classification_data(recipe, labels, train_rows, validation_rows, base_model_path, device)
+        data = _classification_data(recipe, labels, train_rows, validation_rows, base_model_path, device, world)
     else:
-        data = _causal_data(recipe, task, train_rows, validation_rows, base_model_path, device)
+        data = _causal_data(recipe, task, train_rows, validation_rows, base_model_path, device, world)
     model = data.model
     if not quantized:  # 4-bit weights are placed on the GPU when loaded and cannot move
         model = model.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
-    loader = torch.utils.data.DataLoader(
-        data.train_set, batch_size=cfg.batch_size, shuffle=data.sampler is None, sampler=data.sampler,
-        collate_fn=data.collate, generator=torch.Generator().manual_seed(cfg.seed),
-    )
+    # A private generator: each epoch's iterator draws a seed from it, and drawing from torch's global one
+    # would shift the dropout masks of a resumed run.
+    loader = torch.utils.data.DataLoader(data.train_set, batch_sampler=data.batches, collate_fn=data.collate,
+                                         pin_memory=device == "cuda", generator=torch.Generator().manual_seed(cfg.seed))
     # Biases and LayerNorm weights are not decayed (the usual BERT recipe); a new head has its own rate.
     groups = {}
     for name, p in model.named_parameters():
@@ -134,58 +153,116 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         {"params": group, "lr": cfg.head_learning_rate if in_head else recipe.learning_rate,
          "weight_decay": cfg.weight_decay if decayed else 0.0}
         for (in_head, decayed), group in groups.items()
-    ])
-    total_steps = cfg.epochs * len(loader)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
+    ], fused=all(p.dtype.is_floating_point for p in params))  # one kernel per step, not one per tensor
+    accumulation = cfg.gradient_accumulation_steps
+    steps_per_epoch = math.ceil(len(loader) / accumulation)
+    total_steps = cfg.epochs * steps_per_epoch
+    scheduler = _schedule(cfg.schedule)(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    train_model = model
+    if world.size > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[world.local_rank] if device == "cuda" else None)
+    compiled = cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
+    if compiled:
+        train_model = torch.compile(train_model)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
+    step, epoch, batches_done, train_seconds, counts = 0, 1, 0, 0.0, [0, 0]  # counts: examples, tokens
+    resumed_from = None
+    if resume_dir is not None and (saved := resume.load_latest(resume_dir, world.rank)) is not None:
+        state, rng = saved
+        model.load_state_dict(state["trainable"], strict=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        step, epoch, batches_done, train_seconds, counts = (state["step"], state["epoch"], state["batches_done"],
+                                                            state["train_seconds"], state["counts"])
+        logger.records[:] = state["records"]
+        resume.restore_rng(rng)
+        resumed_from = step
+        logger.log_dict({"resumed_from_step": step}, step)
+
     # --- train ---
-    step, examples, tokens, last_train_loss = 0, 0, 0, float("nan")
-    train_seconds = 0.0
-    for epoch in range(1, cfg.epochs + 1):
+    last_train_loss = next((r["train_loss"] for r in reversed(logger.records) if "train_loss" in r), float("nan"))
+    for epoch in range(epoch, cfg.epochs + 1):
         model.train()
+        data.batches.set_epoch(epoch)
         started = time.perf_counter()
         running, running_n = 0.0, 0
-        for batch in loader:
-            batch = {k: v.to(device) for k, v in batch.items()}
-            n_tokens = int(batch.pop("n_tokens").sum())
-            with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                loss = data.loss(model, batch)
-            scaler.scale(loss).backward()
+        n_batches = len(loader)
+        for i, batch in enumerate(loader):
+            if i < batches_done:  # resumed mid-epoch: these batches were trained on before the kill
+                continue
+            n_tokens = int(batch.pop("n_tokens").sum())  # on the CPU, before the batch moves: no GPU sync
+            batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+            # The last step of an epoch may gather fewer batches; each batch's share of the step is equal.
+            group_start = i - i % accumulation
+            in_group = min(accumulation, n_batches - group_start)
+            steps_now = i + 1 == group_start + in_group
+            # Gradients are averaged between processes once per optimizer step, not per batch.
+            with contextlib.nullcontext() if steps_now or world.size == 1 else train_model.no_sync():
+                with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    loss = data.loss(train_model, batch)
+                scaler.scale(loss / in_group).backward()
+            counts[0] += batch["input_ids"].shape[0]
+            counts[1] += n_tokens
+            running += loss.detach().float()  # kept on the device: .item() would wait for the GPU every batch
+            running_n += 1
+            if not steps_now:
+                continue
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-
             step += 1
-            examples += batch["input_ids"].shape[0]
-            tokens += n_tokens
-            running += loss.item()
-            running_n += 1
+
             if step % cfg.log_every_steps == 0 or step == total_steps:
-                elapsed = train_seconds + time.perf_counter() - started
-                last_train_loss = running / running_n
+                examples, tokens, loss_sum, n_losses = distributed.sum_over_processes(
+                    counts + [float(running), running_n], world, device)
+                elapsed = train_seconds + time.perf_counter() - started  # after float(): the GPU has caught up
+                last_train_loss = loss_sum / n_losses  # the mean over every process's batches
                 logger.log_dict({"epoch": epoch, "train_loss": last_train_loss,
                                  "learning_rate": recipe.learning_rate * scheduler.get_last_lr()[0]
                                  / optimizer.param_groups[0]["initial_lr"],
-                                 "examples_per_sec": examples / elapsed, "tokens_per_sec": tokens / elapsed}, step)
+                                 "examples_per_sec": examples / elapsed, "tokens_per_sec": tokens / elapsed,
+                                 "tokens_seen": int(tokens)}, step)
                 running, running_n = 0.0, 0
+            if resume_dir is not None and cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < total_steps:
+                shared = None if not world.is_main else {
+                    "trainable": resume.trainable_state(model), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                    "epoch": epoch, "batches_done": i + 1, "counts": counts,
+                    "train_seconds": train_seconds + time.perf_counter() - started, "records": logger.records,
+                }
+                resume.save_step(resume_dir, step, world.rank, shared)
+                distributed.barrier(world)
+                if world.is_main:
+                    resume.mark_complete(resume_dir, step, world.size)
+        batches_done = 0
         # Validation is not training time: the throughput figures count training steps only.
         train_seconds += time.perf_counter() - started
-        if data.validate is not None:
+        if data.validate is not None and world.is_main:
             logger.log_dict({"epoch": epoch, **data.validate(model)}, step)
 
+    examples, tokens = distributed.sum_over_processes(counts, world, device)
+    distributed.end_process_group(world)
     train_info = {
         "status": "success",
         "task": task,
         "device": device,
         "device_name": describe_device(device),
         "precision": precision,
+        "processes": world.size,
+        "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
+        "compiled": compiled,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "global_batch_size": cfg.batch_size * accumulation * world.size,
+        "resumed_from_step": resumed_from,
         "steps": step,
         "epochs": cfg.epochs,
         "train_examples": len(data.train_set),
@@ -194,7 +271,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         "tokens_per_sec": tokens / train_seconds,
         "trainable_params": trainable,
         "total_params": total,
-        "peak_mem_bytes": _peak_memory_bytes(device),
+        "peak_mem_bytes": _peak_memory_bytes(device),  # of this process; each process holds a replica
         "peak_mem_kind": "cuda_allocated" if device == "cuda" else "process_rss",
         "final_train_loss": last_train_loss,
         "final_eval": next((r for r in reversed(logger.records) if "eval_loss" in r), None),
@@ -202,6 +279,12 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     }
     return FitResult(model=model, tokenizer=data.tokenizer, train_info=train_info, logger=logger,
                      base_model_path=data.base_model_path)
+
+
+def _schedule(name: str):
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    return {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}[name]
 
 
 @dataclass
@@ -216,11 +299,11 @@ class _TrainingData:
     validate: Callable | None  # (model) -> {"eval_loss": ..., ...}
     heads: set[str]  # module names trained at head_learning_rate
     base_model_path: str | None  # None for a model from scratch
-    sampler: Any = None
+    batches: Any  # a distributed.GlobalBatchSampler over train_set
     info: dict = field(default_factory=dict)  # task figures for train_info
 
 
-def _classification_data(recipe, labels, train_rows, validation_rows, base_model_path, device) -> _TrainingData:
+def _classification_data(recipe, labels, train_rows, validation_rows, base_model_path, device, world) -> _TrainingData:
     import torch
     from datasets import Dataset
     from transformers import DataCollatorWithPadding
@@ -238,10 +321,12 @@ def _classification_data(recipe, labels, train_rows, validation_rows, base_model
         lambda batch: tokenizer(batch["text"], truncation=True, max_length=cfg.max_length),
         batched=True, remove_columns=["text"],
     )
-    class_weight, sampler = _imbalance_handling(cfg.imbalance, train_set["labels"], len(labels), cfg.seed)
+    class_weight, example_weights = _imbalance_handling(cfg.imbalance, train_set["labels"], len(labels))
     if class_weight is not None:
         class_weight = class_weight.to(device)
-    pad = DataCollatorWithPadding(tokenizer)
+    batches = _batches(cfg, [len(ids) for ids in train_set["input_ids"]], world, weights=example_weights)
+    # Multiples of 8 keep tensor-core shapes on GPUs; the few extra pad tokens carry no loss.
+    pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if device == "cuda" else None)
 
     def collate(rows):
         batch = pad(rows)
@@ -259,10 +344,10 @@ def _classification_data(recipe, labels, train_rows, validation_rows, base_model
             return _validation_metrics(model, tokenizer, validation_rows, label_ids, cfg, device)
 
     return _TrainingData(model=model, tokenizer=tokenizer, train_set=train_set, collate=collate, loss=loss,
-                         validate=validate, heads=set(head_modules(model)), base_model_path=base_path, sampler=sampler)
+                         validate=validate, heads=set(head_modules(model)), base_model_path=base_path, batches=batches)
 
 
-def _causal_data(recipe, task, train_rows, validation_rows, base_model_path, device) -> _TrainingData:
+def _causal_data(recipe, task, train_rows, validation_rows, base_model_path, device, world) -> _TrainingData:
     import torch
 
     from ft_assets.lib.causal_data import causal_loss, collate_causal, perplexity
@@ -299,7 +384,9 @@ def _causal_data(recipe, task, train_rows, validation_rows, base_model_path, dev
             return {"eval_loss": loss, "eval_perplexity": perplexity(loss)}
 
     return _TrainingData(model=model, tokenizer=tokenizer, train_set=train_set, collate=collate, loss=loss,
-                         validate=validate, heads=set(), base_model_path=base_path, info=info)
+                         validate=validate, heads=set(), base_model_path=base_path, info=info,
+                         batches=_batches(cfg, [len(row["input_ids"]) for row in train_set], world,
+                                          group_by_length=cfg.group_by_length and not cfg.packing))
 
 
 def causal_examples(tokenizer, task: str, texts: list[str], max_length: int, *, packing: bool) -> tuple[list[dict], dict]:
@@ -341,8 +428,8 @@ def _tokenizer_corpus(task: str, texts: list[str]) -> list[str]:
     return [m["content"] for conversation in texts for m in json.loads(conversation)]
 
 
-def _imbalance_handling(imbalance: str, label_ids: list[int], n_labels: int, seed: int):
-    """(class weights for the loss, sampler for the loader); None where the setting does not use one."""
+def _imbalance_handling(imbalance: str, label_ids: list[int], n_labels: int):
+    """(class weights for the loss, per-example sampling weights); None where the setting uses neither."""
     import numpy as np
     import torch
 
@@ -352,11 +439,20 @@ def _imbalance_handling(imbalance: str, label_ids: list[int], n_labels: int, see
         weights = np.divide(len(label_ids), n_labels * counts, out=np.zeros_like(counts), where=counts > 0)
         return torch.tensor(weights, dtype=torch.float32), None
     if imbalance == "balanced_sampler":
-        per_example = torch.tensor([1.0 / counts[i] for i in label_ids], dtype=torch.float64)
-        sampler = torch.utils.data.WeightedRandomSampler(per_example, num_samples=len(label_ids), replacement=True,
-                                                         generator=torch.Generator().manual_seed(seed))
-        return None, sampler
+        return None, [1.0 / counts[i] for i in label_ids]
     return None, None
+
+
+def _batches(cfg, lengths: list[int], world, *, weights: list[float] | None = None,
+             group_by_length: bool | None = None):
+    """Each epoch's batches for this process: drawn by weight, grouped by length, or shuffled."""
+    from ft_assets.lib.distributed import GlobalBatchSampler, epoch_order
+
+    grouped = cfg.group_by_length if group_by_length is None else group_by_length
+    kind = "weighted" if weights is not None else "length_grouped" if grouped else "shuffle"
+    order = epoch_order(kind, len(lengths), cfg.seed, batch_size=cfg.batch_size * world.size, lengths=lengths,
+                        weights=weights)
+    return GlobalBatchSampler(order, len(lengths), cfg.batch_size, world)
 
 
 def _validation_metrics(model, tokenizer, rows, label_ids, cfg, device) -> dict:
@@ -441,36 +537,76 @@ def _library_versions() -> dict[str, str]:
 def _read_rows(path: str | None) -> dict[str, list] | None:
     if path is None:
         return None
-    table = pq.read_table(path, columns=["text", "label"])
+    import fsspec
+
+    with fsspec.open(path, "rb") as f:  # a local path, or s3:// when the run is in a pod
+        table = pq.read_table(f, columns=["text", "label"])
     return {"text": table.column("text").to_pylist(), "label": table.column("label").to_pylist()}
 
 
-def run(spec: dict, logger: MetricLogger) -> dict:
-    """Setup → train → save, from a spec dict; returns the manifest."""
+def run(spec: dict, logger: MetricLogger) -> dict | None:
+    """Setup → train → save, from a spec dict; returns the manifest (None on ranks other than 0,
+    which train but do not save)."""
+    from ft_assets.lib.distributed import current_world
+    from ft_assets.lib.resume import resume_key
+
     recipe = RecipeConfig.model_validate(spec["recipe"])
     task, base_path = spec.get("task", "classification"), spec.get("base_model_path")
-    result = fit(recipe, spec["labels"], _read_rows(spec["train_path"]), _read_rows(spec.get("validation_path")),
-                 task=task, base_model_path=base_path, device=spec.get("device", "auto"),
-                 precision=spec.get("precision", "auto"), logger=logger)
-    return save_checkpoint(result, recipe, spec["labels"], Path(spec["output_dir"]), spec.get("lineage", {}))
+    if base_path is not None and base_path.startswith("s3://"):  # in a pod: the base checkpoint's copy
+        base_path = resolve_base_model(base_path)
+    train_rows, validation_rows = _read_rows(spec["train_path"]), _read_rows(spec.get("validation_path"))
+    world = current_world()
+    resume_dir = None
+    if spec.get("resume_dir"):
+        # A rerun of the same training continues; different data, settings or process count start afresh.
+        key = resume_key(recipe.recipe_hash(), task, base_path, spec["labels"], train_rows, validation_rows,
+                         world.size, spec.get("device", "auto"), spec.get("precision", "auto"))
+        resume_dir = Path(spec["resume_dir"]) / key
+    result = fit(recipe, spec["labels"], train_rows, validation_rows, task=task, base_model_path=base_path,
+                 device=spec.get("device", "auto"), precision=spec.get("precision", "auto"), logger=logger,
+                 resume_dir=resume_dir)
+    if not world.is_main:
+        return None
+    output_dir = Path(spec["output_dir"])
+    manifest = save_checkpoint(result, recipe, spec["labels"], output_dir, spec.get("lineage", {}))
+    if spec.get("publish_uri"):
+        from ft_assets.lib.storage import publish_directory
+
+        publish_directory(output_dir, spec["publish_uri"], last=MANIFEST_FILE)
+    if resume_dir is not None:
+        shutil.rmtree(spec["resume_dir"], ignore_errors=True)  # the checkpoint is saved: nothing to resume
+    return manifest
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        raise SystemExit("usage: python -m ft_assets.lib.train SPEC.json")
-    spec = json.loads(Path(argv[0]).read_text())
+        raise SystemExit("usage: python -m ft_assets.lib.train SPEC.json  (or under torchrun --nproc-per-node N)")
+    import fsspec
+
+    with fsspec.open(argv[0], "r") as f:  # s3:// when the run is in a pod
+        spec = json.load(f)
     try:
         _train_from_spec(spec)
     except Exception as e:
         # The orchestrator sees only an exit code: leave it the reason, beside the spec.
-        (Path(argv[0]).parent / TRAINING_ERROR_FILE).write_text(f"{type(e).__name__}: {e}")
+        from ft_assets.lib.distributed import current_world
+
+        world = current_world()
+        where = f" (process {world.rank} of {world.size})" if world.size > 1 else ""
+        with fsspec.open(argv[0].rsplit("/", 1)[0] + "/" + TRAINING_ERROR_FILE, "w") as f:
+            f.write(f"{type(e).__name__}{where}: {e}")
         raise
 
 
 def _train_from_spec(spec: dict) -> None:
     from dagster_pipes import PipesEnvVarParamsLoader, open_dagster_pipes
 
+    from ft_assets.lib.distributed import current_world
+
+    if not current_world().is_main:  # only rank 0 talks to Dagster: one log, one materialization
+        run(spec, MetricLogger())
+        return
     if not PipesEnvVarParamsLoader().is_dagster_pipes_process():
         manifest = run(spec, MetricLogger(sink=lambda r: print(json.dumps(r), flush=True)))
         print(json.dumps({"checkpoint": spec["output_dir"], "train_info": manifest["train_info"]}))
@@ -490,6 +626,8 @@ def _train_from_spec(spec: dict) -> None:
             "total_params": {"raw_value": info["total_params"], "type": "int"},
             "peak_mem_bytes": {"raw_value": info["peak_mem_bytes"], "type": "int"},
             "final_train_loss": {"raw_value": info["final_train_loss"], "type": "float"},
+            "processes": {"raw_value": info["processes"], "type": "int"},
+            "resumed_from_step": {"raw_value": info["resumed_from_step"] or 0, "type": "int"},
             "device": {"raw_value": f"{info['device']} ({info['device_name']}, {info['precision']})", "type": "text"},
         })
 

@@ -2,6 +2,7 @@
 
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -10,15 +11,19 @@ from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
+from dagster_k8s import PipesK8sClient
 
 from ft_assets.defs.automation import retraining
 from ft_assets.defs.resources import GPU_POOL, GpuResource, local_copy, publish
+from ft_assets.defs.training.kubernetes import require_kubernetes, run_in_pod
 from ft_assets.lib.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.lineage import code_version, dataset_files, git_state
 from ft_assets.lib.models import MANIFEST_FILE, MERGED_DIR, TRAINING_ERROR_FILE
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
+# Step states of an interrupted run, under the recipe's folder; removed once a checkpoint is saved.
+RESUME_DIR = ".resume"
 
 
 def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.AssetsDefinition:
@@ -47,11 +52,12 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         metadata={"recipe": dg.MetadataValue.json(recipe.model_dump(mode="json"))},
     )
     def checkpoint(context: dg.AssetExecutionContext, warehouse: DuckDBResource, gpu: GpuResource,
-                   pipes_subprocess_client: dg.PipesSubprocessClient):
+                   pipes_subprocess_client: dg.PipesSubprocessClient, pipes_k8s_client: PipesK8sClient):
+        kube = require_kubernetes(config) if os.environ.get("FT_ENV") == "k8s" else None
         _remove_partials(context, recipe_dir)
         version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"
         output_dir = recipe_dir / version
-        base_model_path = _base_checkpoint_path(context, base_key) if base_key else None
+        base_model_path = _base_checkpoint_path(context, base_key, in_pod=kube is not None) if base_key else None
         with tempfile.TemporaryDirectory(prefix=f"ft_assets_{recipe.name}_") as tmp:
             with warehouse.get_connection() as conn:
                 splits = {s: read_split(conn, dataset.name, s, in_file_order=dataset.task == "language_modeling")
@@ -76,6 +82,7 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
                 "train_path": paths["train"],
                 "validation_path": paths["validation"] if splits["validation"].num_rows else None,
                 "output_dir": str(output_dir),
+                "resume_dir": str(recipe_dir / RESUME_DIR),
                 "device": gpu.device,
                 "precision": gpu.precision,
                 "lineage": {
@@ -92,20 +99,33 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             spec_path = Path(tmp) / "spec.json"
             spec_path.write_text(json.dumps(spec))
             context.log.info(f"training {recipe.name} ({recipe.method}) on {splits['train'].num_rows} rows "
-                             f"into {output_dir}")
+                             f"into {output_dir}" + (f" in a pod with {gpu.processes} GPU(s)" if kube else ""))
+            if kube is not None:
+                spec_uri = _stage_for_pod(config, context, spec, output_dir)
+                error_file = spec_uri.rsplit("/", 1)[0] + "/" + TRAINING_ERROR_FILE
+            else:
+                error_file = str(Path(tmp) / TRAINING_ERROR_FILE)
             try:
-                invocation = pipes_subprocess_client.run(
-                    command=[sys.executable, "-m", "ft_assets.lib.train", str(spec_path)], context=context,
-                )
+                if kube is not None:
+                    # The image's python, not this machine's interpreter path.
+                    invocation = run_in_pod(context, pipes_k8s_client, kube,
+                                            gpu.training_command("python", spec_uri), gpus=gpu.processes)
+                else:
+                    invocation = pipes_subprocess_client.run(
+                        command=gpu.training_command(sys.executable, str(spec_path)), context=context,
+                    )
             except Exception as e:
-                error_file = Path(tmp) / TRAINING_ERROR_FILE
-                reason = error_file.read_text() if error_file.exists() else f"the process ended without one: {e}"
+                reason = _read_text(error_file) or f"the process ended without one: {e}"
                 raise dg.Failure(description=f"checkpoints/{recipe.name}: training failed and nothing was "
                                              f"registered (no folder at {output_dir}). Reason: {reason}") from e
         reported = invocation.get_materialize_result()
-        manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
-        # Manifest last: on S3 a checkpoint is complete once its manifest is there.
-        published = publish(config, output_dir, last=MANIFEST_FILE)
+        if kube is not None:  # the pod published it, manifest last
+            published = {"published_uri": config.remote_uri(output_dir)}
+            manifest = json.loads(_read_text(f"{published['published_uri']}/{MANIFEST_FILE}"))
+        else:
+            manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
+            # Manifest last: on S3 a checkpoint is complete once its manifest is there.
+            published = publish(config, output_dir, last=MANIFEST_FILE)
         return dg.MaterializeResult(
             metadata={
                 **(reported.metadata or {}),
@@ -121,16 +141,53 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
     return checkpoint
 
 
-def _base_checkpoint_path(context: dg.AssetExecutionContext, base_key: dg.AssetKey) -> str:
-    """The model directory of the base recipe's latest checkpoint (its merged/ export for an adapter)."""
+def _base_checkpoint_path(context: dg.AssetExecutionContext, base_key: dg.AssetKey, in_pod: bool = False) -> str:
+    """The model directory of the base recipe's latest checkpoint (its merged/ export for an adapter);
+    for a training pod, its s3:// copy."""
     event = context.instance.get_latest_materialization_event(base_key)
     path = _metadata_value(event, "checkpoint_path")
     if path is None:
         raise dg.Failure(description=f"{context.asset_key.to_user_string()} starts from "
                                      f"{base_key.to_user_string()}, which has no materialization yet")
+    if in_pod:
+        manifest = _metadata_value(event, "manifest") or {}
+        merged = manifest.get("recipe", {}).get("export") == "merged"
+        return _metadata_value(event, "published_uri") + (f"/{MERGED_DIR}" if merged else "")
     path = local_copy(path, _metadata_value(event, "published_uri"))
     merged = Path(path) / MERGED_DIR
     return str(merged if merged.is_dir() else Path(path))
+
+
+def _stage_for_pod(config: ProjectConfig, context: dg.AssetExecutionContext, spec: dict, output_dir: Path) -> str:
+    """Copies the splits and the spec under <root>/runs/<run id>/<recipe>/ for a pod; the spec's URI.
+
+    The pod writes the checkpoint on its own disk and publishes it where a local run would
+    (publish_uri). It keeps no step states: a pod's disk is gone with the pod.
+    """
+    from ft_assets.lib.storage import publish_file
+
+    stage = f"{config.remote_root}/runs/{context.run_id}/{output_dir.parent.name}"
+    staged = {**spec, "output_dir": f"/tmp/ft_assets/{output_dir.name}", "publish_uri": config.remote_uri(output_dir),
+              "resume_dir": None}
+    for split in ("train_path", "validation_path"):
+        if spec[split] is not None:
+            staged[split] = f"{stage}/{Path(spec[split]).name}"
+            publish_file(Path(spec[split]), staged[split])
+    local_spec = Path(spec["train_path"]).parent / "pod_spec.json"
+    local_spec.write_text(json.dumps(staged))
+    publish_file(local_spec, f"{stage}/spec.json")
+    return f"{stage}/spec.json"
+
+
+def _read_text(path_or_uri: str) -> str | None:
+    """A local or s3:// text file, or None when it is not there."""
+    import fsspec
+
+    try:
+        with fsspec.open(path_or_uri, "r") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
 
 
 def _metadata_value(event, key: str):

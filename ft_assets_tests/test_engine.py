@@ -1,0 +1,246 @@
+"""The training engine: DDP under torchrun (2 CPU processes on gloo), resume after a kill, gradient
+accumulation, gradient checkpointing, the cosine schedule, torch.compile and length-grouped batches.
+
+No GPU here: the CPU paths of the same code run (fp32, gloo); bf16 autocast, NCCL and the fused
+CUDA optimizer are exercised only by bench/train_throughput.py on a GPU machine.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ft_assets.lib.distributed import World
+from ft_assets.lib.train import fit
+from ft_assets_tests.conftest import LABELS
+from ft_assets_tests.test_train import recipe, rows
+
+# Float sums in another order (two half-batch means averaged by all-reduce instead of one mean)
+# differ in the last bits; over a few dozen steps that stays far below this.
+SAME_RESULT_TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def no_dropout_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny BERT without dropout: runs that see the same batches then compute the same thing,
+    whatever RNG stream each process draws from."""
+    from transformers import AutoTokenizer, BertModel
+
+    out = tmp_path_factory.mktemp("tiny_bert_no_dropout")
+    model = BertModel.from_pretrained(tiny_model_dir, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
+    return out
+
+
+def write_spec(folder: Path, name: str, model_dir: Path, **training) -> Path:
+    train, validation = folder / "train.parquet", folder / "validation.parquet"
+    pq.write_table(pa.table(rows(30)), train)
+    pq.write_table(pa.table(rows(8, seed=1)), validation)
+    r = recipe(model_dir, "full", epochs=3, learning_rate=3e-3, log_every_steps=2, **training)
+    spec = {"recipe": r.model_dump(mode="json"), "task": "classification", "labels": LABELS,
+            "train_path": str(train), "validation_path": str(validation), "output_dir": str(folder / name),
+            "device": "cpu", "precision": "auto"}
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(spec))
+    return path
+
+
+def train_info(checkpoint: Path) -> dict:
+    return json.loads((checkpoint / "train_info.json").read_text())
+
+
+def max_weight_difference(a: Path, b: Path) -> float:
+    wa, wb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    return max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+
+
+def test_two_processes_under_torchrun_match_one_process_with_the_same_global_batch(tmp_path, no_dropout_model_dir):
+    one = write_spec(tmp_path, "one", no_dropout_model_dir, batch_size=8)
+    two = write_spec(tmp_path, "two", no_dropout_model_dir, batch_size=4)
+    subprocess.run([sys.executable, "-m", "ft_assets.lib.train", str(one)], check=True, capture_output=True)
+    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                               "-m", "ft_assets.lib.train", str(two)], capture_output=True, text=True, timeout=600)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+
+    single, ddp = train_info(tmp_path / "one"), train_info(tmp_path / "two")
+    assert ddp["processes"] == 2 and single["processes"] == 1
+    assert ddp["global_batch_size"] == single["global_batch_size"] == 8
+    assert ddp["steps"] == single["steps"]
+    assert ddp["train_examples"] == single["train_examples"]
+    assert abs(ddp["final_eval"]["eval_loss"] - single["final_eval"]["eval_loss"]) < SAME_RESULT_TOLERANCE
+    assert abs(ddp["final_train_loss"] - single["final_train_loss"]) < SAME_RESULT_TOLERANCE
+    assert max_weight_difference(tmp_path / "one", tmp_path / "two") < SAME_RESULT_TOLERANCE
+    # Rank 0 alone printed the metric lines and the result; both processes trained.
+    results = [line for line in launched.stdout.splitlines() if line.startswith('{"checkpoint"')]
+    assert len(results) == 1
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]
+
+
+def test_gradient_accumulation_matches_the_larger_batch(no_dropout_model_dir):
+    big = fit(recipe(no_dropout_model_dir, "full", epochs=2, batch_size=8), LABELS, rows(20), rows(5, seed=1),
+              device="cpu")
+    accumulated = fit(recipe(no_dropout_model_dir, "full", epochs=2, batch_size=4, gradient_accumulation_steps=2),
+                      LABELS, rows(20), rows(5, seed=1), device="cpu")
+    assert accumulated.train_info["steps"] == big.train_info["steps"]
+    assert accumulated.train_info["global_batch_size"] == 8
+    a, b = dict(big.model.named_parameters()), dict(accumulated.model.named_parameters())
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < SAME_RESULT_TOLERANCE
+
+
+def test_gradient_checkpointing_changes_memory_not_results(no_dropout_model_dir):
+    plain = fit(recipe(no_dropout_model_dir, "full", epochs=1), LABELS, rows(10), None, device="cpu")
+    checkpointed = fit(recipe(no_dropout_model_dir, "full", epochs=1, gradient_checkpointing=True), LABELS, rows(10),
+                       None, device="cpu")
+    assert checkpointed.train_info["gradient_checkpointing"] is True
+    assert checkpointed.model.is_gradient_checkpointing
+    a, b = dict(plain.model.named_parameters()), dict(checkpointed.model.named_parameters())
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_zero(tiny_model_dir):
+    result = fit(recipe(tiny_model_dir, "full", epochs=4, schedule="cosine", warmup_fraction=0.25, log_every_steps=1,
+                        learning_rate=1e-3), LABELS, rows(20), None, device="cpu")
+    rates = [r["learning_rate"] for r in result.logger.records if "learning_rate" in r]
+    steps = len(rates)  # 16: 4 of warmup, then half a cosine
+    assert rates[3] == pytest.approx(1e-3)  # the peak, at the end of warmup
+    assert rates[:4] == sorted(rates[:4]) and rates[3:] == sorted(rates[3:], reverse=True)
+    middle = 4 + (steps - 4) // 2  # halfway through the decay a cosine is at half the peak
+    assert rates[middle - 1] == pytest.approx(0.5e-3, rel=0.15)
+    assert rates[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_torch_compile_trains_to_the_same_weights_as_eager(no_dropout_model_dir):
+    eager = fit(recipe(no_dropout_model_dir, "full", epochs=1, compile=False), LABELS, rows(10), None, device="cpu")
+    compiled = fit(recipe(no_dropout_model_dir, "full", epochs=1, compile=True), LABELS, rows(10), None, device="cpu")
+    assert compiled.train_info["compiled"] is True and eager.train_info["compiled"] is False
+    a, b = dict(eager.model.named_parameters()), dict(compiled.model.named_parameters())
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < SAME_RESULT_TOLERANCE
+
+
+def test_the_loaded_models_use_sdpa_attention(tiny_model_dir):
+    result = fit(recipe(tiny_model_dir, "full", epochs=1), LABELS, rows(4), None, device="cpu")
+    assert result.train_info["attention"] == "sdpa"
+
+
+def test_length_grouped_batches_pad_less_and_still_cover_every_example_once():
+    from ft_assets.lib.config import TrainingConfig
+    from ft_assets.lib.train import _batches
+
+    lengths = [int(x) for x in torch.randint(4, 128, (400,), generator=torch.Generator().manual_seed(0))]
+
+    def padded_tokens(group_by_length):
+        batches = _batches(TrainingConfig(batch_size=16, group_by_length=group_by_length), lengths, World())
+        batches.set_epoch(1)
+        drawn = list(batches)
+        assert sorted(i for b in drawn for i in b) == list(range(400))
+        return sum(max(lengths[i] for i in b) * len(b) for b in drawn)
+
+    assert padded_tokens(True) < 0.75 * padded_tokens(False)
+
+
+def test_every_process_gets_its_own_equal_slice_of_each_global_batch():
+    from ft_assets.lib.distributed import GlobalBatchSampler, epoch_order
+
+    order = epoch_order("shuffle", 21, seed=3, batch_size=8)
+    slices = []
+    for rank in (0, 1):
+        sampler = GlobalBatchSampler(order, 21, 4, World(rank=rank, local_rank=rank, size=2))
+        sampler.set_epoch(2)
+        slices.append(list(sampler))
+        assert len(slices[-1]) == len(sampler) == 3  # 8 + 8 + 5: the last global batch splits 3 / 2
+    single = GlobalBatchSampler(order, 21, 8, World())
+    single.set_epoch(2)
+    assert [a + b for a, b in zip(*slices)] == list(single)
+    assert not set(i for b in slices[0] for i in b) & set(i for b in slices[1] for i in b)
+
+
+def wait_for_a_resume_point_then_kill(recipe_dir: Path, killed: list[int]) -> None:
+    """SIGKILLs the training process once it has saved a complete step state."""
+    import os
+    import signal
+    import time
+
+    from ft_assets_tests.test_crash_safety import training_processes
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if list(recipe_dir.glob(".resume/*/latest.json")):
+            for pid in training_processes():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            return
+        time.sleep(0.02)
+
+
+def test_a_killed_run_resumes_from_its_last_saved_step_to_the_weights_of_an_uninterrupted_run(tmp_path,
+                                                                                              tiny_model_dir):
+    import threading
+
+    import dagster as dg
+
+    from ft_assets.defs import build_definitions
+    from ft_assets.lib.config import load_config
+    from ft_assets_tests.conftest import write_project
+    from ft_assets_tests.test_materialize import materialize_all
+
+    key = dg.AssetKey(["checkpoints", "resumable"])
+    recipe_ = {"name": "resumable", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
+               "training": {"epochs": 12, "batch_size": 4, "max_length": 16, "save_every_steps": 5}}
+
+    def checkpoint_run(folder: Path, kill: bool):
+        folder.mkdir()
+        config = load_config(write_project(folder, tiny_model_dir, recipes=[recipe_]))
+        defs, instance = build_definitions(config), dg.DagsterInstance.ephemeral()
+        assert materialize_all(defs, instance, selection="*datasets/tickets").success
+        if kill:
+            killed: list[int] = []
+            killer = threading.Thread(target=wait_for_a_resume_point_then_kill,
+                                      args=(config.root / "checkpoints" / "resumable", killed))
+            killer.start()
+            assert not materialize_all(defs, instance, selection=[key], raise_on_error=False).success
+            killer.join()
+            assert killed, "no step state was saved before training ended"
+        result = materialize_all(defs, instance, selection=[key])
+        [materialization] = result.asset_materializations_for_node("checkpoints__resumable")
+        return materialization.metadata, config
+
+    resumed, config = checkpoint_run(tmp_path / "killed", kill=True)
+    uninterrupted, _ = checkpoint_run(tmp_path / "whole", kill=False)
+    assert resumed["resumed_from_step"].value >= 5 and uninterrupted["resumed_from_step"].value == 0
+    assert resumed["manifest"].value["train_info"]["steps"] == uninterrupted["manifest"].value["train_info"]["steps"]
+    assert max_weight_difference(Path(resumed["checkpoint_path"].value),
+                                 Path(uninterrupted["checkpoint_path"].value)) < 1e-5
+    # A saved checkpoint leaves nothing to resume.
+    assert not (config.root / "checkpoints" / "resumable" / ".resume").exists()
+
+
+def test_the_gpu_resource_processes_setting_runs_the_asset_under_torchrun(tmp_path, tiny_model_dir):
+    import dagster as dg
+
+    from ft_assets.defs import build_definitions
+    from ft_assets.defs.resources import GpuResource
+    from ft_assets.lib.config import load_config
+    from ft_assets_tests.conftest import write_project
+    from ft_assets_tests.test_materialize import materialize_all
+
+    config = load_config(write_project(tmp_path, tiny_model_dir, recipes=[
+        {"name": "ddp", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
+         "training": {"epochs": 1, "batch_size": 4, "max_length": 16}}]))
+    defs = build_definitions(config)
+    defs = dg.Definitions(assets=defs.assets, resources={**defs.resources,
+                                                         "gpu": GpuResource(device="cpu", processes=2)})
+    result = materialize_all(defs, dg.DagsterInstance.ephemeral(), selection="*checkpoints/ddp")
+    assert result.success
+    # One materialization, from rank 0 alone, for a run of two processes.
+    [materialization] = result.asset_materializations_for_node("checkpoints__ddp")
+    info = materialization.metadata["manifest"].value["train_info"]
+    assert materialization.metadata["processes"].value == 2
+    assert info["processes"] == 2 and info["global_batch_size"] == 8
