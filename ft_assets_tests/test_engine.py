@@ -222,21 +222,22 @@ def test_a_killed_run_resumes_from_its_last_saved_step_to_the_weights_of_an_unin
     assert not (config.root / "checkpoints" / "resumable" / ".resume").exists()
 
 
-def test_the_gpu_resource_processes_setting_runs_the_asset_under_torchrun(tmp_path, tiny_model_dir):
+def test_the_yaml_gpu_processes_setting_runs_the_asset_under_torchrun(tmp_path, tiny_model_dir):
     import dagster as dg
+    import yaml
 
     from ft_assets.defs import build_definitions
-    from ft_assets.defs.resources import GpuResource
     from ft_assets.lib.config import load_config
     from ft_assets_tests.conftest import write_project
     from ft_assets_tests.test_materialize import materialize_all
 
-    config = load_config(write_project(tmp_path, tiny_model_dir, recipes=[
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[
         {"name": "ddp", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
-         "training": {"epochs": 1, "batch_size": 4, "max_length": 16}}]))
-    defs = build_definitions(config)
-    defs = dg.Definitions(assets=defs.assets, resources={**defs.resources,
-                                                         "gpu": GpuResource(device="cpu", processes=2)})
+         "training": {"epochs": 1, "batch_size": 4, "max_length": 16}}])
+    raw = yaml.safe_load(config_path.read_text())
+    raw["gpu"] = {"device": "cpu", "processes": 2}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    defs = build_definitions(load_config(config_path))
     result = materialize_all(defs, dg.DagsterInstance.ephemeral(), selection="*checkpoints/ddp")
     assert result.success
     # One materialization, from rank 0 alone, for a run of two processes.

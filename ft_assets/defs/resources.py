@@ -45,7 +45,7 @@ def build_resources(config: ProjectConfig) -> dict:
 
     return {
         "warehouse": DuckDBResource(database=str(config.warehouse_path)),
-        "gpu": GpuResource(),
+        "gpu": GpuResource(**config.gpu.model_dump()),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         # Used only with FT_ENV=k8s; it finds its cluster when a run starts, not when this loads.
         "pipes_k8s_client": kubernetes_client(),
