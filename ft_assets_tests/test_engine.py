@@ -121,6 +121,11 @@ def test_torch_compile_trains_to_the_same_weights_as_eager(no_dropout_model_dir)
     eager = fit(recipe(no_dropout_model_dir, "full", epochs=1, compile=False), LABELS, rows(10), None, device="cpu")
     compiled = fit(recipe(no_dropout_model_dir, "full", epochs=1, compile=True), LABELS, rows(10), None, device="cpu")
     assert compiled.train_info["compiled"] is True and eager.train_info["compiled"] is False
+    # Block by block (the mask is built outside the compiled code), not the whole model.
+    from ft_assets.lib.methods import transformer_blocks
+
+    assert all(block._compiled_call_impl is not None for block in transformer_blocks(compiled.model)[1])
+    assert getattr(compiled.model, "_compiled_call_impl", None) is None
     a, b = dict(eager.model.named_parameters()), dict(compiled.model.named_parameters())
     assert max((a[k] - b[k]).abs().max().item() for k in a) < SAME_RESULT_TOLERANCE
 
@@ -245,3 +250,19 @@ def test_the_yaml_gpu_processes_setting_runs_the_asset_under_torchrun(tmp_path, 
     info = materialization.metadata["manifest"].value["train_info"]
     assert materialization.metadata["processes"].value == 2
     assert info["processes"] == 2 and info["global_batch_size"] == 8
+
+
+@pytest.mark.parametrize("task", ["instruction", "language_modeling"])
+def test_a_compiled_checkpointed_causal_lm_trains_like_the_eager_one(tiny_llama_dir, task):
+    from ft_assets_tests.conftest import qa_conversations, story_lines
+    from ft_assets_tests.test_causal import recipe as causal_recipe
+    from ft_assets_tests.test_causal import rows as causal_rows
+
+    train = causal_rows(qa_conversations(24) if task == "instruction" else story_lines(60))
+    settings = {"epochs": 1, "packing": task == "instruction"}
+    eager = fit(causal_recipe(tiny_llama_dir, "full", **settings, compile=False), [], train, None, task=task,
+                device="cpu")
+    fast = fit(causal_recipe(tiny_llama_dir, "full", **settings, compile=True, gradient_checkpointing=True), [],
+               train, None, task=task, device="cpu")
+    assert fast.train_info["compiled"] and fast.train_info["gradient_checkpointing"]
+    assert abs(fast.train_info["final_train_loss"] - eager.train_info["final_train_loss"]) < SAME_RESULT_TOLERANCE

@@ -17,9 +17,11 @@ IGNORE = -100
 # The template for tokenizers without one of their own (e.g. a model trained from scratch here):
 #   <|user|>\n{content}\n<|assistant|>\n{content}<eos>
 # The assistant turn ends with the end-of-sequence token, so generation knows where to stop.
+# The newline after a user turn is an expression: transformers renders templates with trim_blocks,
+# which would drop a literal newline right after {% else %}.
 DEFAULT_CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}\n{% endif %}{% endfor %}"
+    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% else %}{{ '\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
@@ -141,7 +143,8 @@ def text_blocks(tokenizer, texts: list[str], block_size: int) -> list[dict]:
 
 
 def collate_causal(batch: list[dict], pad_token_id: int) -> dict:
-    """Right-padded tensors. Packed rows carry position_ids and no attention_mask (see pack_examples)."""
+    """Right-padded tensors. Packed rows carry position_ids and no attention_mask (see pack_examples);
+    unpacked rows get an attention_mask when the batch has padding."""
     import torch
 
     width = max(len(row["input_ids"]) for row in batch)
@@ -153,7 +156,8 @@ def collate_causal(batch: list[dict], pad_token_id: int) -> dict:
         # Padding continues as a sequence of its own, so it never joins the last example.
         out["position_ids"] = torch.tensor([row["position_ids"] + list(range(width - len(row["position_ids"])))
                                             for row in batch])
-    else:
+    elif any(len(row["input_ids"]) < width for row in batch):
+        # Only where something is padded: without a mask, full blocks keep SDPA's is_causal fast path.
         out["attention_mask"] = torch.tensor([[1] * len(row["input_ids"]) + [0] * (width - len(row["input_ids"]))
                                               for row in batch])
     return out
@@ -174,7 +178,8 @@ def causal_loss(logits, labels, *, reduction: str = "mean"):
     import torch
 
     logits = logits[:, -labels.shape[1]:]
-    shifted = labels[:, 1:].reshape(-1)
+    # Shift the labels, not the logits: slicing (B, T, vocab) logits would copy them whole.
+    targets = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE)
     return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), shifted, ignore_index=IGNORE, reduction=reduction,
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction=reduction,
     )

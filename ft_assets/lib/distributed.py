@@ -108,9 +108,9 @@ def epoch_order(kind: str, n_examples: int, seed: int, *, batch_size: int, lengt
 
     kind:
         shuffle          a random permutation
-        length_grouped   shuffled, then sorted by length within mega-batches of 50 batches
-                         (transformers' grouping): batches of similar lengths pad little, and the
-                         batch order stays random
+        length_grouped   transformers' grouping: shuffled, cut into mega-batches (up to 50
+                         batches each), each sorted longest first, with the longest batch of all
+                         moved to the front so an out-of-memory shows on the first step
         weighted         drawn with replacement with the given per-example weights
         sequential       in order (causal-LM text blocks keep their sequence)
     """

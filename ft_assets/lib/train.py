@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from ft_assets.lib.config import SCRATCH, RecipeConfig
 from ft_assets.lib.evaluate import describe_device, predict_logits, resolve_device
 from ft_assets.lib.lineage import checkpoint_file_hashes
-from ft_assets.lib.methods import apply_method, count_parameters, head_modules
+from ft_assets.lib.methods import apply_method, count_parameters, head_modules, transformer_blocks
 from ft_assets.lib.models import (
     LABELS_FILE, MANIFEST_FILE, MERGED_DIR, METRICS_FILE, TRAIN_INFO_FILE, TRAINING_ERROR_FILE, build_scratch_model,
     load_causal_lm, load_classifier, resolve_base_model, weights_sha256,
@@ -124,8 +124,6 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     if quantized and device != "cuda":
         raise ValueError(f"recipe {recipe.name!r}: qlora needs a CUDA device, the run has {device}; use lora")
     distributed.start_process_group(world, device)
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 parts (loss, norms) on tensor cores
 
     torch.manual_seed(cfg.seed)
     if task == "classification":
@@ -160,13 +158,14 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     scheduler = _schedule(cfg.schedule)(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
+    compiled = cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
+    if compiled:
+        # Text blocks all have one shape; other batches vary in length, so compile for any length.
+        compile_blocks(model, dynamic=task != "language_modeling")
     train_model = model
     if world.size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[world.local_rank] if device == "cuda" else None)
-    compiled = cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
-    if compiled:
-        train_model = torch.compile(train_model)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
@@ -279,6 +278,23 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     }
     return FitResult(model=model, tokenizer=data.tokenizer, train_info=train_info, logger=logger,
                      base_model_path=data.base_model_path)
+
+
+def compile_blocks(model, *, dynamic: bool) -> None:
+    """torch.compile each transformer block in place, rather than the whole model.
+
+    The attention mask is then built outside the compiled code: a whole-model compile makes
+    transformers (5.x, torch < 2.14) build a dense (B, 1, T, T) mask even for unpadded causal
+    batches, which takes SDPA off its is_causal flash path. The blocks share one compiled graph,
+    so compiling takes a fraction of a whole-model compile.
+    """
+    try:
+        _, blocks = transformer_blocks(model)
+    except ValueError:  # an architecture without a recognised block list: the whole model
+        model.compile(dynamic=dynamic)
+        return
+    for block in blocks:
+        block.compile(dynamic=dynamic)
 
 
 def _schedule(name: str):
