@@ -43,7 +43,7 @@ def write_spec(folder: Path, name: str, model_dir: Path, **training) -> Path:
     train, validation = folder / "train.parquet", folder / "validation.parquet"
     pq.write_table(pa.table(rows(30)), train)
     pq.write_table(pa.table(rows(8, seed=1)), validation)
-    r = recipe(model_dir, "full", epochs=3, learning_rate=3e-3, log_every_steps=2, **training)
+    r = recipe(model_dir, "full", **{"epochs": 3, "learning_rate": 3e-3, "log_every_steps": 2, **training})
     spec = {"recipe": r.model_dump(mode="json"), "task": "classification", "labels": LABELS,
             "train_path": str(train), "validation_path": str(validation), "output_dir": str(folder / name),
             "device": "cpu", "precision": "auto"}
@@ -266,3 +266,46 @@ def test_a_compiled_checkpointed_causal_lm_trains_like_the_eager_one(tiny_llama_
                train, None, task=task, device="cpu")
     assert fast.train_info["compiled"] and fast.train_info["gradient_checkpointing"]
     assert abs(fast.train_info["final_train_loss"] - eager.train_info["final_train_loss"]) < SAME_RESULT_TOLERANCE
+
+
+def test_two_processes_killed_mid_run_resume_to_the_weights_of_an_uninterrupted_pair(tmp_path, tiny_model_dir):
+    """The training processes themselves are killed (as the OOM killer would), torchrun then fails;
+    the rerun resumes every rank from its own saved RNG state."""
+    import os
+    import signal
+    import time
+
+    def spec(name: str) -> Path:
+        path = write_spec(tmp_path, name, tiny_model_dir, epochs=8, batch_size=4, save_every_steps=3)
+        spec = json.loads(path.read_text())
+        path.write_text(json.dumps({**spec, "validation_path": None, "resume_dir": str(tmp_path / f"resume_{name}")}))
+        return path
+
+    def torchrun(path: Path) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                "ft_assets.lib.train", str(path)]
+
+    subprocess.run(torchrun(spec("whole")), check=True, capture_output=True, timeout=600)
+    killed = spec("killed")
+    launcher = subprocess.Popen(torchrun(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((tmp_path / "resume_killed").glob("*/latest.json")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_training_worker(p)]
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    assert len(workers) == 2 and launcher.wait(timeout=120) != 0
+    assert not (tmp_path / "killed").exists()
+
+    subprocess.run(torchrun(killed), check=True, capture_output=True, timeout=600)
+    assert train_info(tmp_path / "killed")["resumed_from_step"] >= 3
+    assert max_weight_difference(tmp_path / "whole", tmp_path / "killed") < 1e-5
+    assert not (tmp_path / "resume_killed").exists()
+
+
+def _is_training_worker(proc: Path) -> bool:
+    try:
+        cmdline = (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"ft_assets.lib.train" in cmdline and b"torch.distributed.run" not in cmdline
