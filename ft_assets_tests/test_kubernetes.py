@@ -219,6 +219,13 @@ class TrainingCluster(FakeCluster):
     def __init__(self, workdir: Path):
         super().__init__()
         self.workdir = workdir
+        self.exit_code = None  # the container has not run yet
+
+    def _list(self):
+        """The container's state: terminated with its real exit code once it has run."""
+        pods = super()._list()
+        pods.items[0].status.container_statuses[0].state.terminated.exit_code = self.exit_code or 0
+        return pods
 
     def _log(self):
         [(_, body)] = self.created
@@ -285,6 +292,48 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
     # The report runs where the Dagster run is and evaluates the published copy.
     monkeypatch.delenv("FT_ENV")
     assert materialize_all(defs, instance, selection=[dg.AssetKey(["reports", "podded"])]).success
+
+
+def test_a_training_pod_that_fails_fails_the_asset_with_the_reason_it_left_in_s3(tmp_path, monkeypatch,
+                                                                                tiny_model_dir, s3_endpoint):
+    import s3fs
+
+    from ft_assets.defs import build_definitions
+    from ft_assets_tests.conftest import write_project
+    from ft_assets_tests.test_materialize import materialize_all
+
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("failing")
+    # The pod is asked for CUDA and has none (as a pod scheduled without its GPUs would): it fails in
+    # setup, after the spec and the splits were staged.
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[
+        {"name": "no_gpu", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
+         "training": {"epochs": 1}}])
+    raw = yaml.safe_load(config_path.read_text())
+    raw["gpu"] = {"device": "cuda"}
+    raw["storage"] = {"root": "s3://failing/project", "local": "data"}
+    raw["kubernetes"] = {"image": "registry.example.com/ft-assets-cuda:1"}
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump(KUBECONFIG))
+    defs = build_definitions(load_config(config_path))
+    defs = dg.Definitions(assets=defs.assets, resources={
+        **defs.resources, "pipes_k8s_client": kubernetes_client(kubeconfig_file=str(kubeconfig))})
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_all(defs, instance, selection="*datasets/tickets").success
+
+    (tmp_path / "pod").mkdir()
+    cluster = TrainingCluster(tmp_path / "pod")
+    cluster.install(monkeypatch)
+    monkeypatch.setenv("FT_ENV", "k8s")
+    result = materialize_all(defs, instance, selection=[dg.AssetKey(["checkpoints", "no_gpu"])],
+                             raise_on_error=False)
+
+    assert not result.success and cluster.exit_code != 0
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    description = str(failure.event_specific_data.error)
+    assert "checkpoints/no_gpu: training failed and nothing was registered" in description
+    assert "ValueError: device 'cuda' was requested but torch sees no CUDA device" in description
+    assert instance.get_latest_materialization_event(dg.AssetKey(["checkpoints", "no_gpu"])) is None
 
 
 def project_with(tmp_path: Path, kubernetes_block: dict) -> Path:

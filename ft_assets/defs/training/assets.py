@@ -121,7 +121,12 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         reported = invocation.get_materialize_result()
         if kube is not None:  # the pod published it, manifest last
             published = {"published_uri": config.remote_uri(output_dir)}
-            manifest = json.loads(_read_text(f"{published['published_uri']}/{MANIFEST_FILE}"))
+            manifest_text = _read_text(f"{published['published_uri']}/{MANIFEST_FILE}")
+            if manifest_text is None:
+                raise dg.Failure(description=f"checkpoints/{recipe.name}: the training pod ended without "
+                                             f"publishing {published['published_uri']}/{MANIFEST_FILE}, so nothing "
+                                             f"was registered. Reason: {_read_text(error_file) or 'none left'}")
+            manifest = json.loads(manifest_text)
         else:
             manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
             # Manifest last: on S3 a checkpoint is complete once its manifest is there.
