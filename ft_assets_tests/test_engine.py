@@ -142,7 +142,7 @@ def test_length_grouped_batches_pad_less_and_still_cover_every_example_once():
     lengths = [int(x) for x in torch.randint(4, 128, (400,), generator=torch.Generator().manual_seed(0))]
 
     def padded_tokens(group_by_length):
-        batches = _batches(TrainingConfig(batch_size=16, group_by_length=group_by_length), lengths, World())
+        batches = _batches(TrainingConfig(batch_size=16), lengths, World(), group_by_length=group_by_length)
         batches.set_epoch(1)
         drawn = list(batches)
         assert sorted(i for b in drawn for i in b) == list(range(400))

@@ -144,7 +144,8 @@ def test_imbalance_settings_reweigh_the_loss_or_the_batches():
     weights, per_example = _imbalance_handling("class_weights", ids, 3)
     assert per_example is None and weights.tolist() == pytest.approx([10 / 24, 10 / 6, 0.0])
     weights, per_example = _imbalance_handling("balanced_sampler", ids, 3)
-    batches = _batches(TrainingConfig(batch_size=5), [4] * len(ids), World(), weights=per_example)
+    batches = _batches(TrainingConfig(batch_size=5), [4] * len(ids), World(), group_by_length=False,
+                       weights=per_example)
     drawn = []
     for epoch in range(1, 51):
         batches.set_epoch(epoch)
@@ -197,3 +198,11 @@ def test_the_tiny_bert_tokenizer_knows_the_fixture_words(tiny_model_dir):
     label, text = ticket_rows(1)[0]
     tokens = tokenizer.convert_ids_to_tokens(tokenizer(text)["input_ids"])
     assert tokens[1:-1] == text.split() and "[UNK]" not in tokens
+
+
+def test_a_failed_training_leaves_its_reason_beside_its_spec_wherever_the_spec_is():
+    from ft_assets.lib.train import training_error_path
+
+    assert training_error_path("/tmp/run/spec.json") == "/tmp/run/training_error.txt"
+    assert training_error_path("s3://bucket/runs/r1/tickets/spec.json") == "s3://bucket/runs/r1/tickets/training_error.txt"
+    assert training_error_path("spec.json") == "./training_error.txt"  # a spec named from its own folder

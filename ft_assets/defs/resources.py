@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
-from ft_assets.lib.config import ProjectConfig
+from ft_assets.lib.config import Device, Precision, ProjectConfig
 
 # DuckDB allows one writing process per file: assets that write the warehouse queue on this pool.
 WAREHOUSE_POOL = "duckdb_warehouse"
@@ -27,8 +26,8 @@ class GpuResource(dg.ConfigurableResource):
         that many `nvidia.com/gpu`.
     """
 
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto, cpu or cuda")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="auto, fp32, bf16 or fp16")
+    device: Device = Field("auto", description="auto, cpu or cuda")
+    precision: Precision = Field("auto", description="auto, fp32, bf16 or fp16")
     processes: int = Field(1, ge=1, description="training processes (GPUs); above 1, torchrun with DDP")
 
     def training_command(self, python: str, spec: str) -> list[str]:

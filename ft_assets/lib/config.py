@@ -377,12 +377,16 @@ class AutomationConfig(_Strict):
     evaluation_interval_seconds: int = Field(30, ge=1)
 
 
+Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class GpuConfig(_Strict):
     """The `gpu` resource's defaults for every run, sensor-started ones included (the launchpad can
     still override them per run)."""
 
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when torch sees it
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA when supported
+    device: Device = "auto"  # auto: CUDA when torch sees it
+    precision: Precision = "auto"  # auto: bf16 on CUDA when supported
     # Training processes, one per GPU: above 1, torchrun with DDP (a pod asks for as many GPUs).
     processes: int = Field(1, ge=1)
 

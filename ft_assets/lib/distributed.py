@@ -112,14 +112,11 @@ def epoch_order(kind: str, n_examples: int, seed: int, *, batch_size: int, lengt
                          batches each), each sorted longest first, with the longest batch of all
                          moved to the front so an out-of-memory shows on the first step
         weighted         drawn with replacement with the given per-example weights
-        sequential       in order (causal-LM text blocks keep their sequence)
     """
     import torch
 
     def order(epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        if kind == "sequential":
-            return list(range(n_examples))
         if kind == "weighted":
             drawn = torch.multinomial(torch.tensor(weights, dtype=torch.float64), n_examples, replacement=True,
                                       generator=generator)

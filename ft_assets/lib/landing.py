@@ -131,9 +131,6 @@ def _s3_objects(fs, location: str) -> tuple[list[tuple[str, dict]], list[tuple[s
     return objects, refused
 
 
-def _s3_sha256(fs, key: str, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def _s3_sha256(fs, key: str) -> str:
     with fs.open(key, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

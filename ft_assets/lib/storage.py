@@ -11,12 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
+def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def landing_files(path: Path) -> tuple[list[Path], list[tuple[Path, str]]]:

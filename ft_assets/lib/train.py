@@ -29,6 +29,7 @@ import contextlib
 import json
 import math
 import platform
+import posixpath
 import resource
 import shutil
 import sys
@@ -340,7 +341,8 @@ def _classification_data(recipe, labels, train_rows, validation_rows, base_model
     class_weight, example_weights = _imbalance_handling(cfg.imbalance, train_set["labels"], len(labels))
     if class_weight is not None:
         class_weight = class_weight.to(device)
-    batches = _batches(cfg, [len(ids) for ids in train_set["input_ids"]], world, weights=example_weights)
+    batches = _batches(cfg, [len(ids) for ids in train_set["input_ids"]], world, weights=example_weights,
+                       group_by_length=cfg.group_by_length)
     # Multiples of 8 keep tensor-core shapes on GPUs; the few extra pad tokens carry no loss.
     pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if device == "cuda" else None)
 
@@ -459,13 +461,11 @@ def _imbalance_handling(imbalance: str, label_ids: list[int], n_labels: int):
     return None, None
 
 
-def _batches(cfg, lengths: list[int], world, *, weights: list[float] | None = None,
-             group_by_length: bool | None = None):
+def _batches(cfg, lengths: list[int], world, *, group_by_length: bool, weights: list[float] | None = None):
     """Each epoch's batches for this process: drawn by weight, grouped by length, or shuffled."""
     from ft_assets.lib.distributed import GlobalBatchSampler, epoch_order
 
-    grouped = cfg.group_by_length if group_by_length is None else group_by_length
-    kind = "weighted" if weights is not None else "length_grouped" if grouped else "shuffle"
+    kind = "weighted" if weights is not None else "length_grouped" if group_by_length else "shuffle"
     order = epoch_order(kind, len(lengths), cfg.seed, batch_size=cfg.batch_size * world.size, lengths=lengths,
                         weights=weights)
     return GlobalBatchSampler(order, len(lengths), cfg.batch_size, world)
@@ -610,9 +610,14 @@ def main(argv: list[str] | None = None) -> None:
 
         world = current_world()
         where = f" (process {world.rank} of {world.size})" if world.size > 1 else ""
-        with fsspec.open(argv[0].rsplit("/", 1)[0] + "/" + TRAINING_ERROR_FILE, "w") as f:
+        with fsspec.open(training_error_path(argv[0]), "w") as f:
             f.write(f"{type(e).__name__}{where}: {e}")
         raise
+
+
+def training_error_path(spec_path: str) -> str:
+    """Where a failed training leaves its reason: beside its spec, a local path or an s3:// URI."""
+    return posixpath.join(posixpath.dirname(spec_path) or ".", TRAINING_ERROR_FILE)
 
 
 def _train_from_spec(spec: dict) -> None:

@@ -19,7 +19,7 @@ from ft_assets.defs.training.kubernetes import require_kubernetes, run_in_pod
 from ft_assets.lib.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.lineage import code_version, dataset_files, git_state
-from ft_assets.lib.models import MANIFEST_FILE, MERGED_DIR, TRAINING_ERROR_FILE
+from ft_assets.lib.models import MANIFEST_FILE, MERGED_DIR
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 # Step states of an interrupted run, under the recipe's folder; removed once a checkpoint is saved.
@@ -100,11 +100,11 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             spec_path.write_text(json.dumps(spec))
             context.log.info(f"training {recipe.name} ({recipe.method}) on {splits['train'].num_rows} rows "
                              f"into {output_dir}" + (f" in a pod with {gpu.processes} GPU(s)" if kube else ""))
+            from ft_assets.lib.train import training_error_path  # not at load: the code location stays light
+
             if kube is not None:
                 spec_uri = _stage_for_pod(config, context, spec, output_dir)
-                error_file = spec_uri.rsplit("/", 1)[0] + "/" + TRAINING_ERROR_FILE
-            else:
-                error_file = str(Path(tmp) / TRAINING_ERROR_FILE)
+            error_file = training_error_path(spec_uri if kube is not None else str(spec_path))
             try:
                 if kube is not None:
                     # The image's python, not this machine's interpreter path.
