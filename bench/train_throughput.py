@@ -19,7 +19,8 @@ Cases (the setup of ../shared/bench/hf_trainer_anchor.py, extended to real text 
                   needed (throughput does not depend on the text).
   instruction     The same model and tokenizer on dolly_open_qa's train split as chat conversations,
                   max_length 2048. Ours: training.packing true; Trainer: its default padded batches of 8
-                  (DataCollatorForSeq2Seq), the same tokens and labels. Both train the same number of
+                  (DataCollatorForSeq2Seq), the same tokens and labels. On CUDA ours runs a second time
+                  with training.attention flex_attention (engine ours_flex). Both train the same number of
                   epochs over the same conversations, so step counts differ; tokens/s is what compares.
   classification  The packaged MiniLM on banking77 train.csv (77 labels), full fine-tuning, batch 32,
                   max_length 128. Ours: its defaults (dynamic padding, length-grouped batches);
@@ -204,12 +205,7 @@ def run_ours(recipe: dict, task: str, labels: list[str], rows: dict, device: str
 
     stamps = []
     logger = MetricLogger(sink=lambda record: stamps.append(time.perf_counter()))
-    tf32 = torch.backends.cuda.matmul.allow_tf32  # fit() turns it on for the process: put it back after
-    try:
-        result = fit(RecipeConfig.model_validate(recipe), labels, rows, None, task=task, device=device,
-                     logger=logger)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+    result = fit(RecipeConfig.model_validate(recipe), labels, rows, None, task=task, device=device, logger=logger)
     steps = [r for r in logger.records if "tokens_seen" in r]
     if len(steps) != len(stamps) or len(steps) <= warm:
         raise RuntimeError(f"expected one record per step after {warm} warmup steps, got {len(steps)}")
@@ -363,7 +359,7 @@ def case_instruction(S: dict, model_dir: Path, n: int):
                       "mean_tokens": round(sum(lengths) / len(lengths), 1), "max_tokens": max(lengths)}), flush=True)
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)
     rows = {"text": conversations, "label": [None] * len(conversations)}
-    modes = []
+    modes, flex = [], []
     for method in S["methods"]:
         flops = flops_per_token(n, S["arch"], seq_eff, method == "lora")
         modes += [(method, "ours", flops, lambda method=method: run_ours(
@@ -372,7 +368,11 @@ def case_instruction(S: dict, model_dir: Path, n: int):
                   (method, "trainer", flops, lambda method=method: run_trainer(
                       load_for_trainer(model_dir, method), examples, collate, S["batch"], epochs, S["device"],
                       S["warm"]))]
-    return modes
+        if S["device"] == "cuda":  # training.attention flex_attention: each conversation attends to itself only
+            flex.append((method, "ours_flex", flops, lambda method=method: run_ours(
+                causal_recipe(f"instruction_{method}_flex", model_dir, method, S, epochs=epochs, packing=True,
+                              attention="flex_attention"), "instruction", [], rows, S["device"], S["warm"])))
+    return modes + flex  # after the (ours, trainer) pairs, which --trainer-first swaps
 
 
 def case_classification(S: dict):
@@ -480,6 +480,13 @@ def table(rows: list[dict], tiny: bool = False) -> str:
             target_text = f"{target}x"
         verdict = "n/a (--tiny)" if tiny else "yes" if met else "no"
         lines.append(f"| {case} | {method} | {tok:.2f} | {ex:.2f} | {run:.2f} | {target_text} | {verdict} |")
+        if "ours_flex" in pair:
+            flex = pair["ours_flex"]
+            flex_tok = flex["tokens_per_s"] / hf["tokens_per_s"]
+            lines.append(f"| {case} | {method}, ours with attention flex_attention | {flex_tok:.2f} "
+                         f"| {flex['examples_per_s'] / hf['examples_per_s']:.2f} "
+                         f"| {flex['run_tokens_per_s'] / hf['run_tokens_per_s']:.2f} | {target_text} "
+                         f"| {'yes' if flex_tok >= target else 'no'} |")
         if "trainer_dynamic" in pair:
             best = pair["trainer_dynamic"]
             lines.append(f"| {case} | {method}, vs Trainer with per-batch padding + group_by_length "

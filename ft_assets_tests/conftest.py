@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import yaml
 
 from ft_assets_tests.s3_server import s3_endpoint  # noqa: F401
 
+REPO = Path(__file__).resolve().parents[1]
 LABELS = ["billing", "shipping", "access"]
 KEYWORDS = {
     "billing": ["invoice", "charged", "refund", "payment", "card"],
@@ -167,3 +169,10 @@ def tiny_llama_dir(tmp_path_factory) -> Path:
 def tiny_gpt2_dir(tmp_path_factory) -> Path:
     """A 2-layer GPT-2 (learned absolute positions) whose tokenizer carries a ChatML chat template."""
     return _tiny_causal_lm(tmp_path_factory.mktemp("tiny_gpt2"), "gpt2", CHATML_TEMPLATE)
+
+
+def readme_block(marker: str, *, raw: bool = False):
+    """The fenced yaml block of README.md whose first line is `marker`: parsed, or its text with raw."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    [block] = re.findall(rf"```yaml\n({re.escape(marker)}\n.*?)```", readme, flags=re.DOTALL)
+    return block if raw else yaml.safe_load(block)

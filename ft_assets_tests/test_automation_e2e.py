@@ -4,7 +4,6 @@ the dataset, checkpoint and report built by the sensors and automation condition
 import json
 import shutil
 
-import pytest
 import yaml
 
 from ft_assets.cli import main

@@ -67,9 +67,13 @@ def test_a_conversation_whose_prompt_fills_max_length_is_dropped_and_counted(tin
     assert counts == {"conversations": 4, "truncated": 1, "dropped_no_response_tokens": 1}
 
 
-@pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_gpt2_dir"])
-def test_packed_and_unpacked_losses_agree(model_fixture, request):
+# flex_attention (training.attention) runs forward only here: torch has no CPU backward for it.
+@pytest.mark.parametrize("model_fixture,attention", [("tiny_llama_dir", "sdpa"), ("tiny_gpt2_dir", "sdpa"),
+                                                     ("tiny_llama_dir", "flex_attention")])
+def test_packed_and_unpacked_losses_agree(model_fixture, attention, request):
     model, tokenizer = load_causal_lm(str(request.getfixturevalue(model_fixture)))
+    model.set_attn_implementation(attention)
+    assert model.config._attn_implementation == attention
     torch.manual_seed(1)
     with torch.no_grad():  # large random weights, so every token's output depends on its context
         for p in model.parameters():

@@ -3,7 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ft_assets.lib import config as schema
 from ft_assets.lib.config import DEFAULT_LEARNING_RATE, ConfigError, load_config
+from ft_assets_tests.conftest import readme_block
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL = {
@@ -24,6 +26,39 @@ def test_every_shipped_project_yaml_validates(path):
     config = load_config(path)
     for corpus in config.corpora:
         assert Path(config.corpus_location(corpus)).exists(), f"{path.name}: corpus {corpus.name} points at nothing"
+
+
+def test_the_readme_reference_block_validates_and_shows_every_setting(tmp_path):
+    text = readme_block("# project.yaml: every setting", raw=True)
+    config = load_config(write_text(tmp_path, text))
+    assert [r.name for r in config.recipes] == ["tickets_lora", "questions_scratch"]
+    raw = yaml.safe_load(text)
+
+    def shown(entries: list[dict], model) -> None:
+        keys = set().union(*entries)
+        missing = {name for name, field in model.model_fields.items() if (field.alias or name) not in keys}
+        assert not missing, f"README.md's reference block leaves out {model.__name__} fields {sorted(missing)}"
+
+    recipes, datasets, corpora = raw["recipes"], raw["datasets"], raw["corpora"]
+    shown([raw], schema.ProjectConfig)
+    shown([raw["storage"]], schema.StorageConfig)
+    shown([raw["automation"]], schema.AutomationConfig)
+    shown([raw["gpu"]], schema.GpuConfig)
+    shown(corpora, schema.CorpusConfig)
+    shown([c["instruction_fields"] for c in corpora if "instruction_fields" in c], schema.InstructionFields)
+    shown(datasets, schema.DatasetConfig)
+    shown([d["champion"] for d in datasets if "champion" in d], schema.ChampionConfig)
+    shown(recipes, schema.RecipeConfig)
+    for section, model in [("training", schema.TrainingConfig), ("generation", schema.GenerationConfig),
+                           ("forgetting", schema.ForgettingConfig), ("gates", schema.GatesConfig),
+                           ("scratch", schema.ScratchModelConfig)]:
+        shown([r[section] for r in recipes if section in r], model)
+
+
+def write_text(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "project.yaml"
+    path.write_text(text)
+    return path
 
 
 def test_default_config_resolves_to_the_repo_data_folder(monkeypatch):

@@ -100,7 +100,7 @@ def test_gradient_checkpointing_changes_memory_not_results(no_dropout_model_dir)
     checkpointed = fit(recipe(no_dropout_model_dir, "full", epochs=1, gradient_checkpointing=True), LABELS, rows(10),
                        None, device="cpu")
     assert checkpointed.train_info["gradient_checkpointing"] is True
-    assert checkpointed.model.is_gradient_checkpointing
+    assert checkpointed.model.is_activation_checkpointing
     a, b = dict(plain.model.named_parameters()), dict(checkpointed.model.named_parameters())
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
@@ -133,6 +133,19 @@ def test_torch_compile_trains_to_the_same_weights_as_eager(no_dropout_model_dir)
 def test_the_loaded_models_use_sdpa_attention(tiny_model_dir):
     result = fit(recipe(tiny_model_dir, "full", epochs=1), LABELS, rows(4), None, device="cpu")
     assert result.train_info["attention"] == "sdpa"
+
+
+def test_a_recipe_picks_the_attention_kernel_and_flex_attention_asks_for_cuda(tiny_model_dir, tiny_llama_dir):
+    from ft_assets_tests.conftest import qa_conversations
+    from ft_assets_tests.test_causal import recipe as causal_recipe
+    from ft_assets_tests.test_causal import rows as causal_rows
+
+    eager = fit(recipe(tiny_model_dir, "lora", epochs=1, attention="eager"), LABELS, rows(4), None, device="cpu")
+    assert eager.train_info["attention"] == "eager"
+    assert eager.model.get_base_model().config._attn_implementation == "eager"
+    with pytest.raises(ValueError, match=r"recipe 'c_lora': training.attention flex_attention trains on CUDA only"):
+        fit(causal_recipe(tiny_llama_dir, "lora", packing=True, attention="flex_attention"), [],
+            causal_rows(qa_conversations(4)), None, task="instruction", device="cpu")
 
 
 def test_length_grouped_batches_pad_less_and_still_cover_every_example_once():
@@ -309,3 +322,85 @@ def _is_training_worker(proc: Path) -> bool:
     except OSError:
         return False
     return b"ft_assets.lib.train" in cmdline and b"torch.distributed.run" not in cmdline
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_training_stops_when_the_dagster_process_that_launched_it_is_killed(tmp_path, tiny_model_dir, processes):
+    """The Dagster process running the checkpoint step is SIGKILLed (by the OOM killer, say): its
+    training process, or torchrun and its workers, must not train on, holding the device, for a run
+    that is over."""
+    import os
+    import signal
+    import time
+
+    import yaml
+
+    from ft_assets_tests.conftest import write_project
+
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[
+        {"name": "orphaned", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
+         "training": {"epochs": 1000, "batch_size": 4, "max_length": 16, "save_every_steps": 0}}])
+    raw = yaml.safe_load(config_path.read_text())
+    config_path.write_text(yaml.safe_dump({**raw, "gpu": {"device": "cpu", "processes": processes}}, sort_keys=False))
+    dagster = subprocess.Popen([sys.executable, "-c", f"""
+import dagster as dg
+from ft_assets.defs import build_definitions
+from ft_assets.lib.config import load_config
+from ft_assets_tests.test_materialize import materialize_all
+materialize_all(build_definitions(load_config({str(config_path)!r})), dg.DagsterInstance.ephemeral(),
+                selection="*checkpoints/orphaned")
+"""])
+
+    def training(workers_only: bool) -> list[int]:
+        """The launched training processes: torchrun and its workers, or the one process."""
+        return [pid for pid in _descendants(dagster.pid) if _is_training_worker(Path(f"/proc/{pid}"))
+                or (not workers_only and b"ft_assets.lib.train" in _cmdline(pid))]
+
+    launched: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        while len(training(workers_only=True)) < processes and time.monotonic() < deadline \
+                and dagster.poll() is None:
+            time.sleep(0.1)
+        assert len(training(workers_only=True)) == processes
+        time.sleep(3)  # into the training loop
+        launched = training(workers_only=False)
+        os.kill(dagster.pid, signal.SIGKILL)
+        dagster.wait()
+        deadline = time.monotonic() + 60
+        while (running := [pid for pid in launched if b"ft_assets.lib.train" in _cmdline(pid)]) and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running, "training went on after the process that launched it was killed"
+    finally:
+        for pid in launched:
+            if b"ft_assets.lib.train" in _cmdline(pid):
+                os.kill(pid, signal.SIGKILL)
+        if dagster.poll() is None:
+            dagster.kill()
+
+
+def _cmdline(pid: int) -> bytes:
+    """The process's command line; empty once it has exited (a zombie has none either)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found

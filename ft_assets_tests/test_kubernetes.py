@@ -7,7 +7,6 @@ the container. Nothing here shows that a cluster schedules the pod or that its G
 """
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from dagster_k8s.pipes import DEFAULT_CONTAINER_NAME, build_pod_body
 
 from ft_assets.defs.training.kubernetes import kubernetes_client, pod_spec, require_kubernetes, run_in_pod
 from ft_assets.lib.config import ConfigError, KubernetesConfig, StorageConfig, load_config
+from ft_assets_tests.conftest import readme_block
 from ft_assets_tests.test_config import MINIMAL, write
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,9 +289,13 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
     assert not (config.root / "checkpoints" / "podded").exists() or not [
         p for p in (config.root / "checkpoints" / "podded").iterdir() if not p.name.startswith(".")]
 
-    # The report runs where the Dagster run is and evaluates the published copy.
+    # The report runs where the Dagster run is and evaluates the published copy; the model card in S3
+    # gains the results.
+    assert "Not evaluated yet" in fs.cat(f"{published}/README.md").decode()
     monkeypatch.delenv("FT_ENV")
     assert materialize_all(defs, instance, selection=[dg.AssetKey(["reports", "podded"])]).success
+    card = fs.cat(f"{published}/README.md").decode()
+    assert "Not evaluated yet" not in card and "Test split, " in card and "model-index" in card
 
 
 def test_a_training_pod_that_fails_fails_the_asset_with_the_reason_it_left_in_s3(tmp_path, monkeypatch,
@@ -371,13 +375,6 @@ def test_the_kubernetes_block_is_optional_and_required_only_to_train_in_a_pod(tm
         require_kubernetes(local)
     remote = load_config(write(tmp_path, {**MINIMAL, "storage": {"root": "s3://b/p"}, "kubernetes": {"image": "img"}}))
     assert require_kubernetes(remote) == KubernetesConfig(image="img")
-
-
-def readme_block(marker: str) -> dict:
-    """The fenced yaml block of README.md whose first line is `marker`, parsed."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    [block] = re.findall(rf"```yaml\n({re.escape(marker)}\n.*?)```", readme, flags=re.DOTALL)
-    return yaml.safe_load(block)
 
 
 def test_the_readme_kubernetes_block_validates():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -9,11 +10,23 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from ft_assets.lib.config import Device, Precision, ProjectConfig
+from ft_assets.lib.storage import require_writable
 
 # DuckDB allows one writing process per file: assets that write the warehouse queue on this pool.
 WAREHOUSE_POOL = "duckdb_warehouse"
 # Training assets queue on this pool so runs never share the accelerator.
 GPU_POOL = "gpu"
+
+
+class WarehouseResource(DuckDBResource):
+    """The project's DuckDB file. DuckDBResource retries a failed connect for about 100 s, which waits
+    out another run's lock; a file or folder that cannot be written fails at once, naming it."""
+
+    @contextmanager
+    def get_connection(self):
+        require_writable(Path(self.database))
+        with super().get_connection() as conn:
+            yield conn
 
 
 class GpuResource(dg.ConfigurableResource):
@@ -34,16 +47,16 @@ class GpuResource(dg.ConfigurableResource):
         """The command that trains from SPEC.json: one process, or torchrun over `processes`."""
         if self.processes == 1:
             return [python, "-m", "ft_assets.lib.train", spec]
-        # --standalone: a rendezvous on a free local port, so two jobs on one machine never collide.
-        return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.processes}",
-                "-m", "ft_assets.lib.train", spec]
+        # It execs torchrun --standalone (a rendezvous on a free local port, so two jobs on one machine
+        # never collide) once it has asked to die with its parent.
+        return [python, "-m", "ft_assets.lib.train", f"--processes={self.processes}", spec]
 
 
 def build_resources(config: ProjectConfig) -> dict:
     from ft_assets.defs.training.kubernetes import kubernetes_client
 
     return {
-        "warehouse": DuckDBResource(database=str(config.warehouse_path)),
+        "warehouse": WarehouseResource(database=str(config.warehouse_path)),
         "gpu": GpuResource(**config.gpu.model_dump()),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
         # Used only with FT_ENV=k8s; it finds its cluster when a run starts, not when this loads.

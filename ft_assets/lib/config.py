@@ -222,6 +222,10 @@ class TrainingConfig(_Strict):
     save_every_steps: int = Field(200, ge=0)
     # instruction: several conversations per sequence, each attending only to itself.
     packing: bool = False
+    # The attention kernel. auto: the model's default (SDPA where its architecture has it).
+    # flex_attention (CUDA only: torch has no CPU backward for it) attends within each packed
+    # conversation only, where SDPA computes the whole max_length square under a mask.
+    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = "auto"
     # Skewed label counts: `class_weights` weighs each class's loss by n / (k * n_class);
     # `balanced_sampler` draws training batches with every class equally likely.
     imbalance: Literal["none", "class_weights", "balanced_sampler"] = "none"

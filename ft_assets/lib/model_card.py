@@ -96,7 +96,7 @@ def _results_section(task: str, report: dict | None) -> list[str]:
     keys = [key for key, _ in CARD_METRICS[task]]
     lines = ["## Results", "", f"Test split, {report['n_test']} rows.", "",
              "| model | " + " | ".join(keys) + " |", "| --- |" + " ---: |" * len(keys),
-             f"| this model | " + " | ".join(f"{report[k]:.4f}" for k in keys) + " |"]
+             "| this model | " + " | ".join(f"{report[k]:.4f}" for k in keys) + " |"]
     for name, baseline in report["baselines"].items():
         lines.append(f"| baseline: {name} | " + " | ".join(
             f"{baseline[k]:.4f}" if k in baseline else "—" for k in keys) + " |")

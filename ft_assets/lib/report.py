@@ -12,7 +12,7 @@ from ft_assets.lib.evaluate import (
     ClassificationMetrics, classification_metrics, majority_baseline, predict_logits, resolve_device, write_report,
 )
 from ft_assets.lib.gates import evaluate_gates
-from ft_assets.lib.model_card import CARD_FILE, render_model_card
+from ft_assets.lib.model_card import render_model_card
 from ft_assets.lib.models import (
     MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint, loading_policy, resolve_base_model, weights_sha256,
 )
@@ -24,6 +24,7 @@ class EvaluationResult:
     report: dict
     eval_path: Path
     markdown: str
+    card: str  # the checkpoint's model card with these results, for the caller to put beside it
 
 
 def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict[str, dict[str, list]],
@@ -41,7 +42,8 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     way (same data, epochs, batch size and seed), so the only difference to the recipe is the
     method. Causal LMs: the baseline is the untuned base itself, scored the same way.
     With `general_texts` (the recipe's forgetting corpus) the report gets a `forgetting` block:
-    see lib/forgetting.py for what each figure means.
+    see lib/forgetting.py for what each figure means. Nothing in `checkpoint_dir` is written (it may
+    be a cached copy): the model card with the results comes back as `card`.
     """
     device = resolve_device(device)
     manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
@@ -49,10 +51,10 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
         report, generations = _causal_report(recipe, task, checkpoint_dir, manifest, splits["test"]["text"],
                                              baseline_cache, device, general_texts)
         eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
-        (checkpoint_dir / CARD_FILE).write_text(render_model_card(manifest, report))
         if generations:
             (out_dir / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in generations))
-        return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
+        return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown,
+                                card=render_model_card(manifest, report))
     model, tokenizer, labels = load_checkpoint(checkpoint_dir)
     model.to(device)
     test = splits["test"]
@@ -71,9 +73,8 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
                      recipe, checkpoint_dir, labels, metrics=metrics.as_dict(),
                      baselines={name: b.as_dict() for name, b in baselines.items()}, **forgetting)
     eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
-    # The card gains the results; the weights and the manifest are never touched.
-    (checkpoint_dir / CARD_FILE).write_text(render_model_card(manifest, report))
-    return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown)
+    return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown,
+                            card=render_model_card(manifest, report))
 
 
 def _figures(recipe: RecipeConfig, checkpoint_dir: Path, report: dict) -> dict[str, bytes]:
@@ -121,13 +122,17 @@ def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, 
 
 def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manifest: dict, test_texts: list[str],
                    cache: Path, device: str, general_texts: list[str] | None) -> tuple[dict, list[dict]]:
-    from ft_assets.lib.causal_data import text_blocks
-    from ft_assets.lib.train import mean_causal_loss
+    from ft_assets.lib.causal_data import prompt_and_reference, text_blocks
+    from ft_assets.lib.train import causal_examples, mean_causal_loss
 
     model, tokenizer, _ = load_checkpoint(checkpoint_dir)
     model.to(device)
     cfg = recipe.training
-    scored = _score_causal(model, tokenizer, recipe, task, test_texts, device)
+    # Tokenized once: the tuned model and its base share the checkpoint's tokenizer.
+    test_set, _ = causal_examples(tokenizer, task, test_texts, cfg.max_length, packing=False)
+    conversations = ([prompt_and_reference(t) for t in test_texts[: recipe.generation.max_examples]]
+                     if task == "instruction" else [])
+    scored = _score_causal(model, tokenizer, recipe, test_set, conversations, device)
     general = text_blocks(tokenizer, general_texts, cfg.max_length) if general_texts else None
     key = stable_hash({"task": task, "base": manifest["base_model"], "seed": recipe.training.seed,
                        "max_length": recipe.training.max_length, "generation": recipe.generation.model_dump(),
@@ -137,7 +142,7 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manife
         base = json.loads(cached.read_text())
     else:
         base_model = _untuned_base(manifest, checkpoint_dir, recipe.training.seed, recipe.loading).to(device)
-        base = _score_causal(base_model, tokenizer, recipe, task, test_texts, device)
+        base = _score_causal(base_model, tokenizer, recipe, test_set, conversations, device)
         if general:
             base["general_loss"] = mean_causal_loss(base_model, general, tokenizer.pad_token_id, cfg.batch_size, device)
         cache.mkdir(parents=True, exist_ok=True)
@@ -153,7 +158,7 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manife
     headline = {"eval_loss": scored["eval_loss"], "perplexity": scored["perplexity"]}
     if task == "instruction":
         headline = {"rouge_l": scored["rouge_l"], "exact_match": scored["exact_match"], **headline}
-    report = _report(task, headline, scored["n_test"], recipe, checkpoint_dir, [], metrics=scored,
+    report = _report(task, headline, len(test_texts), recipe, checkpoint_dir, [], metrics=scored,
                      baselines={"base": base}, samples=generations[: recipe.generation.samples],
                      **({"forgetting": forgetting} if forgetting is not None else {}))
     return report, generations
@@ -184,19 +189,18 @@ def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkp
     return {**report, "gates": evaluate_gates(report, recipe.gates)}
 
 
-def _score_causal(model, tokenizer, recipe: RecipeConfig, task: str, test_texts: list[str], device: str) -> dict:
-    """eval_loss / perplexity per labelled test token; for instruction also generation metrics and samples."""
-    from ft_assets.lib.causal_data import perplexity, prompt_and_reference
+def _score_causal(model, tokenizer, recipe: RecipeConfig, test_set: list[dict],
+                  conversations: list[tuple[list[dict], str]], device: str) -> dict:
+    """eval_loss / perplexity per labelled test token of `test_set`; with (prompt, reference)
+    `conversations` (instruction) also generation metrics and samples."""
+    from ft_assets.lib.causal_data import perplexity
     from ft_assets.lib.evaluate import generate_answers, generation_metrics
-    from ft_assets.lib.train import causal_examples, mean_causal_loss
+    from ft_assets.lib.train import mean_causal_loss
 
     cfg, generation = recipe.training, recipe.generation
-    examples, _ = causal_examples(tokenizer, task, test_texts, cfg.max_length, packing=False)
-    loss = mean_causal_loss(model, examples, tokenizer.pad_token_id, cfg.batch_size, device)
-    scored = {"eval_loss": loss, "perplexity": perplexity(loss), "n_test": len(test_texts),
-              "samples": []}
-    if task == "instruction":
-        conversations = [prompt_and_reference(t) for t in test_texts[: generation.max_examples]]
+    loss = mean_causal_loss(model, test_set, tokenizer.pad_token_id, cfg.batch_size, device)
+    scored = {"eval_loss": loss, "perplexity": perplexity(loss), "samples": []}
+    if conversations:
         answers = generate_answers(model, tokenizer, [p for p, _ in conversations],
                                    max_new_tokens=generation.max_new_tokens, batch_size=cfg.batch_size, device=device)
         scored.update(generation_metrics(answers, [r for _, r in conversations]))

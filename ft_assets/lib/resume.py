@@ -51,7 +51,6 @@ def restore_rng(state: dict) -> None:
 
 def save_step(folder: Path, step: int, rank: int, state: dict | None) -> Path:
     """Writes this process's RNG state, and `state` (the shared part, from rank 0), for `step`."""
-    import torch
 
     step_dir = folder / f"step-{step:08d}"
     step_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,10 +70,27 @@ def atomic_directory(final: Path) -> Iterator[Path]:
             shutil.rmtree(staging)
 
 
+def require_writable(path: Path) -> None:
+    """Raises OSError naming `path` when its folder exists and nothing can be written in it."""
+    if not path.parent.is_dir():
+        return
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, f"{path}: cannot be written ({e.strerror})") from e
+
+
 def publish_file(local_path: Path, remote_uri: str) -> None:
     import s3fs
 
     s3fs.S3FileSystem(skip_instance_cache=True).put_file(str(local_path), remote_uri.removeprefix("s3://"))
+
+
+def publish_text(text: str, remote_uri: str) -> None:
+    import s3fs
+
+    s3fs.S3FileSystem(skip_instance_cache=True).pipe_file(remote_uri.removeprefix("s3://"), text.encode())
 
 
 def publish_directory(local_dir: Path, remote_uri: str, last: str | None = None) -> None:

@@ -1,7 +1,7 @@
 """Fine-tunes one recipe into a checkpoint directory.
 
     python -m ft_assets.lib.train SPEC.json
-    python -m torch.distributed.run --standalone --nproc-per-node N -m ft_assets.lib.train SPEC.json
+    python -m ft_assets.lib.train --processes N SPEC.json    # torchrun --standalone, N processes (DDP)
 
 SPEC.json (the checkpoint asset writes it; it can also be written by hand; local or s3://):
     recipe           a recipe as in the project YAML (validated again here)
@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import platform
 import posixpath
 import resource
@@ -132,10 +133,15 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     else:
         data = _causal_data(recipe, task, train_rows, validation_rows, base_model_path, device, world)
     model = data.model
+    set_attention(model, cfg.attention, device, recipe.name)
     if not quantized:  # 4-bit weights are placed on the GPU when loaded and cannot move
         model = model.to(device)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5.2x renamed it; older 5.x releases (as on some GPU images) have only the old name.
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable, total = count_parameters(model)
     # A private generator: each epoch's iterator draws a seed from it, and drawing from torch's global one
     # would shift the dropout masks of a resumed run.
@@ -279,6 +285,28 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     }
     return FitResult(model=model, tokenizer=data.tokenizer, train_info=train_info, logger=logger,
                      base_model_path=data.base_model_path)
+
+
+def set_attention(model, attention: str, device: str, recipe_name: str) -> None:
+    """Switches the model to training.attention ("auto" keeps what the model loaded with).
+
+    Raises:
+        ValueError: flex_attention off CUDA, or an architecture that cannot use the kernel asked for.
+    """
+    if attention == "auto":
+        return
+    if attention == "flex_attention" and device != "cuda":
+        raise ValueError(f"recipe {recipe_name!r}: training.attention flex_attention trains on CUDA only (torch has "
+                         f"no {device} backward for it); use sdpa or auto on {device}")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
+    try:
+        base.set_attn_implementation(attention)
+    except (ValueError, ImportError) as e:
+        raise ValueError(f"recipe {recipe_name!r}: training.attention {attention}: {e}") from e
+    # transformers only warns when an architecture cannot switch after loading.
+    if base.config._attn_implementation != attention:
+        raise ValueError(f"recipe {recipe_name!r}: training.attention {attention}: {type(base).__name__} cannot "
+                         f"switch its attention (it stays {base.config._attn_implementation}); use auto")
 
 
 def compile_blocks(model, *, dynamic: bool) -> None:
@@ -595,12 +623,25 @@ def run(spec: dict, logger: MetricLogger) -> dict | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m ft_assets.lib.train SPEC.json  (or under torchrun --nproc-per-node N)")
-    import fsspec
+    import argparse
 
-    with fsspec.open(argv[0], "r") as f:  # s3:// when the run is in a pod
+    import fsspec
+    from dagster_pipes import PipesEnvVarParamsLoader
+
+    parser = argparse.ArgumentParser(prog="python -m ft_assets.lib.train", description="Trains from SPEC.json.")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="above 1: this process becomes torchrun --standalone over that many processes (DDP)")
+    parser.add_argument("spec", help="SPEC.json, a local path or s3:// URI")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    # Started by a Dagster step, or a torchrun worker; run by hand (under nohup, say) it may outlive its shell.
+    if PipesEnvVarParamsLoader().is_dagster_pipes_process() or "LOCAL_RANK" in os.environ:
+        _stop_with_parent()
+    if args.processes > 1:
+        # torchrun takes this process over: the same pid, so Dagster's SIGINT on termination reaches it,
+        # and the parent-death signal set above stays with it.
+        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                  f"--nproc-per-node={args.processes}", "-m", "ft_assets.lib.train", args.spec])
+    with fsspec.open(args.spec, "r") as f:  # s3:// when the run is in a pod
         spec = json.load(f)
     try:
         _train_from_spec(spec)
@@ -610,9 +651,28 @@ def main(argv: list[str] | None = None) -> None:
 
         world = current_world()
         where = f" (process {world.rank} of {world.size})" if world.size > 1 else ""
-        with fsspec.open(training_error_path(argv[0]), "w") as f:
+        with fsspec.open(training_error_path(args.spec), "w") as f:
             f.write(f"{type(e).__name__}{where}: {e}")
         raise
+
+
+def _stop_with_parent() -> None:
+    """On Linux, SIGTERM this process when the process that started it dies.
+
+    A Dagster step (or torchrun) killed with SIGKILL, by the OOM killer say, would otherwise leave
+    its training processes running for a run that is over, holding the device; their resume states
+    stay for the rerun. (The signal follows the parent's thread: Dagster's Pipes client waits for
+    the process in the thread that started it, as torchrun does for its workers.)
+    """
+    if sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the signal was asked for
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def training_error_path(spec_path: str) -> str:

@@ -14,6 +14,7 @@ from ft_assets.lib.leaderboard import forgetting_figure, write_leaderboard
 from ft_assets.lib.lineage import code_version
 from ft_assets.lib.model_card import CARD_FILE
 from ft_assets.lib.report import evaluate_checkpoint
+from ft_assets.lib.storage import publish_text
 
 
 # What each task's report measures, for the asset descriptions.
@@ -72,8 +73,12 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
                                      general_texts=general)
         headline = result.report
         published = publish(config, out_dir, last="eval.json")
-        if published and checkpoint_dir == Path(checkpoint_path):  # its model card gained the results
-            publish(config, checkpoint_dir / CARD_FILE)
+        # The model card gains the results: beside the weights where they were written, and in their
+        # S3 copy (where a checkpoint trained in a pod lives; a fetched copy in the cache is left as is).
+        if checkpoint_dir == Path(checkpoint_path):
+            (checkpoint_dir / CARD_FILE).write_text(result.card)
+        if "published_uri" in meta:
+            publish_text(result.card, f"{meta['published_uri'].value.rstrip('/')}/{CARD_FILE}")
         scores = {c: headline[c] for c in TASK_METRICS[task][1]}
         beaten = {name: b[metric] for name, b in headline["baselines"].items()}
         figure = forgetting_figure(headline.get("forgetting"))
