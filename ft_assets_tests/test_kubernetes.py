@@ -228,34 +228,61 @@ class TrainingCluster(FakeCluster):
         return pods
 
     def _log(self):
-        [(_, body)] = self.created
+        [(_, body)] = self.created[-1:]  # the latest pod
         [container] = body.spec.containers
         command = [sys.executable if part == "python" else part for part in container.command]
         env = {**{k: v for k, v in os.environ.items() if k.startswith(("AWS_", "HF_", "PATH", "HOME"))},
                **{e.name: e.value for e in container.env}}
+        self.exit_code, output = self._run_container(command, env)
+        return [f"2026-01-01T00:00:00.{i:06d}Z {line}\n".encode() for i, line in enumerate(output.splitlines())]
+
+    def _run_container(self, command: list[str], env: dict) -> tuple[int, str]:
         done = subprocess.run(command, env=env, cwd=self.workdir, capture_output=True, text=True, timeout=600)
-        self.exit_code = done.returncode
-        lines = (done.stdout + done.stderr).splitlines()
-        return [f"2026-01-01T00:00:00.{i:06d}Z {line}\n".encode() for i, line in enumerate(lines)]
+        return done.returncode, done.stdout + done.stderr
 
 
-def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_path, monkeypatch, tiny_model_dir,
-                                                                          s3_endpoint):
+class PreemptedCluster(TrainingCluster):
+    """The container is killed (as a preempted spot node would kill it) once the bucket holds a
+    complete step state under `resume_prefix`."""
+
+    def __init__(self, workdir: Path, resume_prefix: str):
+        super().__init__(workdir)
+        self.resume_prefix = resume_prefix
+
+    def _run_container(self, command: list[str], env: dict) -> tuple[int, str]:
+        import time
+
+        import s3fs
+
+        fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+        container = subprocess.Popen(command, env=env, cwd=self.workdir, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while container.poll() is None and not fs.glob(f"{self.resume_prefix}/*/latest.json") \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        container.kill()
+        output = container.communicate()[0]
+        return (137 if container.returncode == -9 else container.returncode), output
+
+
+def pod_project(tmp_path: Path, tiny_model_dir: Path, bucket: str, recipe: dict, **settings):
+    """A project on s3://<bucket>/project with a kubernetes block and its tickets dataset materialized:
+    (config, Definitions whose PipesK8sClient reads a kubeconfig, instance). `settings` are more
+    top-level YAML blocks (gpu: ...)."""
     import s3fs
 
     from ft_assets.defs import build_definitions
     from ft_assets_tests.conftest import write_project
     from ft_assets_tests.test_materialize import materialize_all
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir("pods")
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
     config_path = write_project(tmp_path, tiny_model_dir, recipes=[
-        {"name": "podded", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
-         "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}])
+        {"dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full", **recipe}])
     raw = yaml.safe_load(config_path.read_text())
-    raw["storage"] = {"root": "s3://pods/project", "local": "data"}
+    raw["storage"] = {"root": f"s3://{bucket}/project", "local": "data"}
     raw["kubernetes"] = {"image": "registry.example.com/ft-assets-cuda:1", "env_from_secrets": ["ft-assets-s3"]}
-    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    config_path.write_text(yaml.safe_dump({**raw, **settings}, sort_keys=False))
     config = load_config(config_path)
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(yaml.safe_dump(KUBECONFIG))
@@ -264,10 +291,20 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
         **defs.resources, "pipes_k8s_client": kubernetes_client(kubeconfig_file=str(kubeconfig))})
     instance = dg.DagsterInstance.ephemeral()
     assert materialize_all(defs, instance, selection="*datasets/tickets").success
+    (tmp_path / "pod").mkdir()
+    return config, defs, instance
 
-    pod_dir = tmp_path / "pod"
-    pod_dir.mkdir()
-    cluster = TrainingCluster(pod_dir)
+
+def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_path, monkeypatch, tiny_model_dir,
+                                                                          s3_endpoint):
+    import s3fs
+
+    from ft_assets_tests.test_materialize import materialize_all
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    config, defs, instance = pod_project(tmp_path, tiny_model_dir, "pods", {
+        "name": "podded", "training": {"epochs": 1, "batch_size": 16, "max_length": 16}})
+    cluster = TrainingCluster(tmp_path / "pod")
     cluster.install(monkeypatch)
     monkeypatch.setenv("FT_ENV", "k8s")
     result = materialize_all(defs, instance, selection=[dg.AssetKey(["checkpoints", "podded"])])
@@ -300,32 +337,12 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
 
 def test_a_training_pod_that_fails_fails_the_asset_with_the_reason_it_left_in_s3(tmp_path, monkeypatch,
                                                                                 tiny_model_dir, s3_endpoint):
-    import s3fs
-
-    from ft_assets.defs import build_definitions
-    from ft_assets_tests.conftest import write_project
     from ft_assets_tests.test_materialize import materialize_all
 
-    s3fs.S3FileSystem(skip_instance_cache=True).mkdir("failing")
     # The pod is asked for CUDA and has none (as a pod scheduled without its GPUs would): it fails in
     # setup, after the spec and the splits were staged.
-    config_path = write_project(tmp_path, tiny_model_dir, recipes=[
-        {"name": "no_gpu", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
-         "training": {"epochs": 1}}])
-    raw = yaml.safe_load(config_path.read_text())
-    raw["gpu"] = {"device": "cuda"}
-    raw["storage"] = {"root": "s3://failing/project", "local": "data"}
-    raw["kubernetes"] = {"image": "registry.example.com/ft-assets-cuda:1"}
-    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump(KUBECONFIG))
-    defs = build_definitions(load_config(config_path))
-    defs = dg.Definitions(assets=defs.assets, resources={
-        **defs.resources, "pipes_k8s_client": kubernetes_client(kubeconfig_file=str(kubeconfig))})
-    instance = dg.DagsterInstance.ephemeral()
-    assert materialize_all(defs, instance, selection="*datasets/tickets").success
-
-    (tmp_path / "pod").mkdir()
+    _, defs, instance = pod_project(tmp_path, tiny_model_dir, "failing", {"name": "no_gpu", "training": {"epochs": 1}},
+                                    gpu={"device": "cuda"})
     cluster = TrainingCluster(tmp_path / "pod")
     cluster.install(monkeypatch)
     monkeypatch.setenv("FT_ENV", "k8s")
@@ -338,6 +355,30 @@ def test_a_training_pod_that_fails_fails_the_asset_with_the_reason_it_left_in_s3
     assert "checkpoints/no_gpu: training failed and nothing was registered" in description
     assert "ValueError: device 'cuda' was requested but torch sees no CUDA device" in description
     assert instance.get_latest_materialization_event(dg.AssetKey(["checkpoints", "no_gpu"])) is None
+
+
+def test_a_preempted_training_pod_resumes_in_the_next_pod_from_its_step_state_in_s3(tmp_path, monkeypatch,
+                                                                                      tiny_model_dir, s3_endpoint):
+    import s3fs
+
+    from ft_assets_tests.test_materialize import materialize_all
+
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+    key = dg.AssetKey(["checkpoints", "preempted"])
+    _, defs, instance = pod_project(tmp_path, tiny_model_dir, "spot", {
+        "name": "preempted", "training": {"epochs": 12, "batch_size": 4, "max_length": 16, "save_every_steps": 5}})
+    resume_prefix = "spot/project/checkpoints/preempted/.resume"
+    monkeypatch.setenv("FT_ENV", "k8s")
+    PreemptedCluster(tmp_path / "pod", resume_prefix).install(monkeypatch)
+    assert not materialize_all(defs, instance, selection=[key], raise_on_error=False).success
+    assert fs.glob(f"{resume_prefix}/*/latest.json"), "the killed pod left no step state in the bucket"
+    assert instance.get_latest_materialization_event(key) is None
+
+    TrainingCluster(tmp_path / "pod").install(monkeypatch)
+    result = materialize_all(defs, instance, selection=[key])
+    [materialization] = result.asset_materializations_for_node("checkpoints__preempted")
+    assert materialization.metadata["resumed_from_step"].value >= 5
+    assert not fs.exists(resume_prefix)  # the checkpoint is published: nothing left to resume
 
 
 def project_with(tmp_path: Path, kubernetes_block: dict) -> Path:

@@ -476,16 +476,20 @@ class ProjectConfig(_Strict):
 
     @property
     def root(self) -> Path:
-        """The local storage root: FT_ASSETS_ROOT, else storage.root, against the config file's folder;
-        with an s3:// root, storage.local (where everything is written before it is published)."""
-        root = os.environ.get("FT_ASSETS_ROOT") or self.storage.root
+        """The local storage root: the storage root against the config file's folder; with an s3://
+        root, storage.local (where everything is written before it is published)."""
+        root = self.storage_root
         return (self.source.parent / (self.storage.local if root.startswith("s3://") else root)).resolve()
 
     @property
     def remote_root(self) -> str | None:
         """The s3:// storage root, or None when the root is a local folder."""
-        root = os.environ.get("FT_ASSETS_ROOT") or self.storage.root
-        return root.rstrip("/") if root.startswith("s3://") else None
+        return self.storage_root.rstrip("/") if self.storage_root.startswith("s3://") else None
+
+    @property
+    def storage_root(self) -> str:
+        """FT_ASSETS_ROOT, else storage.root, as written: a folder or an s3:// URI."""
+        return os.environ.get("FT_ASSETS_ROOT") or self.storage.root
 
     def remote_uri(self, local_path: Path) -> str | None:
         """Where a path under the local root is published (None for a local root)."""

@@ -7,15 +7,16 @@ data, base model and number of processes: `resume_key`) loads the newest complet
 folder counts only once `latest.json` names it, written last, so a kill while saving leaves the
 previous step. These are not checkpoints to use: nothing here is registered, and the folder is
 removed once the checkpoint is saved.
+
+The folder is a local path or an s3:// URI (a training pod keeps its step states in the bucket, as
+its disk goes with it).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-from pathlib import Path
+import posixpath
 from typing import Any
 
 LATEST_FILE = "latest.json"
@@ -49,44 +50,68 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def save_step(folder: Path, step: int, rank: int, state: dict | None) -> Path:
+def save_step(folder: str, step: int, rank: int, state: dict | None) -> None:
     """Writes this process's RNG state, and `state` (the shared part, from rank 0), for `step`."""
-
-    step_dir = folder / f"step-{step:08d}"
-    step_dir.mkdir(parents=True, exist_ok=True)
-    _save(rng_state(), step_dir / f"rng-{rank}.pt")
+    step_dir = posixpath.join(folder, f"step-{step:08d}")
+    _save(rng_state(), posixpath.join(step_dir, f"rng-{rank}.pt"))
     if state is not None:
-        _save(state, step_dir / "state.pt")
-    return step_dir
+        _save(state, posixpath.join(step_dir, "state.pt"))
 
 
-def mark_complete(folder: Path, step: int, world_size: int) -> None:
+def mark_complete(folder: str, step: int, world_size: int) -> None:
     """Names `step` as the one to resume from (rank 0, after every process saved), drops older steps."""
-    latest = folder / LATEST_FILE
-    tmp = latest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"step": step, "world_size": world_size}))
-    os.replace(tmp, latest)
-    for old in folder.glob("step-*"):
-        if old.name != f"step-{step:08d}":
-            shutil.rmtree(old, ignore_errors=True)
+    fs, root = _filesystem(folder)
+    latest = posixpath.join(root, LATEST_FILE)
+    record = json.dumps({"step": step, "world_size": world_size}).encode()
+    if _is_local(fs):  # a rename: a kill mid-write leaves the previous latest.json whole
+        fs.pipe_file(latest + ".tmp", record)
+        fs.mv(latest + ".tmp", latest)
+    else:  # an object store's PUT is whole or absent
+        fs.pipe_file(latest, record)
+    for old in fs.glob(posixpath.join(root, "step-*")):
+        if posixpath.basename(old.rstrip("/")) != f"step-{step:08d}":
+            fs.rm(old, recursive=True)
 
 
-def load_latest(folder: Path, rank: int) -> tuple[dict, dict] | None:
+def load_latest(folder: str, rank: int) -> tuple[dict, dict] | None:
     """(shared state, this process's RNG state) of the newest complete step, or None."""
     import torch
 
-    latest = folder / LATEST_FILE
-    if not latest.is_file():
+    fs, root = _filesystem(folder)
+    latest = posixpath.join(root, LATEST_FILE)
+    if not fs.isfile(latest):
         return None
-    step_dir = folder / f"step-{json.loads(latest.read_text())['step']:08d}"
+    step_dir = posixpath.join(root, f"step-{json.loads(fs.cat_file(latest))['step']:08d}")
     # Tensors and plain values only: a folder others can write to is no place to unpickle code from.
-    return (torch.load(step_dir / "state.pt", weights_only=True),
-            torch.load(step_dir / f"rng-{rank}.pt", weights_only=True))
+    with fs.open(posixpath.join(step_dir, "state.pt"), "rb") as shared, \
+            fs.open(posixpath.join(step_dir, f"rng-{rank}.pt"), "rb") as own:
+        return torch.load(shared, weights_only=True), torch.load(own, weights_only=True)
 
 
-def _save(obj, path: Path) -> None:
+def remove(folder: str) -> None:
+    """Drops every step state under `folder` (the checkpoint is saved: nothing to resume)."""
+    fs, root = _filesystem(folder)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+def _save(obj, url: str) -> None:
+    # A step file may be half written when a kill strikes; latest.json names a step only once it is whole.
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    fs, path = _filesystem(url)
+    fs.makedirs(posixpath.dirname(path), exist_ok=True)
+    with fs.open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def _filesystem(url: str):
+    from fsspec.core import url_to_fs
+
+    return url_to_fs(url)
+
+
+def _is_local(fs) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)

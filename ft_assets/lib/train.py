@@ -12,7 +12,8 @@ SPEC.json (the checkpoint asset writes it; it can also be written by hand; local
     validation_path  parquet with columns text, label, or null
     output_dir       where the checkpoint appears; must not exist yet
     publish_uri      optional: an s3:// prefix the finished checkpoint is copied to, manifest last
-    resume_dir       optional: where step states are kept so that a killed run resumes (lib/resume.py)
+    resume_dir       optional: where step states are kept so that a killed run resumes (lib/resume.py;
+                     local or s3://)
     device           auto | cpu | cuda
     precision        auto | fp32 | bf16 | fp16
     lineage          anything to record in manifest.json (raw files, dataset version, run id)
@@ -32,7 +33,6 @@ import os
 import platform
 import posixpath
 import resource
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -92,7 +92,7 @@ def resolve_precision(precision: str, device: str) -> str:
 
 def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], validation_rows: dict[str, list] | None,
         *, task: str = "classification", base_model_path: str | None = None, device: str = "auto",
-        precision: str = "auto", logger: MetricLogger | None = None, resume_dir: Path | None = None) -> FitResult:
+        precision: str = "auto", logger: MetricLogger | None = None, resume_dir: str | None = None) -> FitResult:
     """Trains `recipe` on in-memory rows ({"text": [...], "label": [...]}) and returns the model.
 
     Under torchrun every process calls this with the same rows; each trains on its slice of every
@@ -104,8 +104,8 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
             language_modeling.
         base_model_path: where the base model is, for base_model checkpoint:<recipe>; None resolves
             the recipe's base_model.
-        resume_dir: where step states are kept (see lib/resume.py); the run continues from the newest
-            one there, and None never saves or resumes.
+        resume_dir: where step states are kept, a local path or s3:// URI (see lib/resume.py); the run
+            continues from the newest one there, and None never saves or resumes.
 
     Raises:
         ValueError: in setup, before any training step, with the fix in the message.
@@ -592,7 +592,7 @@ def run(spec: dict, logger: MetricLogger) -> dict | None:
     """Setup → train → save, from a spec dict; returns the manifest (None on ranks other than 0,
     which train but do not save)."""
     from ft_assets.lib.distributed import current_world
-    from ft_assets.lib.resume import resume_key
+    from ft_assets.lib.resume import remove, resume_key
 
     recipe = RecipeConfig.model_validate(spec["recipe"])
     task, base_path = spec.get("task", "classification"), spec.get("base_model_path")
@@ -605,7 +605,7 @@ def run(spec: dict, logger: MetricLogger) -> dict | None:
         # A rerun of the same training continues; different data, settings or process count start afresh.
         key = resume_key(recipe.recipe_hash(), task, base_path, spec["labels"], train_rows, validation_rows,
                          world.size, spec.get("device", "auto"), spec.get("precision", "auto"))
-        resume_dir = Path(spec["resume_dir"]) / key
+        resume_dir = posixpath.join(spec["resume_dir"], key)
     result = fit(recipe, spec["labels"], train_rows, validation_rows, task=task, base_model_path=base_path,
                  device=spec.get("device", "auto"), precision=spec.get("precision", "auto"), logger=logger,
                  resume_dir=resume_dir)
@@ -618,7 +618,7 @@ def run(spec: dict, logger: MetricLogger) -> dict | None:
 
         publish_directory(output_dir, spec["publish_uri"], last=MANIFEST_FILE)
     if resume_dir is not None:
-        shutil.rmtree(spec["resume_dir"], ignore_errors=True)  # the checkpoint is saved: nothing to resume
+        remove(spec["resume_dir"])  # the checkpoint is saved: nothing to resume
     return manifest
 
 

@@ -167,13 +167,14 @@ def _stage_for_pod(config: ProjectConfig, context: dg.AssetExecutionContext, spe
     """Copies the splits and the spec under <root>/runs/<run id>/<recipe>/ for a pod; the spec's URI.
 
     The pod writes the checkpoint on its own disk and publishes it where a local run would
-    (publish_uri). It keeps no step states: a pod's disk is gone with the pod.
+    (publish_uri). Its step states go to the bucket, where a local run keeps them on disk: a pod's
+    disk is gone with the pod, and the rerun's pod resumes from them.
     """
     from ft_assets.lib.storage import publish_file
 
     stage = f"{config.remote_root}/runs/{context.run_id}/{output_dir.parent.name}"
     staged = {**spec, "output_dir": f"/tmp/ft_assets/{output_dir.name}", "publish_uri": config.remote_uri(output_dir),
-              "resume_dir": None}
+              "resume_dir": config.remote_uri(output_dir.parent / RESUME_DIR)}
     for split in ("train_path", "validation_path"):
         if spec[split] is not None:
             staged[split] = f"{stage}/{Path(spec[split]).name}"
