@@ -324,11 +324,12 @@ def _is_training_worker(proc: Path) -> bool:
     return b"ft_assets.lib.train" in cmdline and b"torch.distributed.run" not in cmdline
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_training_stops_when_the_dagster_process_that_launched_it_is_killed(tmp_path, tiny_model_dir, processes):
-    """The Dagster process running the checkpoint step is SIGKILLed (by the OOM killer, say): its
-    training process, or torchrun and its workers, must not train on, holding the device, for a run
-    that is over."""
+@pytest.mark.parametrize("processes,killed", [(1, "dagster"), (2, "dagster"), (2, "torchrun")])
+def test_training_stops_when_the_dagster_process_that_launched_it_is_killed(tmp_path, tiny_model_dir, processes,
+                                                                             killed):
+    """The Dagster process running the checkpoint step, or torchrun, is SIGKILLed (by the OOM killer,
+    say): the training process, or torchrun's workers, must not train on, holding the device, for a
+    run that is over."""
     import os
     import signal
     import time
@@ -365,8 +366,12 @@ materialize_all(build_definitions(load_config({str(config_path)!r})), dg.Dagster
         assert len(training(workers_only=True)) == processes
         time.sleep(3)  # into the training loop
         launched = training(workers_only=False)
-        os.kill(dagster.pid, signal.SIGKILL)
-        dagster.wait()
+        if killed == "dagster":
+            os.kill(dagster.pid, signal.SIGKILL)
+            dagster.wait()
+        else:
+            [torchrun] = [pid for pid in launched if b"torch.distributed.run" in _cmdline(pid)]
+            os.kill(torchrun, signal.SIGKILL)
         deadline = time.monotonic() + 60
         while (running := [pid for pid in launched if b"ft_assets.lib.train" in _cmdline(pid)]) and \
                 time.monotonic() < deadline:
