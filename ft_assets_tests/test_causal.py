@@ -91,6 +91,10 @@ def test_packed_and_unpacked_losses_agree(model_fixture, attention, request):
     alone = sum(summed_loss(collate_causal([e], tokenizer.pad_token_id)) for e in examples)
     together = summed_loss(collate_causal(packed, tokenizer.pad_token_id))
     assert together == pytest.approx(alone, rel=1e-5)
+    # Padded to max_length, as training pads packed rows: the padding is a sequence of its own, with no loss.
+    full_width = collate_causal(packed, tokenizer.pad_token_id, width=256)
+    assert full_width["input_ids"].shape[1] == 256
+    assert summed_loss(full_width) == pytest.approx(alone, rel=1e-5)
     # The control: the same packed rows with one running position and plain causal attention leak.
     leaky = collate_causal(packed, tokenizer.pad_token_id)
     del leaky["position_ids"]

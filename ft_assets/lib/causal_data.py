@@ -142,12 +142,12 @@ def text_blocks(tokenizer, texts: list[str], block_size: int) -> list[dict]:
             for i in range(0, min(usable, len(ids)), block_size)]
 
 
-def collate_causal(batch: list[dict], pad_token_id: int) -> dict:
-    """Right-padded tensors. Packed rows carry position_ids and no attention_mask (see pack_examples);
-    unpacked rows get an attention_mask when the batch has padding."""
+def collate_causal(batch: list[dict], pad_token_id: int, width: int | None = None) -> dict:
+    """Right-padded tensors, to `width` or the longest row. Packed rows carry position_ids and no
+    attention_mask (see pack_examples); unpacked rows get an attention_mask when the batch has padding."""
     import torch
 
-    width = max(len(row["input_ids"]) for row in batch)
+    width = width or max(len(row["input_ids"]) for row in batch)
     out = {
         "input_ids": torch.tensor([row["input_ids"] + [pad_token_id] * (width - len(row["input_ids"])) for row in batch]),
         "labels": torch.tensor([row["labels"] + [IGNORE] * (width - len(row["labels"])) for row in batch]),

@@ -165,10 +165,10 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     scheduler = _schedule(cfg.schedule)(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
-    compiled = cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
+    compiled = compiles(cfg, device)
     if compiled:
-        # Text blocks all have one shape; other batches vary in length, so compile for any length.
-        compile_blocks(model, dynamic=task != "language_modeling")
+        # Text blocks and packed rows have one shape; other batches vary in length: compile for any length.
+        compile_blocks(model, dynamic=task != "language_modeling" and not cfg.packing)
     train_model = model
     if world.size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -309,6 +309,11 @@ def set_attention(model, attention: str, device: str, recipe_name: str) -> None:
                          f"switch its attention (it stays {base.config._attn_implementation}); use auto")
 
 
+def compiles(cfg, device: str) -> bool:
+    """Whether training.compile compiles on `device` (auto: on CUDA only)."""
+    return cfg.compile is True or (cfg.compile == "auto" and device == "cuda")
+
+
 def compile_blocks(model, *, dynamic: bool) -> None:
     """torch.compile each transformer block in place, rather than the whole model.
 
@@ -411,8 +416,12 @@ def _causal_data(recipe, task, train_rows, validation_rows, base_model_path, dev
         raise ValueError(f"recipe {recipe.name!r}: no training example keeps a response token within "
                          f"max_length {cfg.max_length}; raise training.max_length")
 
+    # Packed rows are nearly full: for a compiled model they are padded to max_length, which costs a few
+    # pad tokens and gives every batch one shape (no dynamic shapes to compile for).
+    width = cfg.max_length if cfg.packing and compiles(cfg, device) else None
+
     def collate(rows):
-        batch = collate_causal(rows, tokenizer.pad_token_id)
+        batch = collate_causal(rows, tokenizer.pad_token_id, width=width)
         batch["n_tokens"] = torch.tensor([len(row["input_ids"]) for row in rows])  # padding excluded
         return batch
 
