@@ -105,6 +105,27 @@ def test_gradient_checkpointing_changes_memory_not_results(no_dropout_model_dir)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
 
 
+@pytest.mark.parametrize("task", ["classification", "instruction"])
+def test_bf16_autocast_trains_fp32_weights_to_about_the_fp32_result(no_dropout_model_dir, tiny_llama_dir, task):
+    """The bf16 path a GPU takes by default, run on the CPU (where it is asked for): the weights stay
+    fp32, only the matmuls run in bf16, so the result stays near fp32's."""
+    from ft_assets_tests.conftest import qa_conversations
+    from ft_assets_tests.test_causal import recipe as causal_recipe
+    from ft_assets_tests.test_causal import rows as causal_rows
+
+    if task == "classification":
+        runs = {p: fit(recipe(no_dropout_model_dir, "full", epochs=2), LABELS, rows(10), None, device="cpu",
+                       precision=p) for p in ("fp32", "bf16")}
+    else:
+        runs = {p: fit(causal_recipe(tiny_llama_dir, "lora", epochs=2, packing=True), [],
+                       causal_rows(qa_conversations(24)), None, task=task, device="cpu", precision=p)
+                for p in ("fp32", "bf16")}
+    assert runs["bf16"].train_info["precision"] == "bf16"
+    assert all(p.dtype == torch.float32 for p in runs["bf16"].model.parameters())
+    fp32, bf16 = (runs[p].train_info["final_train_loss"] for p in ("fp32", "bf16"))
+    assert bf16 == pytest.approx(fp32, rel=0.02) and bf16 != fp32  # bf16 keeps 8 bits of mantissa
+
+
 def test_the_cosine_schedule_warms_up_then_decays_to_zero(tiny_model_dir):
     result = fit(recipe(tiny_model_dir, "full", epochs=4, schedule="cosine", warmup_fraction=0.25, log_every_steps=1,
                         learning_rate=1e-3), LABELS, rows(20), None, device="cpu")

@@ -113,8 +113,8 @@ def test_setup_errors_say_what_to_fix(tiny_model_dir, tmp_path):
         fit(recipe(tiny_model_dir, "full"), LABELS, {"text": [], "label": []}, None, device="cpu")
     with pytest.raises(ValueError, match="cannot load base model"):
         fit(recipe(tmp_path / "no_model_here", "full"), LABELS, rows(2), None, device="cpu")
-    with pytest.raises(ValueError, match="needs a CUDA device"):
-        fit(recipe(tiny_model_dir, "full"), LABELS, rows(2), None, device="cpu", precision="bf16")
+    with pytest.raises(ValueError, match="precision 'fp16' needs a CUDA device; on cpu use 'bf16', 'fp32' or 'auto'"):
+        fit(recipe(tiny_model_dir, "full"), LABELS, rows(2), None, device="cpu", precision="fp16")
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "ia3"])

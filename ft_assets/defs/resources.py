@@ -33,7 +33,7 @@ class GpuResource(dg.ConfigurableResource):
     """The accelerator a training run may use. Only training assets require it.
 
     device: auto (CUDA when torch sees it, else CPU), cpu, or cuda.
-    precision: auto (bf16 on CUDA when supported, else fp32), fp32, bf16 or fp16.
+    precision: auto (bf16 on CUDA when supported, else fp32), fp32, bf16 (CPU too) or fp16 (CUDA only).
     processes: training processes, one per GPU; above 1 the training command runs under torchrun
         (DDP: NCCL between GPUs, gloo between CPU processes), and on Kubernetes the pod asks for
         that many `nvidia.com/gpu`.

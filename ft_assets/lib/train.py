@@ -85,8 +85,8 @@ def resolve_precision(precision: str, device: str) -> str:
 
     if precision == "auto":
         return "bf16" if device == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision in ("bf16", "fp16") and device != "cuda":
-        raise ValueError(f"precision {precision!r} needs a CUDA device; on {device} use 'fp32' or 'auto'")
+    if precision == "fp16" and device != "cuda":  # its loss scaling is CUDA's
+        raise ValueError(f"precision 'fp16' needs a CUDA device; on {device} use 'bf16', 'fp32' or 'auto'")
     return precision
 
 
