@@ -286,8 +286,10 @@ def test_the_yaml_gpu_processes_setting_runs_the_asset_under_torchrun(tmp_path, 
     assert info["processes"] == 2 and info["global_batch_size"] == 8
 
 
-@pytest.mark.parametrize("task", ["instruction", "language_modeling"])
-def test_a_compiled_checkpointed_causal_lm_trains_like_the_eager_one(tiny_llama_dir, task):
+# instruction in bf16: the combination a GPU runs by default (compiled, bf16 autocast, packed rows).
+@pytest.mark.parametrize("task,precision", [("instruction", "fp32"), ("language_modeling", "fp32"),
+                                            ("instruction", "bf16")])
+def test_a_compiled_checkpointed_causal_lm_trains_like_the_eager_one(tiny_llama_dir, task, precision):
     from ft_assets_tests.conftest import qa_conversations, story_lines
     from ft_assets_tests.test_causal import recipe as causal_recipe
     from ft_assets_tests.test_causal import rows as causal_rows
@@ -295,9 +297,9 @@ def test_a_compiled_checkpointed_causal_lm_trains_like_the_eager_one(tiny_llama_
     train = causal_rows(qa_conversations(24) if task == "instruction" else story_lines(60))
     settings = {"epochs": 1, "packing": task == "instruction"}
     eager = fit(causal_recipe(tiny_llama_dir, "full", **settings, compile=False), [], train, None, task=task,
-                device="cpu")
+                device="cpu", precision=precision)
     fast = fit(causal_recipe(tiny_llama_dir, "full", **settings, compile=True, gradient_checkpointing=True), [],
-               train, None, task=task, device="cpu")
+               train, None, task=task, device="cpu", precision=precision)
     assert fast.train_info["compiled"] and fast.train_info["gradient_checkpointing"]
     assert abs(fast.train_info["final_train_loss"] - eager.train_info["final_train_loss"]) < SAME_RESULT_TOLERANCE
 
