@@ -25,18 +25,29 @@ CHECKPOINT = dg.AssetKey(["checkpoints", "slow"])
 
 def training_processes() -> list[int]:
     """Pids of `python -m ft_assets.lib.train` processes that are children of this test process."""
-    found = []
+    return [pid for pid, ppid in parent_pids().items()
+            if ppid == os.getpid() and b"ft_assets.lib.train" in cmdline(pid).split(b"\0")]
+
+
+def parent_pids() -> dict[int, int]:
+    """Every running process's parent, from /proc: pid -> parent pid."""
+    parents = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, ValueError, IndexError):
             continue
-        if b"ft_assets.lib.train" in cmdline and ppid == os.getpid():
-            found.append(int(entry.name))
-    return found
+    return parents
+
+
+def cmdline(pid: int) -> bytes:
+    """The process's command line; empty once it has exited (a zombie has none either)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def kill_training_once_it_has_started(killed: list[int]) -> None:

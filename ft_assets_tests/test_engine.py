@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from ft_assets.lib.distributed import World
 from ft_assets.lib.train import fit
 from ft_assets_tests.conftest import LABELS
+from ft_assets_tests.test_crash_safety import cmdline, parent_pids, training_processes
 from ft_assets_tests.test_train import recipe, rows
 
 # Float sums in another order (two half-batch means averaged by all-reduce instead of one mean)
@@ -207,8 +208,6 @@ def wait_for_a_resume_point_then_kill(recipe_dir: Path, killed: list[int]) -> No
     import signal
     import time
 
-    from ft_assets_tests.test_crash_safety import training_processes
-
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if list(recipe_dir.glob(".resume/*/latest.json")):
@@ -327,7 +326,7 @@ def test_two_processes_killed_mid_run_resume_to_the_weights_of_an_uninterrupted_
     deadline = time.monotonic() + 300
     while not list((tmp_path / "resume_killed").glob("*/latest.json")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    workers = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_training_worker(p)]
+    workers = [pid for pid in parent_pids() if _is_training_worker(pid)]
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     assert len(workers) == 2 and launcher.wait(timeout=120) != 0
@@ -339,12 +338,9 @@ def test_two_processes_killed_mid_run_resume_to_the_weights_of_an_uninterrupted_
     assert not (tmp_path / "resume_killed").exists()
 
 
-def _is_training_worker(proc: Path) -> bool:
-    try:
-        cmdline = (proc / "cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"ft_assets.lib.train" in cmdline and b"torch.distributed.run" not in cmdline
+def _is_training_worker(pid: int) -> bool:
+    command = cmdline(pid)
+    return b"ft_assets.lib.train" in command and b"torch.distributed.run" not in command
 
 
 @pytest.mark.parametrize("processes,killed", [(1, "dagster"), (2, "dagster"), (2, "torchrun")])
@@ -377,8 +373,8 @@ materialize_all(build_definitions(load_config({str(config_path)!r})), dg.Dagster
 
     def training(workers_only: bool) -> list[int]:
         """The launched training processes: torchrun and its workers, or the one process."""
-        return [pid for pid in _descendants(dagster.pid) if _is_training_worker(Path(f"/proc/{pid}"))
-                or (not workers_only and b"ft_assets.lib.train" in _cmdline(pid))]
+        return [pid for pid in _descendants(dagster.pid) if _is_training_worker(pid)
+                or (not workers_only and b"ft_assets.lib.train" in cmdline(pid))]
 
     launched: list[int] = []
     try:
@@ -393,39 +389,25 @@ materialize_all(build_definitions(load_config({str(config_path)!r})), dg.Dagster
             os.kill(dagster.pid, signal.SIGKILL)
             dagster.wait()
         else:
-            [torchrun] = [pid for pid in launched if b"torch.distributed.run" in _cmdline(pid)]
+            [torchrun] = [pid for pid in launched if b"torch.distributed.run" in cmdline(pid)]
             os.kill(torchrun, signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while (running := [pid for pid in launched if b"ft_assets.lib.train" in _cmdline(pid)]) and \
+        while (running := [pid for pid in launched if b"ft_assets.lib.train" in cmdline(pid)]) and \
                 time.monotonic() < deadline:
             time.sleep(0.2)
         assert not running, "training went on after the process that launched it was killed"
     finally:
         for pid in launched:
-            if b"ft_assets.lib.train" in _cmdline(pid):
+            if b"ft_assets.lib.train" in cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
         if dagster.poll() is None:
             dagster.kill()
 
 
-def _cmdline(pid: int) -> bytes:
-    """The process's command line; empty once it has exited (a zombie has none either)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 def _descendants(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry.name))
+    for pid, ppid in parent_pids().items():
+        children.setdefault(ppid, []).append(pid)
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):

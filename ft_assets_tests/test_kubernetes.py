@@ -24,7 +24,7 @@ from ft_assets_tests.conftest import readme_block
 from ft_assets_tests.test_config import MINIMAL, write
 
 REPO = Path(__file__).resolve().parents[1]
-COMMAND = ["torchrun", "--nproc-per-node", "4", "-m", "ft_assets.lib.train", "s3://bucket/runs/x/spec.json"]
+COMMAND = ["python", "-m", "ft_assets.lib.train", "--processes=4", "s3://bucket/runs/x/spec.json"]
 KUBE = KubernetesConfig.model_validate({
     "image": "registry.example.com/ft-assets-cuda:1",
     "namespace": "gpu-jobs",
