@@ -92,3 +92,26 @@ def test_remote_code_does_not_run_unless_the_recipe_trusts_it(remote_code_model_
     assert not marker.exists()
     model, _ = load_classifier(str(model_dir), LABELS, trust_remote_code=True)
     assert marker.read_text() == "ran" and type(model).__name__ == "CustomBertForSequenceClassification"
+
+
+def test_a_4bit_classifier_keeps_its_head_in_full_precision_and_trains_it(tiny_model_dir):
+    """qlora on an encoder. The 4-bit weights come from bitsandbytes' CPU backend here (a GPU run loads
+    the same modules onto CUDA): the encoder is NF4, the pooler and classifier stay Linear and train
+    in full beside the LoRA weights (PEFT cannot give a 4-bit module gradients)."""
+    import bitsandbytes as bnb
+    import torch
+
+    from ft_assets.lib.methods import apply_method
+
+    model, tokenizer = load_classifier(str(tiny_model_dir), LABELS, quantize_4bit=True)
+    linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert isinstance(linears["bert.encoder.layer.0.attention.self.query"], bnb.nn.Linear4bit)
+    assert not any(isinstance(linears[name], bnb.nn.Linear4bit) for name in ("bert.pooler.dense", "classifier"))
+
+    model = apply_method(model, "qlora", {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]})
+    texts, targets = rows()["text"][:6], torch.tensor([0, 1, 2, 0, 1, 2])
+    logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    torch.nn.functional.cross_entropy(logits.float(), targets).backward()
+    with_gradient = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    for part in ("pooler.dense.modules_to_save", "classifier.modules_to_save", "query.lora_B"):
+        assert any(part in name for name in with_gradient), part

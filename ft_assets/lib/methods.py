@@ -76,7 +76,7 @@ def peft_config(model, method: str, args: dict[str, Any], base_model_path: str |
     from peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, TaskType
 
     task_type = TaskType.CAUSAL_LM if causal else TaskType.SEQ_CLS
-    heads = None if causal else _head_linears(model)
+    heads = None if causal else head_linears(model)
     if method in ("lora", "rslora", "dora", "qlora"):
         return LoraConfig(
             task_type=task_type, r=args["r"], lora_alpha=args["alpha"], lora_dropout=args["dropout"],
@@ -131,11 +131,12 @@ def count_parameters(model) -> tuple[int, int]:
     return trainable, total
 
 
-def _head_linears(model) -> list[str]:
+def head_linears(model) -> list[str]:
     """The head's Linear layers as PEFT `modules_to_save` names ("pooler.dense", "classifier").
 
     Naming the Linear layers rather than the pooler module itself matters: PEFT's IA3 cannot merge
-    a saved module that has no weight of its own.
+    a saved module that has no weight of its own. qlora loads these unquantized (they train in full),
+    and transformers matches the names as suffixes of the full module names.
     """
     import torch
 

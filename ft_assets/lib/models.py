@@ -102,7 +102,8 @@ def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: b
     """A sequence classifier over `labels` on top of a pretrained encoder, and its tokenizer.
 
     The classification head is freshly initialised from the current torch seed. With
-    quantize_4bit (qlora) the base weights load as NF4 on the first CUDA device.
+    quantize_4bit (qlora) the encoder's weights load as NF4 (on the first CUDA device, else through
+    bitsandbytes' CPU backend) and the head stays in full precision.
 
     Raises:
         ValueError: the model cannot be loaded (with the path or id and the reason).
@@ -110,17 +111,18 @@ def load_classifier(base_model_path: str, labels: list[str], *, quantize_4bit: b
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     quiet_hf_logging()
-    quantization = _quantization(quantize_4bit)
     policy = loading_policy(base_model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base_model_path, trust_remote_code=trust_remote_code)
+        # The head trains in full under every PEFT method: a 4-bit head could not take gradients.
+        keep = _classifier_head(base_model_path, len(labels), trust_remote_code) if quantize_4bit else []
         model = AutoModelForSequenceClassification.from_pretrained(
             base_model_path,
             **policy,
             num_labels=len(labels),
             id2label=dict(enumerate(labels)),
             label2id={label: i for i, label in enumerate(labels)},
-            **quantization,
+            **_quantization(quantize_4bit, unquantized=keep),
         )
     except OSError as e:
         raise ValueError(
@@ -191,7 +193,9 @@ def build_scratch_model(scratch: ScratchModelConfig, texts: list[str]):
     return GPT2LMHeadModel(config), tokenizer
 
 
-def _quantization(quantize_4bit: bool) -> dict:
+def _quantization(quantize_4bit: bool, unquantized: list[str] | None = None) -> dict:
+    """from_pretrained arguments for an NF4 base; `unquantized` names modules that stay in full precision
+    (None: transformers' own choice, the output layer)."""
     if not quantize_4bit:
         return {}
     import torch
@@ -200,9 +204,24 @@ def _quantization(quantize_4bit: bool) -> dict:
     return {
         "quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                   bnb_4bit_use_double_quant=True,
-                                                  bnb_4bit_compute_dtype=torch.bfloat16),
-        "device_map": {"": 0},
+                                                  bnb_4bit_compute_dtype=torch.bfloat16,
+                                                  llm_int8_skip_modules=unquantized or None),
+        # 4-bit weights are placed while loading and cannot move afterwards.
+        "device_map": {"": 0 if torch.cuda.is_available() else "cpu"},
     }
+
+
+def _classifier_head(base_model_path: str, n_labels: int, trust_remote_code: bool) -> list[str]:
+    """The head Linear layers of the sequence classifier over this base, read off an empty copy of it."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from ft_assets.lib.methods import head_linears
+
+    config = AutoConfig.from_pretrained(base_model_path, num_labels=n_labels, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):  # shapes only: no memory, no weights read
+        skeleton = AutoModelForSequenceClassification.from_config(config, trust_remote_code=trust_remote_code)
+    return head_linears(skeleton)
 
 
 def load_checkpoint(checkpoint_dir: Path):
