@@ -260,7 +260,8 @@ def test_a_killed_run_resumes_from_its_last_saved_step_to_the_weights_of_an_unin
     assert not (config.root / "checkpoints" / "resumable" / ".resume").exists()
 
 
-def test_the_yaml_gpu_processes_setting_runs_the_asset_under_torchrun(tmp_path, tiny_model_dir):
+def materialize_with_gpu_settings(tmp_path: Path, model_dir: Path, gpu: dict):
+    """Materializes one recipe's checkpoint (and what it needs) under the YAML `gpu:` block given."""
     import dagster as dg
     import yaml
 
@@ -269,20 +270,37 @@ def test_the_yaml_gpu_processes_setting_runs_the_asset_under_torchrun(tmp_path, 
     from ft_assets_tests.conftest import write_project
     from ft_assets_tests.test_materialize import materialize_all
 
-    config_path = write_project(tmp_path, tiny_model_dir, recipes=[
-        {"name": "ddp", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
+    config_path = write_project(tmp_path, model_dir, recipes=[
+        {"name": "ddp", "dataset": "tickets", "base_model": str(model_dir), "method": "full",
          "training": {"epochs": 1, "batch_size": 4, "max_length": 16}}])
     raw = yaml.safe_load(config_path.read_text())
-    raw["gpu"] = {"device": "cpu", "processes": 2}
+    raw["gpu"] = gpu
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     defs = build_definitions(load_config(config_path))
-    result = materialize_all(defs, dg.DagsterInstance.ephemeral(), selection="*checkpoints/ddp")
+    return materialize_all(defs, dg.DagsterInstance.ephemeral(), selection="*checkpoints/ddp", raise_on_error=False)
+
+
+def step_failure(result) -> str:
+    return str(next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error)
+
+
+def test_the_yaml_gpu_processes_setting_runs_the_asset_under_torchrun(tmp_path, tiny_model_dir):
+    result = materialize_with_gpu_settings(tmp_path, tiny_model_dir, {"device": "cpu", "processes": 2})
     assert result.success
     # One materialization, from rank 0 alone, for a run of two processes.
     [materialization] = result.asset_materializations_for_node("checkpoints__ddp")
     info = materialization.metadata["manifest"].value["train_info"]
     assert materialization.metadata["processes"].value == 2
     assert info["processes"] == 2 and info["global_batch_size"] == 8
+
+
+def test_more_cuda_processes_than_gpus_are_refused_before_torchrun_starts(tmp_path, tiny_model_dir):
+    # This machine has no GPU (test_gpu.py asks a GPU machine for one process more than it has GPUs).
+    result = materialize_with_gpu_settings(tmp_path, tiny_model_dir, {"device": "cuda", "processes": 2})
+    assert not result.success
+    assert ("training failed and nothing was registered (no folder at" in step_failure(result)
+            and "ValueError: gpu.processes is 2 on gpu.device cuda, but torch sees no CUDA GPU on this machine: set "
+                "gpu.device to cpu or auto to train 2 CPU processes" in step_failure(result))
 
 
 # instruction in bf16: the combination a GPU runs by default (compiled, bf16 autocast, packed rows).

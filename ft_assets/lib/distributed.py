@@ -30,6 +30,28 @@ def current_world() -> World:
                  size=int(os.environ.get("WORLD_SIZE", 1)))
 
 
+def require_a_gpu_each(processes: int, device: str) -> None:
+    """Refuses more CUDA training processes than the machine has GPUs: NCCL cannot put two on one GPU.
+
+    Raises:
+        ValueError: naming the gpu.processes setting, the GPUs there are, and the way out.
+    """
+    if processes == 1 or device == "cpu":
+        return
+    import torch
+
+    gpus = torch.cuda.device_count()
+    if device == "auto" and gpus == 0:  # auto trains on the CPU here: gloo processes share the cores
+        return
+    if gpus == 0:
+        raise ValueError(f"gpu.processes is {processes} on gpu.device cuda, but torch sees no CUDA GPU on this "
+                         f"machine: set gpu.device to cpu or auto to train {processes} CPU processes")
+    if processes > gpus:
+        raise ValueError(f"gpu.processes is {processes}, but this machine has {gpus} CUDA GPU(s) and each training "
+                         f"process needs its own: set gpu.processes to at most {gpus}, or gpu.device: cpu to "
+                         f"train {processes} CPU processes")
+
+
 def start_process_group(world: World, device: str) -> None:
     """NCCL between GPUs, gloo between CPU processes; one GPU per process, by local rank."""
     if world.size == 1:
@@ -38,6 +60,8 @@ def start_process_group(world: World, device: str) -> None:
     import torch.distributed as dist
 
     if device == "cuda":
+        # torchrun started by hand (not through gpu.processes) with more processes than GPUs.
+        require_a_gpu_each(int(os.environ.get("LOCAL_WORLD_SIZE", world.size)), device)
         torch.cuda.set_device(world.local_rank)
     dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
 

@@ -154,11 +154,12 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
             in_head = any(part in data.heads for part in name.split("."))
             groups.setdefault((in_head, p.ndim >= 2), []).append(p)
     params = [p for group in groups.values() for p in group]
+    fused = all(p.dtype.is_floating_point for p in params)  # one kernel per step, not one per tensor
     optimizer = torch.optim.AdamW([
         {"params": group, "lr": cfg.head_learning_rate if in_head else recipe.learning_rate,
          "weight_decay": cfg.weight_decay if decayed else 0.0}
         for (in_head, decayed), group in groups.items()
-    ], fused=all(p.dtype.is_floating_point for p in params))  # one kernel per step, not one per tensor
+    ], fused=fused)
     accumulation = cfg.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(loader) / accumulation)
     total_steps = cfg.epochs * steps_per_epoch
@@ -266,6 +267,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         "processes": world.size,
         "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "compiled": compiled,
+        "fused_optimizer": fused,
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "global_batch_size": cfg.batch_size * accumulation * world.size,
         "resumed_from_step": resumed_from,
@@ -645,14 +647,17 @@ def main(argv: list[str] | None = None) -> None:
     # Started by a Dagster step, or a torchrun worker; run by hand (under nohup, say) it may outlive its shell.
     if PipesEnvVarParamsLoader().is_dagster_pipes_process() or "LOCAL_RANK" in os.environ:
         _stop_with_parent()
-    if args.processes > 1:
-        # torchrun takes this process over: the same pid, so Dagster's SIGINT on termination reaches it,
-        # and the parent-death signal set above stays with it.
-        os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                  f"--nproc-per-node={args.processes}", "-m", "ft_assets.lib.train", args.spec])
     with fsspec.open(args.spec, "r") as f:  # s3:// when the run is in a pod
         spec = json.load(f)
     try:
+        if args.processes > 1:
+            from ft_assets.lib.distributed import require_a_gpu_each
+
+            require_a_gpu_each(args.processes, spec.get("device", "auto"))
+            # torchrun takes this process over: the same pid, so Dagster's SIGINT on termination reaches
+            # it, and the parent-death signal set above stays with it.
+            os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                      f"--nproc-per-node={args.processes}", "-m", "ft_assets.lib.train", args.spec])
         _train_from_spec(spec)
     except Exception as e:
         # The orchestrator sees only an exit code: leave it the reason, beside the spec.
