@@ -95,8 +95,11 @@ for stage in $stages; do
   case $stage in
     tests)
       # The files with gpu tests, by name: collecting every test module would import what only CI installs.
+      # -v names each test as it ends, so a run stopped at its box still says which passed; the durations
+      # size the boxes of the next run.
       mapfile -t files < <(grep -l "pytest.mark.gpu" ft_assets_tests/test_*.py)
-      run_stage tests "$python" -m pytest -m gpu -p no:cacheprovider -rA --junitxml="$out/gpu_tests.xml" "${files[@]}" ;;
+      run_stage tests "$python" -m pytest -m gpu -p no:cacheprovider -v -rfEs --durations=0 \
+        --junitxml="$out/gpu_tests.xml" "${files[@]}" ;;
     materialize)
       if $tiny; then size=(--tiny); else size=(--device cuda); fi
       run_stage materialize "$python" bench/gpu_materialize.py "${size[@]}" --data "$data" --out "$out" \
