@@ -6,7 +6,11 @@ read (DATA). Staleness does not pass through an asset that has not been re-mater
 change marks the dataset stale, and the checkpoints only once the re-cleaned data differs.
 """
 
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -15,10 +19,11 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.loader import LoadingContextForTest
 
 from ft_assets.defs import build_definitions
+from ft_assets.defs.datasets.assets import CLEANING_CODE
 from ft_assets.lib import lineage
 from ft_assets.lib.config import load_config
 from ft_assets.lib.storage import sha256_file
-from ft_assets_tests.conftest import write_project
+from ft_assets_tests.conftest import REPO, write_project
 from ft_assets_tests.test_materialize import materialize_all
 
 FRESH, STALE, MISSING = StaleStatus.FRESH, StaleStatus.STALE, StaleStatus.MISSING
@@ -42,18 +47,25 @@ def causes(defs: dg.Definitions, instance: dg.DagsterInstance, key: str) -> set[
             for c in stale_resolver(defs, instance).get_stale_causes(dg.AssetKey.from_user_string(key))}
 
 
-def edited_lib(tmp_path, monkeypatch, module: str) -> None:
-    """Points code_version at a copy of lib/ in which `module` has one more line, as a commit would.
+def package_copy(tmp_path, monkeypatch, name: str) -> Path:
+    """Points code_version at a copy of the ft_assets package (in tmp_path/name/) and returns the copy."""
+    copy = tmp_path / name / "ft_assets"
+    shutil.copytree(lineage.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(lineage, "PACKAGE_DIR", copy)
+    return copy
 
-    code_version hashes module bytes under lineage.LIB_DIR, so definitions built after this are the
+
+def edited_package(tmp_path, monkeypatch, module: str) -> None:
+    """Points code_version at a copy of the package in which `module` (dotted) has one more line, as a
+    commit would.
+
+    code_version hashes source bytes under lineage.PACKAGE_DIR, so definitions built after this are the
     ones a code-location reload would build after that edit; the running code is unchanged, like a
     comment-only edit, which is the case where the re-made data must come out the same.
     """
-    copy = tmp_path / f"lib_with_{module}_edited"
-    shutil.copytree(lineage.LIB_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    with open(copy / f"{module}.py", "a") as f:
+    package_copy(tmp_path, monkeypatch, f"with_{module}_edited")
+    with open(lineage._module_path(module), "a") as f:
         f.write("# an edit\n")
-    monkeypatch.setattr(lineage, "LIB_DIR", copy)
 
 
 def with_recipe_change(config_path, recipe: str, **training) -> dg.Definitions:
@@ -87,7 +99,7 @@ def test_raw_files_and_cleaning_code_decide_whether_the_dataset_is_stale(project
     landing = tmp_path / "data" / "raw" / "tickets"
     assert {f["uri"]: f["sha256"] for f in metadata["raw_files"].value} == {
         p.resolve().as_uri(): sha256_file(p) for p in landing.iterdir()}
-    assert metadata["cleaning_code_version"].value == lineage.source_hash("cleaning", "schemas")
+    assert metadata["cleaning_code_version"].value == lineage.source_hash(*CLEANING_CODE)
 
     # The same files read again: the same data version, so nothing downstream needs rebuilding.
     assert materialize_all(defs, instance, selection="raw/tickets").success
@@ -100,18 +112,18 @@ def test_raw_files_and_cleaning_code_decide_whether_the_dataset_is_stale(project
     assert materialize_all(defs, instance, selection="datasets/tickets").success
     assert statuses(defs, instance)["datasets/tickets"] == FRESH
 
-    edited_lib(tmp_path, monkeypatch, "cleaning")
+    edited_package(tmp_path, monkeypatch, "ft_assets.lib.cleaning")
     after_edit = build_definitions(load_config(config_path))
     status = statuses(after_edit, instance)
     assert status["datasets/tickets"] == STALE and status["raw/tickets"] == FRESH
     assert causes(after_edit, instance, "datasets/tickets") == {(StaleCauseCategory.CODE, "")}
 
 
-@pytest.mark.parametrize("module", ["ingest", "schemas"])
+@pytest.mark.parametrize("module", ["ft_assets.lib.ingest", "ft_assets.lib.schemas"])
 def test_parsing_code_marks_the_raw_corpus_stale(project, tmp_path, monkeypatch, module):
     config_path, defs, instance = project
     assert materialize_all(defs, instance, selection="raw/tickets").success
-    edited_lib(tmp_path, monkeypatch, module)
+    edited_package(tmp_path, monkeypatch, module)
     assert statuses(build_definitions(load_config(config_path)), instance)["raw/tickets"] == STALE
 
 
@@ -129,14 +141,14 @@ def test_recipes_training_code_and_data_decide_whether_a_checkpoint_is_stale(pro
 
     # The training code: every checkpoint, nothing upstream of them.
     with monkeypatch.context() as patch:
-        edited_lib(tmp_path, patch, "train")
+        edited_package(tmp_path, patch, "ft_assets.lib.train")
         after_edit = statuses(build_definitions(load_config(config_path)), instance)
     assert {k: after_edit[k] for k in selection[:4]} == {
         "raw/tickets": FRESH, "datasets/tickets": FRESH, "checkpoints/head_a": STALE, "checkpoints/head_b": STALE}
 
     # A cleaning edit that leaves the rows as they were: the dataset is re-made, the checkpoints need not be.
     with monkeypatch.context() as patch:
-        edited_lib(tmp_path, patch, "cleaning")
+        edited_package(tmp_path, patch, "ft_assets.lib.cleaning")
         after_edit_defs = build_definitions(load_config(config_path))
         assert statuses(after_edit_defs, instance)["datasets/tickets"] == STALE
         assert materialize_all(after_edit_defs, instance, selection="datasets/tickets").success
@@ -152,3 +164,48 @@ def test_recipes_training_code_and_data_decide_whether_a_checkpoint_is_stale(pro
     assert {k: status[k] for k in selection} == {
         **dict.fromkeys(selection, FRESH), "checkpoints/head_a": STALE, "checkpoints/head_b": STALE}
     assert causes(defs, instance, "checkpoints/head_a") == {(StaleCauseCategory.DATA, "datasets/tickets")}
+
+
+def modules_a_training_run_imports(tmp_path, model_dir) -> list[str]:
+    """The project modules loaded by the end of a real (one-epoch) run of the training entry point, in a
+    fresh process: found by running it, independently of how code_version finds them."""
+    from ft_assets_tests.test_engine import write_spec
+
+    spec = write_spec(tmp_path, "run", model_dir, epochs=1)
+    probe = ("import atexit, json, runpy, sys\n"
+             "atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == "
+             "'ft_assets'))))\n"
+             f"sys.argv = ['train', {str(spec)!r}]\n"
+             "runpy.run_module('ft_assets.lib.train', run_name='__main__')\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_every_module_a_training_run_imports_marks_checkpoints_stale_and_train_marks_reports(
+        project, tmp_path, monkeypatch, tiny_model_dir):
+    config_path, defs, _ = project
+
+    def versions(definitions) -> dict[str, str]:
+        graph = definitions.resolve_asset_graph()
+        return {key.to_user_string(): graph.get(key).code_version for key in graph.get_all_asset_keys()
+                if key.path[0] in ("checkpoints", "reports")}
+
+    before = versions(defs)
+    imported = modules_a_training_run_imports(tmp_path, tiny_model_dir)
+    # The modules the layout once left out of a hand-kept list (batch order, resume, evaluation).
+    assert {"ft_assets.lib.distributed", "ft_assets.lib.resume", "ft_assets.lib.evaluate"} <= set(imported)
+    for module in imported:
+        with monkeypatch.context() as patch:
+            edited_package(tmp_path, patch, module)
+            after = versions(build_definitions(load_config(config_path)))
+        assert after["checkpoints/head_a"] != before["checkpoints/head_a"], module
+        assert after["checkpoints/head_b"] != before["checkpoints/head_b"], module
+        if module == "ft_assets.lib.train":  # the report trains its head_only baseline with fit()
+            assert after["reports/head_a"] != before["reports/head_a"]
+
+    # Text that no stage runs, a README beside the package, changes no code version.
+    copy = package_copy(tmp_path, monkeypatch, "with_readme_edited")
+    shutil.copy(REPO / "README.md", copy.parent / "README.md")
+    with open(copy.parent / "README.md", "a") as f:
+        f.write("A new line of documentation.\n")
+    assert versions(build_definitions(load_config(config_path))) == before

@@ -7,6 +7,7 @@ a checkpoint directory and its raw files against its manifest.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import subprocess
@@ -24,7 +25,9 @@ from ft_assets.lib.storage import sha256_file
 class AuditError(LookupError):
     """The Dagster instance holds no materialization for what an audit asked about."""
 
-LIB_DIR = Path(__file__).resolve().parent
+PACKAGE = "ft_assets"
+# Where code_version reads the project's source (tests point it at an edited copy).
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # The files a checkpoint's manifest does not hash: the manifest cannot hold its own hash, and the
 # model card is rewritten with the test metrics when the report is built.
 UNHASHED_FILES = frozenset({MANIFEST_FILE, CARD_FILE})
@@ -68,23 +71,66 @@ def git_state(path: Path) -> dict:
     return {"sha": sha or "unknown", "dirty": bool(status) if status is not None else None}
 
 
-def source_hash(*modules: str) -> str:
-    """sha256 of the source bytes of lib/ modules, named without `.py`, in the order given."""
+def project_modules(entry: str) -> list[str]:
+    """Every ft_assets module that running `entry` (a dotted module name) can import, entry included.
+
+    Read from the source rather than from an import: imports inside functions count too (they load
+    when that code runs, as lib modules import torch lazily), and loading the code location stays light.
+    Packages on the way (ft_assets, ft_assets.lib, ...) count, since importing a module runs them.
+    """
+    found, pending = set(), [entry]
+    while pending:
+        module = pending.pop()
+        if module in found:
+            continue
+        found.add(module)
+        parts = module.split(".")
+        pending += [".".join(parts[:i]) for i in range(1, len(parts))]
+        tree = ast.parse(_module_path(module).read_bytes())
+        is_package = _module_path(module).name == "__init__.py"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                pending += [a.name for a in node.names if a.name.split(".")[0] == PACKAGE]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the module's own package upwards
+                    anchor = parts if is_package else parts[:-1]
+                    base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
+                if base.split(".")[0] != PACKAGE:
+                    continue
+                pending.append(base)
+                # `from ft_assets.lib import train` imports a module; `from ft_assets.lib.train import fit` a name.
+                pending += [f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")]
+    return sorted(found)
+
+
+def source_hash(*entries: str) -> str:
+    """sha256 of the source bytes of every project module the entries (dotted names) can import."""
     digest = hashlib.sha256()
-    for module in modules:
+    for module in sorted(set().union(*(project_modules(e) for e in entries))):
         digest.update(f"{module}\n".encode())
-        digest.update((LIB_DIR / f"{module}.py").read_bytes())
+        digest.update(_module_path(module).read_bytes())
     return digest.hexdigest()
 
 
-def code_version(settings_hash: str, *modules: str) -> str:
-    """An asset's Dagster code_version: its settings' hash and the source of the modules that compute it.
+def code_version(settings_hash: str, *entries: str) -> str:
+    """An asset's Dagster code_version: its settings' hash and the source of the code that computes it,
+    which is the entry modules and everything of this project they import (project_modules).
 
     Dagster marks an asset stale when its code_version differs from the one its latest materialization
     recorded, so editing e.g. cleaning.py flags every dataset, and editing a recipe flags only that
     recipe's assets. Source bytes, not Python's hash(), so every process agrees.
     """
-    return hashlib.sha256((settings_hash + source_hash(*modules)).encode()).hexdigest()[:12]
+    return hashlib.sha256((settings_hash + source_hash(*entries)).encode()).hexdigest()[:12]
+
+
+def _module_path(module: str) -> Path:
+    path = PACKAGE_DIR.parent.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _is_module(module: str) -> bool:
+    return _module_path(module).is_file()
 
 
 def checkpoint_file_hashes(checkpoint_dir: Path) -> dict[str, str]:

@@ -13,6 +13,9 @@ from ft_assets.lib.config import DatasetConfig, ProjectConfig
 from ft_assets.lib.lineage import code_version, dataset_files, source_hash
 from ft_assets.lib.schemas import clean_rows_schema, validate
 
+# The code that cleans and validates rows: part of the code_version, and recorded for audits.
+CLEANING_CODE = ("ft_assets.lib.cleaning", "ft_assets.lib.schemas")
+
 
 def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     key = dg.AssetKey(["datasets", dataset.name])
@@ -20,8 +23,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
     split_rule = (f"test = corpus `{dataset.test_corpus}`" if dataset.test_corpus
                   else f"test {dataset.test_fraction:.0%}") + f", validation {dataset.validation_fraction:.0%}"
     classification = dataset.task == "classification"
-    # The code that cleans and validates rows: part of the code_version, and recorded for audits.
-    cleaning_source = source_hash("cleaning", "schemas")
+    cleaning_source = source_hash(*CLEANING_CODE)
     checks = [
         # Blocking: nothing downstream trains on data that broke its contract or lost rows.
         dg.AssetCheckSpec("contract", asset=key, blocking=True,
@@ -40,7 +42,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         kinds={"duckdb"},
         pool=WAREHOUSE_POOL,
         deps=[dg.AssetKey(["raw", c]) for c in corpora],
-        code_version=code_version(config.dataset_hash(dataset), "cleaning", "schemas"),
+        code_version=code_version(config.dataset_hash(dataset), *CLEANING_CODE),
         automation_condition=rebuild_after_upstream(),
         description=(
             f"{dataset.task.replace('_', ' ').capitalize()} dataset `datasets.{dataset.name}` from "

@@ -46,7 +46,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         # Evaluation and the baseline's training use the accelerator too.
         pool=GPU_POOL,
         deps=[checkpoint_key] + ([dg.AssetKey(["raw", recipe.forgetting.corpus])] if recipe.forgetting else []),
-        code_version=code_version(recipe.recipe_hash(), "evaluate", "report", "forgetting", "gates"),
+        code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.report"),
         description=(
             f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training. "
             f"Writes `{out_dir}/eval.json` and `report.md`."

@@ -21,7 +21,7 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         kinds={"duckdb"},
         pool=WAREHOUSE_POOL,
         # The corpus settings and the code that parses and validates its files.
-        code_version=code_version(stable_hash(corpus.model_dump(mode="json")), "ingest", "schemas"),
+        code_version=code_version(stable_hash(corpus.model_dump(mode="json")), "ft_assets.lib.ingest", "ft_assets.lib.schemas"),
         description=(
             f"Every {corpus.format} file under `{landing}` read into `raw.{corpus.name}` with its source URI, "
             "file sha256 and row number; records that do not parse go to "

@@ -28,7 +28,7 @@ def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.As
         automation_condition=dg.AutomationCondition.eager(),
         kinds={"pytorch"},
         deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
-        code_version=code_version(stable_hash(rule.model_dump(mode="json")), "champion"),
+        code_version=code_version(stable_hash(rule.model_dump(mode="json")), "ft_assets.lib.champion"),
         description=(
             f"The champion of datasets/{dataset.name}: among {', '.join(r.name for r in recipes)}, the recipe whose "
             f"latest report passed every gate check with the best test {metric} (ties within {rule.tolerance:g} go "

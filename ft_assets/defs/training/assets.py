@@ -40,7 +40,7 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         kinds={"pytorch"},
         pool=GPU_POOL,
         deps=[dataset_key] + ([base_key] if base_key else []),
-        code_version=code_version(recipe.recipe_hash(), "train", "methods", "models", "causal_data"),
+        code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.train"),
         automation_condition=None if recipe.retrain == "manual" else retraining(recipe.retrain),
         description=(
             f"`{recipe.method}` {'training' if recipe.scratch else 'fine-tuning'} of {base} on datasets/{dataset.name} "
