@@ -1,6 +1,7 @@
 """The training loop on a tiny real BERT: learning, reloading, atomic checkpoints, manifests."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -206,3 +207,22 @@ def test_a_failed_training_leaves_its_reason_beside_its_spec_wherever_the_spec_i
     assert training_error_path("/tmp/run/spec.json") == "/tmp/run/training_error.txt"
     assert training_error_path("s3://bucket/runs/r1/tickets/spec.json") == "s3://bucket/runs/r1/tickets/training_error.txt"
     assert training_error_path("spec.json") == "./training_error.txt"  # a spec named from its own folder
+
+
+@pytest.mark.parametrize("method, method_args, refusal", [
+    ("freeze", {"layers": 7}, "field method_args.layers: 7 but the base model has only 2 transformer blocks"),
+    # This machine has no CUDA GPU; bitsandbytes is installed, so only the GPU is named as lacking.
+    ("qlora", {}, "field method: qlora needs a CUDA GPU and the bitsandbytes package (4-bit weights); this "
+                  "training run lacks a CUDA GPU (device cpu). Use lora here, or train where both are"),
+])
+def test_the_training_step_refuses_what_the_machine_or_the_base_cannot_run_before_reading_data(
+        tmp_path, tiny_model_dir, method, method_args, refusal):
+    from ft_assets.lib.train import MetricLogger, run
+
+    r = RecipeConfig(name=f"t_{method}", dataset="d", base_model=str(tiny_model_dir), method=method,
+                     method_args=method_args)
+    # No split file: the refusal comes before any data is read.
+    spec = {"recipe": r.model_dump(mode="json"), "labels": LABELS, "train_path": str(tmp_path / "missing.parquet"),
+            "output_dir": str(tmp_path / "out"), "device": "cpu"}
+    with pytest.raises(ValueError, match=re.escape(f"recipe 't_{method}': {refusal}")):
+        run(spec, MetricLogger())

@@ -657,11 +657,10 @@ LOWER_IS_BETTER = {"perplexity", "eval_loss"}
 
 
 def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple[str, str]]:
-    """(field, problem) for method/model/task combinations that cannot run, found before any run starts."""
-    import importlib.util
-
-    from ft_assets.lib.models import base_model_config
-
+    """(field, problem) for method/model/task combinations that cannot run on any machine, found when the
+    YAML loads: from the settings alone, with no file read and nothing asked of the machine (a Dagster
+    webserver need not have the training GPU). What depends on the machine or the base model's files is
+    checked when training starts (lib/train.py require_machine)."""
     problems = []
     causal = dataset.task in CAUSAL_TASKS
     if causal and recipe.base_model == "default":
@@ -692,20 +691,4 @@ def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple
         # classifiers (BERT, GPT-2, Llama) no longer take; ft_assets_tests checks this still holds.
         problems.append(("method", "prefix_tuning cannot tune a sequence classifier (PEFT needs past_key_values "
                                    "the model does not take); use prompt_tuning, which prepends a soft prompt"))
-    if recipe.method == "qlora":
-        if importlib.util.find_spec("bitsandbytes") is None:
-            problems.append(("method", "qlora needs the bitsandbytes package and a CUDA GPU; install "
-                                       "bitsandbytes on a CUDA machine, or use lora"))
-        else:
-            import torch
-
-            if not torch.cuda.is_available():
-                problems.append(("method", "qlora needs a CUDA GPU (4-bit weights through bitsandbytes); "
-                                           "torch sees none. Use lora on this machine"))
-    if recipe.method == "freeze":
-        model_config = base_model_config(recipe.base_model)
-        blocks = model_config and (model_config.get("num_hidden_layers") or model_config.get("n_layer"))
-        if blocks and recipe.method_args["layers"] > blocks:
-            problems.append(("method_args.layers", f"{recipe.method_args['layers']} but the base model has "
-                                                   f"only {blocks} transformer blocks"))
     return problems

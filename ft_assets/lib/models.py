@@ -41,12 +41,14 @@ def resolve_base_model(base_model: str) -> str:
     return str(path.resolve()) if path.exists() else base_model
 
 
-def base_model_config(base_model: str) -> dict | None:
-    """The config.json of a local base model, read without loading or downloading it; else None."""
-    if base_model == SCRATCH or base_model.startswith((CHECKPOINT_PREFIX, "s3://")):
+def transformer_block_count(model_path: str) -> int | None:
+    """How many transformer blocks the model in this folder has, read from its config.json; None for a
+    hub id or a config that does not say."""
+    path = Path(model_path) / "config.json"
+    if not path.is_file():
         return None
-    path = Path(resolve_base_model(base_model)) / "config.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    config = json.loads(path.read_text())
+    return config.get("num_hidden_layers") or config.get("n_layer")
 
 
 def weights_sha256(model_dir: str) -> str | None:

@@ -48,7 +48,7 @@ from ft_assets.lib.lineage import checkpoint_file_hashes
 from ft_assets.lib.methods import apply_method, count_parameters, head_modules, transformer_blocks
 from ft_assets.lib.models import (
     LABELS_FILE, MANIFEST_FILE, MERGED_DIR, METRICS_FILE, TRAIN_INFO_FILE, TRAINING_ERROR_FILE, build_scratch_model,
-    load_causal_lm, load_classifier, resolve_base_model, weights_sha256,
+    load_causal_lm, load_classifier, resolve_base_model, transformer_block_count, weights_sha256,
 )
 from ft_assets.lib.model_card import CARD_FILE, render_model_card
 from ft_assets.lib.storage import atomic_directory
@@ -123,8 +123,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     if not train_rows["text"]:
         raise ValueError(f"recipe {recipe.name!r}: the training split is empty")
     quantized = recipe.method == "qlora"
-    if quantized and device != "cuda":
-        raise ValueError(f"recipe {recipe.name!r}: qlora needs a CUDA device, the run has {device}; use lora")
+    require_machine(recipe, device, base_model_path)
     distributed.start_process_group(world, device)
 
     torch.manual_seed(cfg.seed)
@@ -287,6 +286,32 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     }
     return FitResult(model=model, tokenizer=data.tokenizer, train_info=train_info, logger=logger,
                      base_model_path=data.base_model_path)
+
+
+def require_machine(recipe: RecipeConfig, device: str, base_model_path: str | None) -> None:
+    """What a recipe needs of the machine and of its base model's files, checked before any data is read
+    (the YAML was checked from its settings alone, wherever it loaded).
+
+    Raises:
+        ValueError: naming the recipe, the field and the way out, as a config error does.
+    """
+    import importlib.util
+
+    problems = []
+    if recipe.method == "qlora":
+        lacking = [what for what, there in (("a CUDA GPU", device == "cuda"),
+                                            ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes")))
+                   if not there]
+        if lacking:
+            problems.append(("method", f"qlora needs a CUDA GPU and the bitsandbytes package (4-bit weights); "
+                                       f"this training run lacks {' and '.join(lacking)} (device {device}). Use "
+                                       "lora here, or train where both are"))
+    blocks = transformer_block_count(base_model_path) if base_model_path and recipe.method == "freeze" else None
+    if blocks and recipe.method_args["layers"] > blocks:
+        problems.append(("method_args.layers", f"{recipe.method_args['layers']} but the base model has only "
+                                               f"{blocks} transformer blocks"))
+    if problems:
+        raise ValueError("; ".join(f"recipe {recipe.name!r}: field {field}: {problem}" for field, problem in problems))
 
 
 def set_attention(model, attention: str, device: str, recipe_name: str) -> None:
@@ -609,6 +634,9 @@ def run(spec: dict, logger: MetricLogger) -> dict | None:
     task, base_path = spec.get("task", "classification"), spec.get("base_model_path")
     if base_path is not None and base_path.startswith("s3://"):  # in a pod: the base checkpoint's copy
         base_path = resolve_base_model(base_path)
+    own_base = recipe.base_model != SCRATCH and recipe.base_recipe is None  # else no files, or the spec names them
+    require_machine(recipe, resolve_device(spec.get("device", "auto")),
+                    base_path or (resolve_base_model(recipe.base_model) if own_base else None))
     train_rows, validation_rows = _read_rows(spec["train_path"]), _read_rows(spec.get("validation_path"))
     world = current_world()
     resume_dir = None
