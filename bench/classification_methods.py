@@ -108,7 +108,7 @@ def main() -> int:
     import torch
     import transformers
 
-    from ft_assets.lib.evaluate import describe_device, resolve_device
+    from ft_assets.lib.training.device import describe_device, resolve_device
 
     device = describe_device(resolve_device("auto"))
     slug = "smoke" if args.smoke else ("cuda" if torch.cuda.is_available() else "cpu")
@@ -140,7 +140,7 @@ def combine(works: list[Path]) -> int:
     Runs of one method at a time fit a machine's working day; the settings must match, which
     the recipe hashes in the table's source reports let anyone check.
     """
-    from ft_assets.lib.leaderboard import write_leaderboard
+    from ft_assets.lib.evaluation.leaderboard import write_leaderboard
 
     reports = {}
     for work in works:

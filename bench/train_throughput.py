@@ -1,4 +1,4 @@
-"""Training throughput: our engine (ft_assets.lib.train.fit) against Hugging Face Trainer (+ PEFT).
+"""Training throughput: our engine (ft_assets.lib.training.loop.fit) against Hugging Face Trainer (+ PEFT).
 
 Both run in one process on the same device, one after the other, on the same model and the same
 data. For each mode it prints one JSON line: steady-state tokens/s (non-padding tokens only, warmup
@@ -118,7 +118,7 @@ def shakespeare_train() -> str:
 
 def dolly_conversations(limit: int | None) -> list[str]:
     """dolly_open_qa train rows as the chat-messages JSON of ingest's instruction records
-    (lib/ingest.py _conversation: instruction + optional context as the user turn, then the response)."""
+    (lib/ingest/readers.py _conversation: instruction + optional context as the user turn, then the response)."""
     convs = []
     for line in (DATA / "dolly_open_qa" / "train.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
@@ -165,7 +165,7 @@ def save_random_llama(arch: dict, seq: int, corpus: list[str], out: Path, device
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ft_assets.lib.config import ScratchModelConfig
-    from ft_assets.lib.models import build_scratch_model
+    from ft_assets.lib.training.base_models import build_scratch_model
 
     # The project's own scratch tokenizer; the throwaway model it builds beside it is a few MB.
     _, tokenizer = build_scratch_model(ScratchModelConfig(vocab_size=arch["vocab_size"], hidden_size=8, layers=1,
@@ -201,7 +201,7 @@ def flops_per_token(n: int, arch: dict, seq: float, lora: bool) -> float:
 def run_ours(recipe: dict, task: str, labels: list[str], rows: dict, device: str, warm: int) -> dict:
     """fit() as users get it; rates from the per-step records after `warm` steps."""
     from ft_assets.lib.config import RecipeConfig
-    from ft_assets.lib.train import MetricLogger, fit
+    from ft_assets.lib.training.loop import MetricLogger, fit
 
     stamps = []
     logger = MetricLogger(sink=lambda record: stamps.append(time.perf_counter()))
@@ -308,7 +308,7 @@ def case_fixed(S: dict, model_dir: Path, n: int):
     """Full blocks of max_length tokens, no padding: the anchor's setup on real text."""
     from transformers import AutoTokenizer, default_data_collator
 
-    from ft_assets.lib.train import causal_examples
+    from ft_assets.lib.training.causal import causal_examples
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     n_blocks = (S["warm"] + S["steps"]) * S["batch"]
@@ -332,8 +332,8 @@ def case_instruction(S: dict, model_dir: Path, n: int):
     """Variable-length conversations: ours packs them, Trainer pads each batch."""
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq
 
-    from ft_assets.lib.causal_data import ensure_pad_token, pack_examples, tokenize_conversations
-    from ft_assets.lib.train import causal_examples
+    from ft_assets.lib.training.causal_data import ensure_pad_token, pack_examples, tokenize_conversations
+    from ft_assets.lib.training.causal import causal_examples
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     ensure_pad_token(tokenizer)  # as load_causal_lm does; the saved tokenizer has its own pad token anyway
@@ -381,7 +381,7 @@ def case_classification(S: dict):
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
                               default_data_collator)
 
-    from ft_assets.lib.models import quiet_hf_logging, resolve_base_model
+    from ft_assets.lib.training.base_models import quiet_hf_logging, resolve_base_model
 
     batch, max_length = S["cls_batch"], 128
     rows, labels = banking77_rows(S["examples"] or (S["warm"] + S["steps"]) * batch, S["seed"])
@@ -509,8 +509,8 @@ def main(argv=None) -> None:
     import peft
     import transformers
 
-    from ft_assets.lib.evaluate import describe_device
-    from ft_assets.lib.models import quiet_hf_logging
+    from ft_assets.lib.training.device import describe_device
+    from ft_assets.lib.training.base_models import quiet_hf_logging
 
     quiet_hf_logging()
     device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"

@@ -20,7 +20,7 @@ import dagster as dg
 
 from ft_assets.lib.config import ProjectConfig
 from ft_assets.lib.lineage import AuditError
-from ft_assets.lib.models import MERGED_DIR
+from ft_assets.lib.training.checkpoint import MERGED_DIR
 from ft_assets.lib.storage import sha256_file
 
 
@@ -199,12 +199,6 @@ def _base_checkpoint(history: _History, base_path: str | None):
         return None
     for record in reversed(history.prefixed("checkpoints")):
         if _meta(record).get("checkpoint_path") == base_dir:
-            return record
-    return None
-    path = Path(base_path)
-    candidates = {str(path), str(path.parent)} if path.name == MERGED_DIR else {str(path)}
-    for record in reversed(history.prefixed("checkpoints")):
-        if _meta(record).get("checkpoint_path") in candidates:
             return record
     return None
 

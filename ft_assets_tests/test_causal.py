@@ -6,12 +6,14 @@ import math
 import pytest
 import torch
 
-from ft_assets.lib.causal_data import (
+from ft_assets.lib.training.causal_data import (
     IGNORE, causal_loss, collate_causal, pack_examples, text_blocks, tokenize_conversation, tokenize_conversations,
 )
 from ft_assets.lib.config import RecipeConfig
-from ft_assets.lib.models import load_causal_lm, load_checkpoint
-from ft_assets.lib.train import fit, save_checkpoint
+from ft_assets.lib.training.base_models import load_causal_lm
+from ft_assets.lib.training.checkpoint import load_checkpoint
+from ft_assets.lib.training.checkpoint import save_checkpoint
+from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import qa_conversations, story_lines
 
 TINY_LEARNING_RATE = {"full": 3e-3, "freeze": 3e-3, "lora": 1e-2, "rslora": 1e-2, "dora": 1e-2, "ia3": 3e-2,

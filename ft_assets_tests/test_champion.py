@@ -9,7 +9,7 @@ import yaml
 
 from ft_assets.cli import main
 from ft_assets.defs import build_definitions
-from ft_assets.lib.champion import CHAMPION_FILE, HISTORY_FILE, choose_champion
+from ft_assets.lib.models.champion import CHAMPION_FILE, HISTORY_FILE, choose_champion
 from ft_assets.lib.config import ChampionConfig, load_config
 from ft_assets_tests.conftest import write_project
 from ft_assets_tests.test_materialize import materialize_all

@@ -1,9 +1,9 @@
 import duckdb
 import pytest
 
-from ft_assets.lib.cleaning import LM_SEGMENT_LINES, build_dataset, read_split, read_table
+from ft_assets.lib.datasets.cleaning import LM_SEGMENT_LINES, build_dataset, read_split, read_table
 from ft_assets.lib.config import CorpusConfig, DatasetConfig
-from ft_assets.lib.ingest import read_corpus, write_raw
+from ft_assets.lib.ingest.readers import read_corpus, write_raw
 from ft_assets.lib.schemas import clean_rows_schema, validate
 from ft_assets_tests.conftest import ticket_rows, write_csv
 
@@ -246,7 +246,7 @@ def test_redaction_keeps_instruction_records_valid_conversations(warehouse, tmp_
 
 
 def test_the_accounting_names_a_file_whose_rows_went_missing(warehouse, tmp_path):
-    from ft_assets.lib.cleaning import summarize_dataset
+    from ft_assets.lib.datasets.cleaning import summarize_dataset
 
     load(warehouse, tmp_path, ticket_rows(5))
     config = dataset(labels=None)

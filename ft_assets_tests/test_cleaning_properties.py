@@ -8,9 +8,9 @@ import duckdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ft_assets.lib.cleaning import build_dataset
+from ft_assets.lib.datasets.cleaning import build_dataset
 from ft_assets.lib.config import CorpusConfig, DatasetConfig
-from ft_assets.lib.ingest import read_corpus, write_raw
+from ft_assets.lib.ingest.readers import read_corpus, write_raw
 
 LABELS = ["billing", "shipping"]
 # Texts from a small alphabet with blanks, case and unicode forms, so duplicates, whitespace-only

@@ -24,9 +24,9 @@ CHECKPOINT = dg.AssetKey(["checkpoints", "slow"])
 
 
 def training_processes() -> list[int]:
-    """Pids of `python -m ft_assets.lib.train` processes that are children of this test process."""
+    """Pids of `python -m ft_assets.lib.training` processes that are children of this test process."""
     return [pid for pid, ppid in parent_pids().items()
-            if ppid == os.getpid() and b"ft_assets.lib.train" in cmdline(pid).split(b"\0")]
+            if ppid == os.getpid() and b"ft_assets.lib.training" in cmdline(pid).split(b"\0")]
 
 
 def parent_pids() -> dict[int, int]:
@@ -100,7 +100,7 @@ def test_a_killed_training_process_registers_nothing_and_the_next_run_starts_cle
 KILL_AT_COMMIT = """
 import os, signal, sys
 import duckdb
-from ft_assets.lib.cleaning import build_dataset
+from ft_assets.lib.datasets.cleaning import build_dataset
 from ft_assets.lib.config import DatasetConfig
 
 
@@ -125,9 +125,9 @@ build_dataset(DiesAtCommit(conn), DatasetConfig(name="d", corpus="c", labels=["b
 
 
 def test_a_cleaning_run_killed_before_it_commits_leaves_the_previous_version_intact(tmp_path):
-    from ft_assets.lib.cleaning import build_dataset, summarize_dataset
+    from ft_assets.lib.datasets.cleaning import build_dataset, summarize_dataset
     from ft_assets.lib.config import CorpusConfig, DatasetConfig
-    from ft_assets.lib.ingest import read_corpus, write_raw
+    from ft_assets.lib.ingest.readers import read_corpus, write_raw
     from ft_assets_tests.conftest import ticket_rows, write_csv
 
     write_csv(tmp_path / "c" / "a.csv", ticket_rows(20))

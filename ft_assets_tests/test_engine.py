@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ft_assets.lib.distributed import World
-from ft_assets.lib.train import fit
+from ft_assets.lib.training.distributed import World
+from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import LABELS
 from ft_assets_tests.test_crash_safety import cmdline, parent_pids, training_processes
 from ft_assets_tests.test_train import recipe, rows
@@ -66,9 +66,9 @@ def max_weight_difference(a: Path, b: Path) -> float:
 def test_two_processes_under_torchrun_match_one_process_with_the_same_global_batch(tmp_path, no_dropout_model_dir):
     one = write_spec(tmp_path, "one", no_dropout_model_dir, batch_size=8)
     two = write_spec(tmp_path, "two", no_dropout_model_dir, batch_size=4)
-    subprocess.run([sys.executable, "-m", "ft_assets.lib.train", str(one)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "ft_assets.lib.training", str(one)], check=True, capture_output=True)
     launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                               "-m", "ft_assets.lib.train", str(two)], capture_output=True, text=True, timeout=600)
+                               "-m", "ft_assets.lib.training", str(two)], capture_output=True, text=True, timeout=600)
     assert launched.returncode == 0, launched.stderr[-3000:]
 
     single, ddp = train_info(tmp_path / "one"), train_info(tmp_path / "two")
@@ -144,7 +144,7 @@ def test_torch_compile_trains_to_the_same_weights_as_eager(no_dropout_model_dir)
     compiled = fit(recipe(no_dropout_model_dir, "full", epochs=1, compile=True), LABELS, rows(10), None, device="cpu")
     assert compiled.train_info["compiled"] is True and eager.train_info["compiled"] is False
     # Block by block (the mask is built outside the compiled code), not the whole model.
-    from ft_assets.lib.methods import transformer_blocks
+    from ft_assets.lib.training.methods import transformer_blocks
 
     assert all(block._compiled_call_impl is not None for block in transformer_blocks(compiled.model)[1])
     assert getattr(compiled.model, "_compiled_call_impl", None) is None
@@ -172,12 +172,12 @@ def test_a_recipe_picks_the_attention_kernel_and_flex_attention_asks_for_cuda(ti
 
 def test_length_grouped_batches_pad_less_and_still_cover_every_example_once():
     from ft_assets.lib.config import TrainingConfig
-    from ft_assets.lib.train import _batches
+    from ft_assets.lib.training.task import batch_sampler
 
     lengths = [int(x) for x in torch.randint(4, 128, (400,), generator=torch.Generator().manual_seed(0))]
 
     def padded_tokens(group_by_length):
-        batches = _batches(TrainingConfig(batch_size=16), lengths, World(), group_by_length=group_by_length)
+        batches = batch_sampler(TrainingConfig(batch_size=16), lengths, World(), group_by_length=group_by_length)
         batches.set_epoch(1)
         drawn = list(batches)
         assert sorted(i for b in drawn for i in b) == list(range(400))
@@ -187,7 +187,7 @@ def test_length_grouped_batches_pad_less_and_still_cover_every_example_once():
 
 
 def test_every_process_gets_its_own_equal_slice_of_each_global_batch():
-    from ft_assets.lib.distributed import GlobalBatchSampler, epoch_order
+    from ft_assets.lib.training.distributed import GlobalBatchSampler, epoch_order
 
     order = epoch_order("shuffle", 21, seed=3, batch_size=8)
     slices = []
@@ -336,7 +336,7 @@ def test_two_processes_killed_mid_run_resume_to_the_weights_of_an_uninterrupted_
 
     def torchrun(path: Path) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-                "ft_assets.lib.train", str(path)]
+                "ft_assets.lib.training", str(path)]
 
     subprocess.run(torchrun(spec("whole")), check=True, capture_output=True, timeout=600)
     killed = spec("killed")
@@ -358,7 +358,7 @@ def test_two_processes_killed_mid_run_resume_to_the_weights_of_an_uninterrupted_
 
 def _is_training_worker(pid: int) -> bool:
     command = cmdline(pid)
-    return b"ft_assets.lib.train" in command and b"torch.distributed.run" not in command
+    return b"ft_assets.lib.training" in command and b"torch.distributed.run" not in command
 
 
 @pytest.mark.parametrize("processes,killed", [(1, "dagster"), (2, "dagster"), (2, "torchrun")])
@@ -392,7 +392,7 @@ materialize_all(build_definitions(load_config({str(config_path)!r})), dg.Dagster
     def training(workers_only: bool) -> list[int]:
         """The launched training processes: torchrun and its workers, or the one process."""
         return [pid for pid in _descendants(dagster.pid) if _is_training_worker(pid)
-                or (not workers_only and b"ft_assets.lib.train" in cmdline(pid))]
+                or (not workers_only and b"ft_assets.lib.training" in cmdline(pid))]
 
     launched: list[int] = []
     try:
@@ -410,13 +410,13 @@ materialize_all(build_definitions(load_config({str(config_path)!r})), dg.Dagster
             [torchrun] = [pid for pid in launched if b"torch.distributed.run" in cmdline(pid)]
             os.kill(torchrun, signal.SIGKILL)
         deadline = time.monotonic() + 60
-        while (running := [pid for pid in launched if b"ft_assets.lib.train" in cmdline(pid)]) and \
+        while (running := [pid for pid in launched if b"ft_assets.lib.training" in cmdline(pid)]) and \
                 time.monotonic() < deadline:
             time.sleep(0.2)
         assert not running, "training went on after the process that launched it was killed"
     finally:
         for pid in launched:
-            if b"ft_assets.lib.train" in cmdline(pid):
+            if b"ft_assets.lib.training" in cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
         if dagster.poll() is None:
             dagster.kill()

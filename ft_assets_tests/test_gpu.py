@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from ft_assets.lib.config import RecipeConfig
-from ft_assets.lib.evaluate import predict_logits
-from ft_assets.lib.models import load_checkpoint
-from ft_assets.lib.train import FitResult, causal_examples, fit, mean_causal_loss, save_checkpoint
+from ft_assets.lib.training.classification import predict_logits
+from ft_assets.lib.training.checkpoint import load_checkpoint
+from ft_assets.lib.training.causal import causal_examples, mean_causal_loss
+from ft_assets.lib.training.checkpoint import save_checkpoint
+from ft_assets.lib.training.loop import FitResult, fit
 from ft_assets_tests.conftest import LABELS, minilm_or_its_architecture, qa_conversations
 from ft_assets_tests.test_causal import rows as causal_rows
 from ft_assets_tests.test_train import rows
@@ -117,7 +119,7 @@ def test_the_checkpoint_reloads_to_the_same_predictions(trained, model, method):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_a_checkpoint_trained_on_the_gpu_evaluates_on_the_cpu(trained, tmp_path, model):
-    from ft_assets.lib.report import evaluate_checkpoint
+    from ft_assets.lib.evaluation.report import evaluate_checkpoint
 
     run = trained(model, "lora")
     if model == "minilm":
@@ -137,8 +139,8 @@ def test_a_checkpoint_trained_on_the_gpu_evaluates_on_the_cpu(trained, tmp_path,
 
 
 def test_packed_rows_under_flex_attention_give_the_sdpa_loss_and_gradients(tiny_llama_dir):
-    from ft_assets.lib.causal_data import causal_loss, collate_causal
-    from ft_assets.lib.models import load_causal_lm
+    from ft_assets.lib.training.causal_data import causal_loss, collate_causal
+    from ft_assets.lib.training.base_models import load_causal_lm
 
     model, tokenizer = load_causal_lm(str(tiny_llama_dir))
     model.to("cuda")

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ft_assets.lib.config import CorpusConfig
-from ft_assets.lib.ingest import read_corpus, write_raw
+from ft_assets.lib.ingest.readers import read_corpus, write_raw
 from ft_assets.lib.storage import sha256_file
 from ft_assets_tests.conftest import write_csv
 

@@ -24,7 +24,7 @@ from ft_assets_tests.conftest import readme_block
 from ft_assets_tests.test_config import MINIMAL, write
 
 REPO = Path(__file__).resolve().parents[1]
-COMMAND = ["python", "-m", "ft_assets.lib.train", "--processes=4", "s3://bucket/runs/x/spec.json"]
+COMMAND = ["python", "-m", "ft_assets.lib.training", "--processes=4", "s3://bucket/runs/x/spec.json"]
 KUBE = KubernetesConfig.model_validate({
     "image": "registry.example.com/ft-assets-cuda:1",
     "namespace": "gpu-jobs",
@@ -70,7 +70,7 @@ def test_rendered_pod_has_one_gpu_container_with_the_image_command_and_schedulin
 
 
 def test_optional_scheduling_fields_are_left_out_when_unset():
-    spec = wire(build_pod_body(pod_name="p", image="img", command=["python", "-m", "ft_assets.lib.train", "s"],
+    spec = wire(build_pod_body(pod_name="p", image="img", command=["python", "-m", "ft_assets.lib.training", "s"],
                                env_vars={}, base_pod_meta=None,
                                base_pod_spec=pod_spec(KubernetesConfig(image="img"), gpus=1)))["spec"]
     assert spec["containers"][0]["resources"] == {"limits": {"nvidia.com/gpu": "1"}}
@@ -312,7 +312,7 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
     assert result.success and cluster.exit_code == 0
     [(_, pod)] = cluster.created
     [container] = pod.spec.containers
-    assert container.command[:3] == ["python", "-m", "ft_assets.lib.train"]
+    assert container.command[:3] == ["python", "-m", "ft_assets.lib.training"]
     spec_uri = container.command[-1]
     assert spec_uri.startswith(f"s3://pods/project/runs/{result.run_id}/podded/")
     [materialization] = result.asset_materializations_for_node("checkpoints__podded")

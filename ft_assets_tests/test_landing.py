@@ -10,7 +10,7 @@ import yaml
 from ft_assets.defs import build_definitions
 from ft_assets.defs.ingest.sensors import TRIGGER_TAG
 from ft_assets.lib.config import load_config
-from ft_assets.lib.landing import landing_changes, list_landing
+from ft_assets.lib.ingest.landing import landing_changes, list_landing
 from ft_assets_tests.conftest import ticket_rows, write_csv, write_project
 from ft_assets_tests.test_materialize import materialize_all
 
@@ -159,7 +159,7 @@ def test_the_same_over_an_s3_landing_prefix(tmp_path, tiny_model_dir, s3_endpoin
 def test_an_s3_key_with_dot_dot_segments_is_refused_and_recorded(tmp_path, tiny_model_dir, s3_endpoint):
     import boto3
 
-    from ft_assets.lib.ingest import read_corpus
+    from ft_assets.lib.ingest.readers import read_corpus
 
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="dotdot")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from ft_assets.lib.model_cache import content_sha256, fetch_model
+from ft_assets.lib.training.model_cache import content_sha256, fetch_model
 from ft_assets_tests.s3_server import auth_enforced
 
 
@@ -241,8 +241,9 @@ def test_malformed_uri_is_refused(uri, message, tmp_path):
 def test_a_recipe_trains_from_an_s3_base_model_and_records_its_weights(s3, bucket, tiny_llama_dir, tmp_path,
                                                                         monkeypatch):
     from ft_assets.lib.config import RecipeConfig
-    from ft_assets.lib.models import weights_sha256
-    from ft_assets.lib.train import fit, save_checkpoint
+    from ft_assets.lib.training.base_models import weights_sha256
+    from ft_assets.lib.training.checkpoint import save_checkpoint
+    from ft_assets.lib.training.loop import fit
     from ft_assets_tests.conftest import qa_conversations
 
     upload(s3, tiny_llama_dir, f"{bucket}/base")

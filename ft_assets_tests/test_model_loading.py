@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from ft_assets.lib.config import RecipeConfig
-from ft_assets.lib.models import load_classifier
-from ft_assets.lib.train import fit, save_checkpoint
+from ft_assets.lib.training.base_models import load_classifier
+from ft_assets.lib.training.checkpoint import save_checkpoint
+from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import LABELS, ticket_rows
 
 
@@ -101,7 +102,7 @@ def test_a_4bit_classifier_keeps_its_head_in_full_precision_and_trains_it(tiny_m
     import bitsandbytes as bnb
     import torch
 
-    from ft_assets.lib.methods import apply_method
+    from ft_assets.lib.training.methods import apply_method
 
     model, tokenizer = load_classifier(str(tiny_model_dir), LABELS, quantize_4bit=True)
     linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

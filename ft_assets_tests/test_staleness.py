@@ -112,14 +112,14 @@ def test_raw_files_and_cleaning_code_decide_whether_the_dataset_is_stale(project
     assert materialize_all(defs, instance, selection="datasets/tickets").success
     assert statuses(defs, instance)["datasets/tickets"] == FRESH
 
-    edited_package(tmp_path, monkeypatch, "ft_assets.lib.cleaning")
+    edited_package(tmp_path, monkeypatch, "ft_assets.lib.datasets.cleaning")
     after_edit = build_definitions(load_config(config_path))
     status = statuses(after_edit, instance)
     assert status["datasets/tickets"] == STALE and status["raw/tickets"] == FRESH
     assert causes(after_edit, instance, "datasets/tickets") == {(StaleCauseCategory.CODE, "")}
 
 
-@pytest.mark.parametrize("module", ["ft_assets.lib.ingest", "ft_assets.lib.schemas"])
+@pytest.mark.parametrize("module", ["ft_assets.lib.ingest.readers", "ft_assets.lib.schemas"])
 def test_parsing_code_marks_the_raw_corpus_stale(project, tmp_path, monkeypatch, module):
     config_path, defs, instance = project
     assert materialize_all(defs, instance, selection="raw/tickets").success
@@ -141,14 +141,14 @@ def test_recipes_training_code_and_data_decide_whether_a_checkpoint_is_stale(pro
 
     # The training code: every checkpoint, nothing upstream of them.
     with monkeypatch.context() as patch:
-        edited_package(tmp_path, patch, "ft_assets.lib.train")
+        edited_package(tmp_path, patch, "ft_assets.lib.training.loop")
         after_edit = statuses(build_definitions(load_config(config_path)), instance)
     assert {k: after_edit[k] for k in selection[:4]} == {
         "raw/tickets": FRESH, "datasets/tickets": FRESH, "checkpoints/head_a": STALE, "checkpoints/head_b": STALE}
 
     # A cleaning edit that leaves the rows as they were: the dataset is re-made, the checkpoints need not be.
     with monkeypatch.context() as patch:
-        edited_package(tmp_path, patch, "ft_assets.lib.cleaning")
+        edited_package(tmp_path, patch, "ft_assets.lib.datasets.cleaning")
         after_edit_defs = build_definitions(load_config(config_path))
         assert statuses(after_edit_defs, instance)["datasets/tickets"] == STALE
         assert materialize_all(after_edit_defs, instance, selection="datasets/tickets").success
@@ -176,7 +176,7 @@ def modules_a_training_run_imports(tmp_path, model_dir) -> list[str]:
              "atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == "
              "'ft_assets'))))\n"
              f"sys.argv = ['train', {str(spec)!r}]\n"
-             "runpy.run_module('ft_assets.lib.train', run_name='__main__')\n")
+             "runpy.run_module('ft_assets.lib.training', run_name='__main__')\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -192,15 +192,17 @@ def test_every_module_a_training_run_imports_marks_checkpoints_stale_and_train_m
 
     before = versions(defs)
     imported = modules_a_training_run_imports(tmp_path, tiny_model_dir)
-    # The modules the layout once left out of a hand-kept list (batch order, resume, evaluation).
-    assert {"ft_assets.lib.distributed", "ft_assets.lib.resume", "ft_assets.lib.evaluate"} <= set(imported)
+    # Modules a hand-kept list once left out: the batch order and resume (and then evaluate.py, whose
+    # validation and device helpers now live in training/).
+    assert {"ft_assets.lib.training.distributed", "ft_assets.lib.training.resume",
+            "ft_assets.lib.training.device"} <= set(imported)
     for module in imported:
         with monkeypatch.context() as patch:
             edited_package(tmp_path, patch, module)
             after = versions(build_definitions(load_config(config_path)))
         assert after["checkpoints/head_a"] != before["checkpoints/head_a"], module
         assert after["checkpoints/head_b"] != before["checkpoints/head_b"], module
-        if module == "ft_assets.lib.train":  # the report trains its head_only baseline with fit()
+        if module == "ft_assets.lib.training.loop":  # the report trains its head_only baseline with fit()
             assert after["reports/head_a"] != before["reports/head_a"]
 
     # Text that no stage runs, a README beside the package, changes no code version.

@@ -7,9 +7,11 @@ import pytest
 import torch
 
 from ft_assets.lib.config import RecipeConfig
-from ft_assets.lib.evaluate import predict_logits
-from ft_assets.lib.models import load_checkpoint, weights_sha256
-from ft_assets.lib.train import fit, save_checkpoint
+from ft_assets.lib.training.classification import predict_logits
+from ft_assets.lib.training.base_models import weights_sha256
+from ft_assets.lib.training.checkpoint import load_checkpoint
+from ft_assets.lib.training.checkpoint import save_checkpoint
+from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import LABELS, ticket_rows
 
 
@@ -37,11 +39,11 @@ def initial_model(r, train):
     """The model fit() starts from: it seeds torch, then builds the model, as here."""
     import torch
 
-    from ft_assets.lib.distributed import World
-    from ft_assets.lib.train import _classification_data
+    from ft_assets.lib.training.distributed import World
+    from ft_assets.lib.training import classification
 
     torch.manual_seed(r.training.seed)
-    return _classification_data(r, LABELS, train, None, None, "cpu", World()).model
+    return classification.setup(r, LABELS, train, None, None, "cpu", World()).model
 
 
 def test_full_fine_tuning_learns_the_task(tiny_model_dir):
@@ -138,14 +140,15 @@ def test_a_merged_export_loads_without_peft_and_predicts_like_the_adapter(tiny_m
 
 def test_imbalance_settings_reweigh_the_loss_or_the_batches():
     from ft_assets.lib.config import TrainingConfig
-    from ft_assets.lib.distributed import World
-    from ft_assets.lib.train import _batches, _imbalance_handling
+    from ft_assets.lib.training.distributed import World
+    from ft_assets.lib.training.classification import _imbalance_handling
+    from ft_assets.lib.training.task import batch_sampler
 
     ids = [0] * 8 + [1] * 2  # 80% / 20%, and label 2 absent
     weights, per_example = _imbalance_handling("class_weights", ids, 3)
     assert per_example is None and weights.tolist() == pytest.approx([10 / 24, 10 / 6, 0.0])
     weights, per_example = _imbalance_handling("balanced_sampler", ids, 3)
-    batches = _batches(TrainingConfig(batch_size=5), [4] * len(ids), World(), group_by_length=False,
+    batches = batch_sampler(TrainingConfig(batch_size=5), [4] * len(ids), World(), group_by_length=False,
                        weights=per_example)
     drawn = []
     for epoch in range(1, 51):
@@ -167,7 +170,7 @@ def test_training_runs_with_each_imbalance_setting(tiny_model_dir, imbalance):
 def test_forgetting_figures_are_zero_for_an_unchanged_encoder_and_move_with_tuning(tiny_model_dir):
     from transformers import AutoModel, AutoTokenizer
 
-    from ft_assets.lib.forgetting import encoder_forgetting
+    from ft_assets.lib.evaluation.forgetting import encoder_forgetting
     from ft_assets_tests.conftest import general_lines
 
     base = AutoModel.from_pretrained(tiny_model_dir)
@@ -183,7 +186,7 @@ def test_forgetting_figures_are_zero_for_an_unchanged_encoder_and_move_with_tuni
 def test_knn_overlap_is_one_for_kept_neighbourhoods_and_near_chance_for_unrelated_spaces():
     import numpy as np
 
-    from ft_assets.lib.forgetting import knn_overlap
+    from ft_assets.lib.evaluation.forgetting import knn_overlap
 
     rng = np.random.default_rng(0)
     base = rng.normal(size=(200, 16))
@@ -202,7 +205,7 @@ def test_the_tiny_bert_tokenizer_knows_the_fixture_words(tiny_model_dir):
 
 
 def test_a_failed_training_leaves_its_reason_beside_its_spec_wherever_the_spec_is():
-    from ft_assets.lib.train import training_error_path
+    from ft_assets.lib.training.spec import training_error_path
 
     assert training_error_path("/tmp/run/spec.json") == "/tmp/run/training_error.txt"
     assert training_error_path("s3://bucket/runs/r1/tickets/spec.json") == "s3://bucket/runs/r1/tickets/training_error.txt"
@@ -217,12 +220,14 @@ def test_a_failed_training_leaves_its_reason_beside_its_spec_wherever_the_spec_i
 ])
 def test_the_training_step_refuses_what_the_machine_or_the_base_cannot_run_before_reading_data(
         tmp_path, tiny_model_dir, method, method_args, refusal):
-    from ft_assets.lib.train import MetricLogger, run
+    from ft_assets.lib.training.loop import MetricLogger
+    from ft_assets.lib.training.run import run
+    from ft_assets.lib.training.spec import TrainingSpec
 
     r = RecipeConfig(name=f"t_{method}", dataset="d", base_model=str(tiny_model_dir), method=method,
                      method_args=method_args)
     # No split file: the refusal comes before any data is read.
-    spec = {"recipe": r.model_dump(mode="json"), "labels": LABELS, "train_path": str(tmp_path / "missing.parquet"),
-            "output_dir": str(tmp_path / "out"), "device": "cpu"}
+    spec = TrainingSpec(recipe=r, labels=LABELS, train_path=str(tmp_path / "missing.parquet"),
+                        output_dir=str(tmp_path / "out"), device="cpu")
     with pytest.raises(ValueError, match=re.escape(f"recipe 't_{method}': {refusal}")):
         run(spec, MetricLogger())

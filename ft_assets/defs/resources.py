@@ -46,10 +46,10 @@ class GpuResource(dg.ConfigurableResource):
     def training_command(self, python: str, spec: str) -> list[str]:
         """The command that trains from SPEC.json: one process, or torchrun over `processes`."""
         if self.processes == 1:
-            return [python, "-m", "ft_assets.lib.train", spec]
+            return [python, "-m", "ft_assets.lib.training", spec]
         # It execs torchrun --standalone (a rendezvous on a free local port, so two jobs on one machine
         # never collide) once it has asked to die with its parent.
-        return [python, "-m", "ft_assets.lib.train", f"--processes={self.processes}", spec]
+        return [python, "-m", "ft_assets.lib.training", f"--processes={self.processes}", spec]
 
 
 def build_resources(config: ProjectConfig) -> dict:
@@ -64,29 +64,9 @@ def build_resources(config: ProjectConfig) -> dict:
     }
 
 
-def publish(config: ProjectConfig, local_path: Path, last: str | None = None) -> dict:
-    """Mirrors a file or directory under the local root to the s3:// storage root, if there is one.
-
-    Returns:
-        {"published_uri": the s3:// URI} for the materialization's metadata; empty for a local root.
-    """
-    from ft_assets.lib.storage import publish_directory, publish_file
-
-    uri = config.remote_uri(local_path)
-    if uri is None:
+def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
+    """The metadata of the asset's latest materialization as plain values; empty when there is none."""
+    event = instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
         return {}
-    if local_path.is_dir():
-        publish_directory(local_path, uri, last)
-    else:
-        publish_file(local_path, uri)
-    return {"published_uri": uri}
-
-
-def local_copy(path: str, uri: str | None) -> Path:
-    """A published directory on local disk: where it was written, else fetched from its s3:// copy
-    (another machine wrote it) into the model cache."""
-    if Path(path).exists() or uri is None:
-        return Path(path)
-    from ft_assets.lib.model_cache import fetch_model
-
-    return fetch_model(uri)
+    return {name: entry.value for name, entry in event.asset_materialization.metadata.items()}

@@ -111,7 +111,7 @@ class DatasetConfig(_Strict):
     max_chars: int = Field(2000, gt=0)
     # Changing the salt reshuffles which rows land in which split.
     split_salt: str = ""
-    # PII replaced by a placeholder in the clean text (see lib/redaction.py); raw tables keep what arrived.
+    # PII replaced by a placeholder in the clean text (see lib/datasets/redaction.py); raw tables keep what arrived.
     redact: list[Literal["email", "phone", "card_number"]] = []
     champion: ChampionConfig = ChampionConfig()
 
@@ -260,14 +260,14 @@ class GenerationConfig(_Strict):
 
 
 class ForgettingConfig(_Strict):
-    """Measure what tuning cost the base: both models on the same general text (see lib/forgetting.py)."""
+    """Measure what tuning cost the base: both models on the same general text (see lib/evaluation/forgetting.py)."""
 
     corpus: Name  # a text corpus (txt, or text records) of general-purpose sentences
     max_texts: int = Field(500, gt=1)  # its first max_texts texts, in file order
 
 
 class GatesConfig(_Strict):
-    """What a recipe's report must show before its checkpoint may be promoted (see lib/gates.py)."""
+    """What a recipe's report must show before its checkpoint may be promoted (see lib/evaluation/gates.py)."""
 
     # The headline test metric must beat the best baseline by at least this much, in the metric's
     # own units (accuracy, ROUGE-L, perplexity). 0: any improvement.
@@ -660,7 +660,7 @@ def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple
     """(field, problem) for method/model/task combinations that cannot run on any machine, found when the
     YAML loads: from the settings alone, with no file read and nothing asked of the machine (a Dagster
     webserver need not have the training GPU). What depends on the machine or the base model's files is
-    checked when training starts (lib/train.py require_machine)."""
+    checked when training starts (lib/training/loop.py require_machine)."""
     problems = []
     causal = dataset.task in CAUSAL_TASKS
     if causal and recipe.base_model == "default":

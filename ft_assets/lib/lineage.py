@@ -17,8 +17,7 @@ from urllib.request import url2pathname
 
 import duckdb
 
-from ft_assets.lib.model_card import CARD_FILE
-from ft_assets.lib.models import MANIFEST_FILE
+from ft_assets.lib.training.checkpoint import MANIFEST_FILE
 from ft_assets.lib.storage import sha256_file
 
 
@@ -28,9 +27,6 @@ class AuditError(LookupError):
 PACKAGE = "ft_assets"
 # Where code_version reads the project's source (tests point it at an edited copy).
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-# The files a checkpoint's manifest does not hash: the manifest cannot hold its own hash, and the
-# model card is rewritten with the test metrics when the report is built.
-UNHASHED_FILES = frozenset({MANIFEST_FILE, CARD_FILE})
 # Files that from_pretrained could load as weights: one the manifest does not list was added later.
 WEIGHT_SUFFIXES = frozenset({".safetensors", ".bin", ".pt"})
 
@@ -72,13 +68,18 @@ def git_state(path: Path) -> dict:
 
 
 def project_modules(entry: str) -> list[str]:
-    """Every ft_assets module that running `entry` (a dotted module name) can import, entry included.
+    """Every ft_assets module that running `entry` (a dotted module name) can import, entry included:
+    the whole stage package it belongs to (ft_assets.lib.training, ...), and what those import.
 
     Read from the source rather than from an import: imports inside functions count too (they load
     when that code runs, as lib modules import torch lazily), and loading the code location stays light.
     Packages on the way (ft_assets, ft_assets.lib, ...) count, since importing a module runs them.
     """
     found, pending = set(), [entry]
+    stage = entry.split(".")[:3]  # ft_assets.lib.<stage>
+    if len(entry.split(".")) > 3 and _module_path(".".join(stage)).name == "__init__.py":
+        package = _module_path(".".join(stage)).parent
+        pending += [".".join(stage + [path.stem]) for path in package.glob("*.py") if path.stem != "__init__"]
     while pending:
         module = pending.pop()
         if module in found:
@@ -99,7 +100,7 @@ def project_modules(entry: str) -> list[str]:
                 if base.split(".")[0] != PACKAGE:
                     continue
                 pending.append(base)
-                # `from ft_assets.lib import train` imports a module; `from ft_assets.lib.train import fit` a name.
+                # `from ft_assets.lib.training import loop` imports a module; `... .loop import fit` a name.
                 pending += [f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")]
     return sorted(found)
 
@@ -131,15 +132,6 @@ def _module_path(module: str) -> Path:
 
 def _is_module(module: str) -> bool:
     return _module_path(module).is_file()
-
-
-def checkpoint_file_hashes(checkpoint_dir: Path) -> dict[str, str]:
-    """{relative posix path: sha256} of every file under the directory but the manifest and model card."""
-    return {
-        path.relative_to(checkpoint_dir).as_posix(): sha256_file(path)
-        for path in sorted(checkpoint_dir.rglob("*"))
-        if path.is_file() and path.relative_to(checkpoint_dir).as_posix() not in UNHASHED_FILES
-    }
 
 
 def verify_checkpoint(checkpoint_dir: Path) -> dict:

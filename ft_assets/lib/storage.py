@@ -1,4 +1,5 @@
-"""Files on disk: content hashes, landing-folder listings, and directories that appear whole or not at all."""
+"""Files on disk and in s3://: content hashes, landing-folder listings, directories that appear whole or not at
+all, and copies of them published under an s3:// storage root."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ft_assets.lib.config import ProjectConfig
 
 
 def sha256_file(path: Path) -> str:
@@ -48,26 +53,31 @@ def directory_bytes(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
+def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
     """Yields a staging directory beside `final`, renamed to `final` only if the block succeeds.
 
-    A crash or exception leaves no directory at `final`, so nothing half-written is ever read
-    as a checkpoint; the staging directory is removed.
+    A crash or exception leaves `final` as it was, so nothing half-written is ever read as a
+    checkpoint or a champion; the staging directory is removed. With `replace`, a `final` that
+    exists is moved aside just before the rename and deleted after it: readers see the old folder
+    or the new one, never a mix.
 
     Raises:
-        FileExistsError: `final` already exists (versions are never overwritten).
+        FileExistsError: `final` already exists and replace is off (versions are never overwritten).
     """
-    if final.exists():
+    if final.exists() and not replace:
         raise FileExistsError(f"{final} already exists")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    retired = final.parent / f".{final.name}.retired-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
     try:
         yield staging
+        if final.exists():
+            os.replace(final, retired)
         os.replace(staging, final)
     finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def require_writable(path: Path) -> None:
@@ -81,28 +91,47 @@ def require_writable(path: Path) -> None:
         raise OSError(e.errno, f"{path}: cannot be written ({e.strerror})") from e
 
 
-def publish_file(local_path: Path, remote_uri: str) -> None:
+def s3_filesystem():
+    """An S3 client as every s3:// read and write here uses: credentials and endpoint from the AWS_*
+    variables, read afresh (no instance cache), and no listings cache, so what a call sees is the bucket
+    as it is now (a re-upload, a new landing file)."""
     import s3fs
 
-    s3fs.S3FileSystem(skip_instance_cache=True).put_file(str(local_path), remote_uri.removeprefix("s3://"))
+    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+
+
+def publish_file(local_path: Path, remote_uri: str) -> None:
+    s3_filesystem().put_file(str(local_path), remote_uri.removeprefix("s3://"))
 
 
 def publish_text(text: str, remote_uri: str) -> None:
-    import s3fs
-
-    s3fs.S3FileSystem(skip_instance_cache=True).pipe_file(remote_uri.removeprefix("s3://"), text.encode())
+    s3_filesystem().pipe_file(remote_uri.removeprefix("s3://"), text.encode())
 
 
 def publish_directory(local_dir: Path, remote_uri: str, last: str | None = None) -> None:
     """Copies a directory to s3://, file by file, with `last` (a relative path) uploaded after all the
     others: S3 has no directory rename, so a reader that waits for that file never sees a partial copy.
     Credentials and endpoint from the environment, as s3fs reads them."""
-    import s3fs
-
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs = s3_filesystem()
     target = remote_uri.removeprefix("s3://").rstrip("/")
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     ordered = [p for p in files if p.relative_to(local_dir).as_posix() != last]
     ordered += [p for p in files if p.relative_to(local_dir).as_posix() == last]
     for path in ordered:
         fs.put_file(str(path), f"{target}/{path.relative_to(local_dir).as_posix()}")
+
+
+def publish(config: ProjectConfig, local_path: Path, last: str | None = None) -> dict:
+    """Mirrors a file or directory under the local root to the s3:// storage root, if there is one.
+
+    Returns:
+        {"published_uri": the s3:// URI} for the materialization's metadata; empty for a local root.
+    """
+    uri = config.remote_uri(local_path)
+    if uri is None:
+        return {}
+    if local_path.is_dir():
+        publish_directory(local_path, uri, last)
+    else:
+        publish_file(local_path, uri)
+    return {"published_uri": uri}

@@ -5,8 +5,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import rebuild_after_upstream
-from ft_assets.defs.resources import WAREHOUSE_POOL, publish
-from ft_assets.lib.cleaning import (
+from ft_assets.defs.resources import WAREHOUSE_POOL, latest_metadata
+from ft_assets.lib.storage import publish
+from ft_assets.lib.datasets.cleaning import (
     DatasetSummary, build_dataset, dataset_labels, export_splits, quarantine_markdown, quarantined, read_table,
 )
 from ft_assets.lib.config import DatasetConfig, ProjectConfig
@@ -14,7 +15,7 @@ from ft_assets.lib.lineage import code_version, dataset_files, source_hash
 from ft_assets.lib.schemas import clean_rows_schema, validate
 
 # The code that cleans and validates rows: part of the code_version, and recorded for audits.
-CLEANING_CODE = ("ft_assets.lib.cleaning", "ft_assets.lib.schemas")
+CLEANING_CODE = ("ft_assets.lib.datasets.cleaning", "ft_assets.lib.schemas")
 
 
 def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
@@ -111,11 +112,10 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
 def _file_changes(instance: dg.DagsterInstance, key: dg.AssetKey, raw_files: list[dict]) -> str:
     """Which file contents this build added or dropped against the previous one: why an automated
     rebuild happened, on the materialization itself."""
-    event = instance.get_latest_materialization_event(key)
-    entry = event.asset_materialization.metadata.get("raw_files") if event else None
-    if entry is None:
+    previous = latest_metadata(instance, key).get("raw_files")
+    if previous is None:
         return "first build with its raw files recorded"
-    before = {(f["uri"], f["sha256"]) for f in entry.value}
+    before = {(f["uri"], f["sha256"]) for f in previous}
     now = {(f["uri"], f["sha256"]) for f in raw_files}
     lines = [f"- {kind} {uri} (`{sha[:12]}`)" for kind, files in (("added", now - before), ("dropped", before - now))
              for uri, sha in sorted(files)]

@@ -6,14 +6,16 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ft_assets.defs.resources import GPU_POOL, local_copy, publish
-from ft_assets.lib.cleaning import read_split
+from ft_assets.defs.resources import GPU_POOL, latest_metadata
+from ft_assets.lib.storage import publish
+from ft_assets.lib.training.model_cache import local_copy
+from ft_assets.lib.datasets.cleaning import read_split
 from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig
-from ft_assets.lib.ingest import read_texts
-from ft_assets.lib.leaderboard import forgetting_figure, write_leaderboard
+from ft_assets.lib.ingest.readers import read_texts
+from ft_assets.lib.evaluation.leaderboard import forgetting_figure, write_leaderboard
 from ft_assets.lib.lineage import code_version
-from ft_assets.lib.model_card import CARD_FILE
-from ft_assets.lib.report import evaluate_checkpoint
+from ft_assets.lib.models.model_card import CARD_FILE
+from ft_assets.lib.evaluation.report import evaluate_checkpoint
 from ft_assets.lib.storage import publish_text
 
 
@@ -46,7 +48,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         # Evaluation and the baseline's training use the accelerator too.
         pool=GPU_POOL,
         deps=[checkpoint_key] + ([dg.AssetKey(["raw", recipe.forgetting.corpus])] if recipe.forgetting else []),
-        code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.report"),
+        code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.evaluation.report"),
         description=(
             f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training. "
             f"Writes `{out_dir}/eval.json` and `report.md`."
@@ -54,13 +56,12 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         check_specs=_gate_specs(recipe, key, metric),
     )
     def report(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
-        event = context.instance.get_latest_materialization_event(checkpoint_key)
-        if event is None or "checkpoint_path" not in event.asset_materialization.metadata:
+        meta = latest_metadata(context.instance, checkpoint_key)
+        checkpoint_path = meta.get("checkpoint_path")
+        if checkpoint_path is None:
             raise dg.Failure(description=f"reports/{recipe.name}: checkpoints/{recipe.name} has no materialization yet")
-        meta = event.asset_materialization.metadata
-        checkpoint_path = meta["checkpoint_path"].value
         # Trained on another machine: evaluate its copy from the S3 root.
-        checkpoint_dir = local_copy(checkpoint_path, meta["published_uri"].value if "published_uri" in meta else None)
+        checkpoint_dir = local_copy(checkpoint_path, meta.get("published_uri"))
         with warehouse.get_connection() as conn:
             splits = {s: read_split(conn, recipe.dataset, s, in_file_order=task == "language_modeling").to_pydict()
                       for s in ("train", "validation", "test")}
@@ -78,7 +79,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         if checkpoint_dir == Path(checkpoint_path):
             (checkpoint_dir / CARD_FILE).write_text(result.card)
         if "published_uri" in meta:
-            publish_text(result.card, f"{meta['published_uri'].value.rstrip('/')}/{CARD_FILE}")
+            publish_text(result.card, f"{meta['published_uri'].rstrip('/')}/{CARD_FILE}")
         scores = {c: headline[c] for c in TASK_METRICS[task][1]}
         beaten = {name: b[metric] for name, b in headline["baselines"].items()}
         figure = forgetting_figure(headline.get("forgetting"))

@@ -6,7 +6,7 @@ from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import WAREHOUSE_POOL
 from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
-from ft_assets.lib.ingest import read_corpus, write_raw
+from ft_assets.lib.ingest.readers import read_corpus, write_raw
 from ft_assets.lib.lineage import code_version
 from ft_assets.lib.schemas import RawRows, validate
 
@@ -21,7 +21,8 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         kinds={"duckdb"},
         pool=WAREHOUSE_POOL,
         # The corpus settings and the code that parses and validates its files.
-        code_version=code_version(stable_hash(corpus.model_dump(mode="json")), "ft_assets.lib.ingest", "ft_assets.lib.schemas"),
+        code_version=code_version(stable_hash(corpus.model_dump(mode="json")), "ft_assets.lib.ingest.readers",
+                                  "ft_assets.lib.schemas"),
         description=(
             f"Every {corpus.format} file under `{landing}` read into `raw.{corpus.name}` with its source URI, "
             "file sha256 and row number; records that do not parse go to "

@@ -5,8 +5,9 @@ import json
 import dagster as dg
 
 from ft_assets.defs.automation import default_sensor_status
+from ft_assets.defs.resources import latest_metadata
 from ft_assets.lib.config import CorpusConfig, ProjectConfig
-from ft_assets.lib.landing import landing_changes, list_landing, needs_ingest
+from ft_assets.lib.ingest.landing import landing_changes, list_landing, needs_ingest
 
 TRIGGER_TAG = "ft_assets/landing_changes"
 
@@ -67,8 +68,5 @@ def _last_ingested(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, 
     """Without a cursor (a new sensor), the files the latest raw materialization read, so content that
     was already ingested (by hand or by `make demo`) is not requested again. Stamps are unknown, so
     each file is hashed once."""
-    event = instance.get_latest_materialization_event(key)
-    entry = event.asset_materialization.metadata.get("raw_files") if event else None
-    if entry is None:
-        return {}
-    return {f["source_uri"]: {"sha256": f["file_sha256"], "bytes": None, "stamp": None} for f in entry.value}
+    files = latest_metadata(instance, key).get("raw_files") or []
+    return {f["source_uri"]: {"sha256": f["file_sha256"], "bytes": None, "stamp": None} for f in files}

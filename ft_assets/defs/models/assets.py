@@ -5,14 +5,15 @@ from pathlib import Path
 
 import dagster as dg
 
-from ft_assets.defs.resources import local_copy, publish
-from ft_assets.lib.champion import (
+from ft_assets.lib.storage import publish
+from ft_assets.lib.training.model_cache import local_copy
+from ft_assets.lib.models.champion import (
     CHAMPION_FILE, HISTORY_FILE, champion_record, choose_champion, current_champion, publish_champion,
     ranking_markdown,
 )
 from ft_assets.lib.config import TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash
 from ft_assets.lib.lineage import code_version
-from ft_assets.lib.models import MANIFEST_FILE
+from ft_assets.lib.training.checkpoint import MANIFEST_FILE
 
 
 def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
@@ -28,7 +29,7 @@ def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.As
         automation_condition=dg.AutomationCondition.eager(),
         kinds={"pytorch"},
         deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
-        code_version=code_version(stable_hash(rule.model_dump(mode="json")), "ft_assets.lib.champion"),
+        code_version=code_version(stable_hash(rule.model_dump(mode="json")), "ft_assets.lib.models.champion"),
         description=(
             f"The champion of datasets/{dataset.name}: among {', '.join(r.name for r in recipes)}, the recipe whose "
             f"latest report passed every gate check with the best test {metric} (ties within {rule.tolerance:g} go "

@@ -14,12 +14,15 @@ from dagster_duckdb import DuckDBResource
 from dagster_k8s import PipesK8sClient
 
 from ft_assets.defs.automation import retraining
-from ft_assets.defs.resources import GPU_POOL, GpuResource, local_copy, publish
+from ft_assets.defs.resources import GPU_POOL, GpuResource, latest_metadata
+from ft_assets.lib.storage import publish
+from ft_assets.lib.training.model_cache import local_copy
 from ft_assets.defs.training.kubernetes import require_kubernetes, run_in_pod
-from ft_assets.lib.cleaning import dataset_labels, read_split
+from ft_assets.lib.datasets.cleaning import dataset_labels, read_split
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.lineage import code_version, dataset_files, git_state
-from ft_assets.lib.models import MANIFEST_FILE, MERGED_DIR
+from ft_assets.lib.training.checkpoint import MANIFEST_FILE, MERGED_DIR
+from ft_assets.lib.training.spec import TrainingSpec, training_error_path
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 # Step states of an interrupted run, under the recipe's folder; removed once a checkpoint is saved.
@@ -40,7 +43,7 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         kinds={"pytorch"},
         pool=GPU_POOL,
         deps=[dataset_key] + ([base_key] if base_key else []),
-        code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.train"),
+        code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.training.__main__"),
         automation_condition=None if recipe.retrain == "manual" else retraining(recipe.retrain),
         description=(
             f"`{recipe.method}` {'training' if recipe.scratch else 'fine-tuning'} of {base} on datasets/{dataset.name} "
@@ -73,35 +76,32 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             for split, table in splits.items():
                 paths[split] = str(Path(tmp) / f"{split}.parquet")
                 pq.write_table(table, paths[split])
-            dataset_event = context.instance.get_latest_materialization_event(dataset_key)
-            spec = {
-                "recipe": recipe.model_dump(mode="json"),
-                "task": dataset.task,
-                "labels": labels,
-                "base_model_path": base_model_path,
-                "train_path": paths["train"],
-                "validation_path": paths["validation"] if splits["validation"].num_rows else None,
-                "output_dir": str(output_dir),
-                "resume_dir": str(recipe_dir / RESUME_DIR),
-                "device": gpu.device,
-                "precision": gpu.precision,
-                "lineage": {
+            spec = TrainingSpec(
+                recipe=recipe,
+                task=dataset.task,
+                labels=labels,
+                base_model_path=base_model_path,
+                train_path=paths["train"],
+                validation_path=paths["validation"] if splits["validation"].num_rows else None,
+                output_dir=str(output_dir),
+                resume_dir=str(recipe_dir / RESUME_DIR),
+                device=gpu.device,
+                precision=gpu.precision,
+                lineage={
                     "dataset": {
                         "name": dataset.name,
-                        "version": _metadata_value(dataset_event, "dataset_version"),
+                        "version": latest_metadata(context.instance, dataset_key).get("dataset_version"),
                         "config_hash": config.dataset_hash(dataset),
                         "raw_files": files,
                     },
                     "code": {"git": git_state(PROJECT_DIR), "config_file": str(config.source)},
                     "dagster": {"run_id": context.run_id, "asset_key": context.asset_key.to_user_string()},
                 },
-            }
+            )
             spec_path = Path(tmp) / "spec.json"
-            spec_path.write_text(json.dumps(spec))
+            spec.write(str(spec_path))
             context.log.info(f"training {recipe.name} ({recipe.method}) on {splits['train'].num_rows} rows "
                              f"into {output_dir}" + (f" in a pod with {gpu.processes} GPU(s)" if kube else ""))
-            from ft_assets.lib.train import training_error_path  # not at load: the code location stays light
-
             if kube is not None:
                 spec_uri = _stage_for_pod(config, context, spec, output_dir)
             error_file = training_error_path(spec_uri if kube is not None else str(spec_path))
@@ -149,21 +149,22 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
 def _base_checkpoint_path(context: dg.AssetExecutionContext, base_key: dg.AssetKey, in_pod: bool = False) -> str:
     """The model directory of the base recipe's latest checkpoint (its merged/ export for an adapter);
     for a training pod, its s3:// copy."""
-    event = context.instance.get_latest_materialization_event(base_key)
-    path = _metadata_value(event, "checkpoint_path")
+    meta = latest_metadata(context.instance, base_key)
+    path = meta.get("checkpoint_path")
     if path is None:
         raise dg.Failure(description=f"{context.asset_key.to_user_string()} starts from "
                                      f"{base_key.to_user_string()}, which has no materialization yet")
     if in_pod:
-        manifest = _metadata_value(event, "manifest") or {}
+        manifest = meta.get("manifest") or {}
         merged = manifest.get("recipe", {}).get("export") == "merged"
-        return _metadata_value(event, "published_uri") + (f"/{MERGED_DIR}" if merged else "")
-    path = local_copy(path, _metadata_value(event, "published_uri"))
+        return meta["published_uri"] + (f"/{MERGED_DIR}" if merged else "")
+    path = local_copy(path, meta.get("published_uri"))
     merged = Path(path) / MERGED_DIR
     return str(merged if merged.is_dir() else Path(path))
 
 
-def _stage_for_pod(config: ProjectConfig, context: dg.AssetExecutionContext, spec: dict, output_dir: Path) -> str:
+def _stage_for_pod(config: ProjectConfig, context: dg.AssetExecutionContext, spec: TrainingSpec,
+                   output_dir: Path) -> str:
     """Copies the splits and the spec under <root>/runs/<run id>/<recipe>/ for a pod; the spec's URI.
 
     The pod writes the checkpoint on its own disk and publishes it where a local run would
@@ -173,15 +174,14 @@ def _stage_for_pod(config: ProjectConfig, context: dg.AssetExecutionContext, spe
     from ft_assets.lib.storage import publish_file
 
     stage = f"{config.remote_root}/runs/{context.run_id}/{output_dir.parent.name}"
-    staged = {**spec, "output_dir": f"/tmp/ft_assets/{output_dir.name}", "publish_uri": config.remote_uri(output_dir),
+    staged = {"output_dir": f"/tmp/ft_assets/{output_dir.name}", "publish_uri": config.remote_uri(output_dir),
               "resume_dir": config.remote_uri(output_dir.parent / RESUME_DIR)}
     for split in ("train_path", "validation_path"):
-        if spec[split] is not None:
-            staged[split] = f"{stage}/{Path(spec[split]).name}"
-            publish_file(Path(spec[split]), staged[split])
-    local_spec = Path(spec["train_path"]).parent / "pod_spec.json"
-    local_spec.write_text(json.dumps(staged))
-    publish_file(local_spec, f"{stage}/spec.json")
+        local = getattr(spec, split)
+        if local is not None:
+            staged[split] = f"{stage}/{Path(local).name}"
+            publish_file(Path(local), staged[split])
+    spec.model_copy(update=staged).write(f"{stage}/spec.json")
     return f"{stage}/spec.json"
 
 
@@ -194,13 +194,6 @@ def _read_text(path_or_uri: str) -> str | None:
             return f.read()
     except FileNotFoundError:
         return None
-
-
-def _metadata_value(event, key: str):
-    if event is None or event.asset_materialization is None:
-        return None
-    entry = event.asset_materialization.metadata.get(key)
-    return entry.value if entry is not None else None
 
 
 def _remove_partials(context: dg.AssetExecutionContext, recipe_dir: Path) -> None:

@@ -93,7 +93,7 @@ def run_in_pod(
         context: the checkpoint asset's context (the pod is named after its run and step).
         client: a PipesK8sClient, e.g. kubernetes_client().
         kube: the project's `kubernetes:` block (image, namespace, scheduling, timeout).
-        command: the container's command, e.g. ["python", "-m", "ft_assets.lib.train", "--processes=4",
+        command: the container's command, e.g. ["python", "-m", "ft_assets.lib.training", "--processes=4",
             "s3://.../spec.json"] (GpuResource.training_command); the image's entrypoint is replaced.
         gpus: the `nvidia.com/gpu` limit, one per training process.
         env: extra environment variables for the container (the Pipes ones are added by the client).

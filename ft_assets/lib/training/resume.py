@@ -14,17 +14,18 @@ its disk goes with it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import posixpath
 from typing import Any
+
+from ft_assets.lib.config import stable_hash
 
 LATEST_FILE = "latest.json"
 
 
 def resume_key(*parts: Any) -> str:
     """A stable name for "the same training": any change to a part starts afresh."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return stable_hash(parts)[:16]
 
 
 def trainable_state(model) -> dict:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS
-from ft_assets.lib.plots import data_uri, png_bytes, pyplot
+from ft_assets.lib.evaluation.plots import data_uri, png_bytes, pyplot
 
 
 def untuned_base(report: dict) -> dict | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 import s3fs
 from botocore.exceptions import NoCredentialsError
 
-from ft_assets.lib.storage import sha256_file
+from ft_assets.lib.storage import s3_filesystem, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,7 @@ def fetch_model(uri: str, cache_root: Path | None = None) -> Path:
     """
     bucket_path = _bucket_path(uri)
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    # A fresh instance re-reads the AWS_* variables, and with no listings cache a re-upload is
-    # seen at once rather than after an instance-cache hit.
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
+    fs = s3_filesystem()  # a re-upload is seen at once
     listing = _list_model(fs, uri, bucket_path)
     listing_key = _listing_key(bucket_path, listing)
     cached = _read_index(root).get(listing_key)
@@ -195,3 +193,11 @@ def _record(root: Path, listing_key: str, sha: str) -> None:
     tmp = root / f".{INDEX_NAME}.{uuid.uuid4().hex}"
     tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
     os.replace(tmp, root / INDEX_NAME)
+
+
+def local_copy(path: str, uri: str | None) -> Path:
+    """A published directory on local disk: where it was written, else fetched from its s3:// copy
+    (another machine wrote it) into the model cache."""
+    if Path(path).exists() or uri is None:
+        return Path(path)
+    return fetch_model(uri)

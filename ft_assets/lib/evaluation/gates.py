@@ -11,10 +11,7 @@ Two gates, each one sentence with its numbers so a failure explains itself in th
 from __future__ import annotations
 
 from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS, GatesConfig
-from ft_assets.lib.leaderboard import forgetting_figure
-
-GATE_NAMES = ("beats_baselines", "forgetting_ceiling")
-
+from ft_assets.lib.evaluation.leaderboard import forgetting_figure
 
 def evaluate_gates(report: dict, gates: GatesConfig) -> list[dict]:
     """[{name, passed, blocking, summary, values}] for each gate the recipe has."""

@@ -28,7 +28,7 @@ import duckdb
 import pyarrow as pa
 
 from ft_assets.lib.config import CorpusConfig
-from ft_assets.lib.landing import landing_changes, local_copies
+from ft_assets.lib.ingest.landing import landing_changes, local_copies
 from ft_assets.lib.storage import sha256_file
 
 ROW_SCHEMA = pa.schema(

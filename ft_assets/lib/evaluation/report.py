@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_assets.lib.config import RecipeConfig, stable_hash
-from ft_assets.lib.evaluate import (
-    ClassificationMetrics, classification_metrics, majority_baseline, predict_logits, resolve_device, write_report,
-)
-from ft_assets.lib.gates import evaluate_gates
-from ft_assets.lib.model_card import render_model_card
-from ft_assets.lib.models import (
-    MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint, loading_policy, resolve_base_model, weights_sha256,
-)
+from ft_assets.lib.evaluation.metrics import ClassificationMetrics, classification_metrics, majority_baseline
+from ft_assets.lib.evaluation.rendering import write_report
+from ft_assets.lib.training.classification import predict_logits
+from ft_assets.lib.training.device import resolve_device
+from ft_assets.lib.evaluation.gates import evaluate_gates
+from ft_assets.lib.models.model_card import render_model_card
+from ft_assets.lib.training.base_models import loading_policy, resolve_base_model, weights_sha256
+from ft_assets.lib.training.checkpoint import MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint
 from ft_assets.lib.storage import directory_bytes, sha256_file
 
 
@@ -42,7 +42,7 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     way (same data, epochs, batch size and seed), so the only difference to the recipe is the
     method. Causal LMs: the baseline is the untuned base itself, scored the same way.
     With `general_texts` (the recipe's forgetting corpus) the report gets a `forgetting` block:
-    see lib/forgetting.py for what each figure means. Nothing in `checkpoint_dir` is written (it may
+    see lib/evaluation/forgetting.py for what each figure means. Nothing in `checkpoint_dir` is written (it may
     be a cached copy): the model card with the results comes back as `card`.
     """
     device = resolve_device(device)
@@ -78,7 +78,7 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
 
 
 def _figures(recipe: RecipeConfig, checkpoint_dir: Path, report: dict) -> dict[str, bytes]:
-    from ft_assets.lib import plots
+    from ft_assets.lib.evaluation import plots
 
     records = [json.loads(line) for line in (checkpoint_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
     figures = {}
@@ -111,7 +111,7 @@ def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, 
                         device: str) -> dict:
     from transformers import AutoModel
 
-    from ft_assets.lib.forgetting import encoder_forgetting
+    from ft_assets.lib.evaluation.forgetting import encoder_forgetting
 
     path = manifest["base_model"]["path"]
     base = AutoModel.from_pretrained(path, **loading_policy(path, **recipe.loading)).to(device)
@@ -122,8 +122,8 @@ def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, 
 
 def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manifest: dict, test_texts: list[str],
                    cache: Path, device: str, general_texts: list[str] | None) -> tuple[dict, list[dict]]:
-    from ft_assets.lib.causal_data import prompt_and_reference, text_blocks
-    from ft_assets.lib.train import causal_examples, mean_causal_loss
+    from ft_assets.lib.training.causal_data import prompt_and_reference, text_blocks
+    from ft_assets.lib.training.causal import causal_examples, mean_causal_loss
 
     model, tokenizer, _ = load_checkpoint(checkpoint_dir)
     model.to(device)
@@ -193,9 +193,9 @@ def _score_causal(model, tokenizer, recipe: RecipeConfig, test_set: list[dict],
                   conversations: list[tuple[list[dict], str]], device: str) -> dict:
     """eval_loss / perplexity per labelled test token of `test_set`; with (prompt, reference)
     `conversations` (instruction) also generation metrics and samples."""
-    from ft_assets.lib.causal_data import perplexity
-    from ft_assets.lib.evaluate import generate_answers, generation_metrics
-    from ft_assets.lib.train import mean_causal_loss
+    from ft_assets.lib.training.causal_data import perplexity
+    from ft_assets.lib.evaluation.metrics import generate_answers, generation_metrics
+    from ft_assets.lib.training.causal import mean_causal_loss
 
     cfg, generation = recipe.training, recipe.generation
     loss = mean_causal_loss(model, test_set, tokenizer.pad_token_id, cfg.batch_size, device)
@@ -214,7 +214,7 @@ def _untuned_base(manifest: dict, checkpoint_dir: Path, seed: int, loading: dict
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ft_assets.lib.models import load_causal_lm
+    from ft_assets.lib.training.base_models import load_causal_lm
 
     if manifest["base_model"]["path"] is None:  # scratch: same config, same seed as fit()
         config = AutoConfig.from_pretrained(checkpoint_dir)
@@ -242,7 +242,7 @@ def _base_head_baseline(recipe: RecipeConfig, labels: list[str], splits: dict, c
     cached = cache / f"{key}.json"
     if cached.exists():
         return ClassificationMetrics(**json.loads(cached.read_text()))
-    from ft_assets.lib.train import fit
+    from ft_assets.lib.training.loop import fit
 
     fitted = fit(head_recipe, labels, splits["train"], None, device=device)
     cfg = recipe.training

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ft_assets.lib.storage import landing_files, sha256_file
+from ft_assets.lib.storage import landing_files, s3_filesystem, sha256_file
 
 
 def is_remote(location: str) -> bool:
@@ -82,7 +82,7 @@ def local_copies(location: str) -> Iterator[tuple[list[tuple[str, Path]], list[t
         yield ([(path.resolve().as_uri(), path) for path in files],
                [(path.absolute().as_uri(), reason) for path, reason in refused])
         return
-    fs = _s3()
+    fs = s3_filesystem()
     objects, refused = _s3_objects(fs, location)
     with tempfile.TemporaryDirectory(prefix="ft_assets_landing_") as tmp:
         copies = []
@@ -100,16 +100,9 @@ def _files(location: str):
             stat = path.stat()
             yield path.resolve().as_uri(), stat.st_size, str(stat.st_mtime_ns), lambda p=path: sha256_file(p)
         return
-    fs = _s3()
+    fs = s3_filesystem()
     for key, info in _s3_objects(fs, location)[0]:
         yield f"s3://{key}", info["size"], str(info.get("ETag", "")), lambda k=key: _s3_sha256(fs, k)
-
-
-def _s3():
-    import s3fs
-
-    # A fresh client without listing caches: every scan must see the bucket as it is now.
-    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
 
 
 def _s3_objects(fs, location: str) -> tuple[list[tuple[str, dict]], list[tuple[str, str]]]:

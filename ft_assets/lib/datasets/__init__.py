@@ -1,0 +1,1 @@
+"""datasets/<dataset>: raw rows cleaned, redacted, deduplicated and split in DuckDB SQL (cleaning, redaction)."""

@@ -1,0 +1,134 @@
+"""A tuned checkpoint's folder: what is in it, how it is written (atomically, manifest last) and loaded."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ft_assets.lib.config import SCRATCH, RecipeConfig
+from ft_assets.lib.models.model_card import CARD_FILE, render_model_card
+from ft_assets.lib.storage import atomic_directory, sha256_file
+from ft_assets.lib.training.base_models import load_causal_lm, load_classifier, quiet_hf_logging, weights_sha256
+from ft_assets.lib.training.loop import FitResult
+
+
+# Files of a checkpoint directory that are not part of transformers' or PEFT's own layout.
+LABELS_FILE = "labels.json"
+
+
+MANIFEST_FILE = "manifest.json"
+
+
+TRAIN_INFO_FILE = "train_info.json"
+
+
+METRICS_FILE = "metrics.jsonl"
+
+
+# export: merged writes the adapter folded into the base here, loadable without PEFT.
+MERGED_DIR = "merged"
+
+# The files a checkpoint's manifest does not hash: the manifest cannot hold its own hash, and the
+# model card is rewritten with the test metrics when the report is built.
+UNHASHED_FILES = frozenset({MANIFEST_FILE, CARD_FILE})
+
+
+def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], output_dir: Path,
+                    lineage: dict) -> dict:
+    """Writes the checkpoint atomically and returns its manifest."""
+    task, base_path = result.train_info["task"], result.base_model_path
+    if recipe.base_model == SCRATCH:
+        base = {"id": SCRATCH, "path": None, "weights_sha256": None, "scratch": recipe.scratch.model_dump()}
+    else:
+        base = {"id": recipe.base_model, "path": base_path, "weights_sha256": weights_sha256(base_path),
+                "loading": recipe.loading}
+    manifest = {
+        "task": task,
+        "recipe": recipe.model_dump(mode="json"),
+        "recipe_hash": recipe.recipe_hash(),
+        "base_model": base,
+        "labels": labels,
+        "libraries": _library_versions(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "train_info": result.train_info,
+        **lineage,
+    }
+    with atomic_directory(output_dir) as staging:
+        result.model.save_pretrained(staging, safe_serialization=True)
+        result.tokenizer.save_pretrained(staging)
+        if recipe.export == "merged":
+            _export_merged(staging, base_path, labels, result.tokenizer, causal=task != "classification",
+                           loading=recipe.loading)
+        (staging / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+        (staging / TRAIN_INFO_FILE).write_text(json.dumps(result.train_info, indent=2) + "\n")
+        result.logger.write_jsonl(staging / METRICS_FILE)
+        # Last, so every file is in place: `ft-assets verify` re-hashes them against this map.
+        manifest["files"] = checkpoint_file_hashes(staging)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(render_model_card(manifest))
+    return manifest
+
+
+def _export_merged(adapter_dir: Path, base_path: str, labels: list[str], tokenizer, *, causal: bool,
+                   loading: dict) -> None:
+    """Folds the adapter into an unquantized copy of the base (never into 4-bit weights) under merged/."""
+    from peft import PeftModel
+
+    base = load_causal_lm(base_path, **loading)[0] if causal else load_classifier(base_path, labels, **loading)[0]
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    merged.save_pretrained(adapter_dir / MERGED_DIR, safe_serialization=True)
+    tokenizer.save_pretrained(adapter_dir / MERGED_DIR)
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in ("ft_assets", "torch", "transformers", "peft", "datasets", "duckdb"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def load_checkpoint(checkpoint_dir: Path):
+    """A tuned checkpoint (full model or PEFT adapter), its tokenizer and its labels ([] for causal LMs)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from ft_assets.lib.training.causal_data import ensure_pad_token
+
+    quiet_hf_logging()
+    labels = json.loads((checkpoint_dir / LABELS_FILE).read_text())["labels"]
+    manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    causal = manifest.get("task", "classification") != "classification"
+    loading = {k: manifest["recipe"].get(k, False) for k in ("allow_pickle", "trust_remote_code")}
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=loading["trust_remote_code"])
+    if causal:
+        ensure_pad_token(tokenizer)
+    if (checkpoint_dir / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        quantized = manifest["recipe"]["method"] == "qlora"
+        base_path = manifest["base_model"]["path"]
+        base = (load_causal_lm(base_path, quantize_4bit=quantized, **loading)[0] if causal
+                else load_classifier(base_path, labels, quantize_4bit=quantized, **loading)[0])
+        model = PeftModel.from_pretrained(base, checkpoint_dir)
+    else:
+        auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+        # The checkpoint's own weights are safetensors: it was written with safe_serialization.
+        model = auto.from_pretrained(checkpoint_dir, use_safetensors=True,
+                                     trust_remote_code=loading["trust_remote_code"])
+    model.eval()
+    return model, tokenizer, labels
+
+
+def checkpoint_file_hashes(checkpoint_dir: Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under the directory but the manifest and model card."""
+    return {
+        path.relative_to(checkpoint_dir).as_posix(): sha256_file(path)
+        for path in sorted(checkpoint_dir.rglob("*"))
+        if path.is_file() and path.relative_to(checkpoint_dir).as_posix() not in UNHASHED_FILES
+    }
