@@ -43,5 +43,5 @@ update-snapshot: setup
 	$(BIN)/python -m pytest ft_assets_tests/test_definitions.py --snapshot-update
 
 clean:
-	rm -rf data/warehouse.duckdb* data/checkpoints data/reports
+	rm -rf data/warehouse.duckdb* data/checkpoints data/reports data/datasets data/models
 	find data/dagster -mindepth 1 ! -name dagster.yaml -exec rm -rf {} +

@@ -52,3 +52,25 @@ def test_a_bad_config_fails_loading_with_the_file_and_field(tmp_path, tiny_model
                          text=True, timeout=120)
     assert run.returncode != 0
     assert str(config) in run.stderr and "recipes[0] (bad): field rank" in run.stderr
+
+
+def test_make_clean_removes_everything_the_demo_generated_and_nothing_it_did_not(tmp_path):
+    """On a copy of the Makefile and a data/ folder shaped as `make demo` leaves it."""
+    import shutil
+    import subprocess
+
+    from ft_assets_tests.conftest import REPO
+
+    shutil.copy(REPO / "Makefile", tmp_path / "Makefile")
+    data = tmp_path / "data"
+    kept = [data / "raw" / "tickets" / "t.csv", data / "dagster" / "dagster.yaml", data / "make_sample_tickets.py"]
+    generated = [data / "warehouse.duckdb", data / "warehouse.duckdb.wal", data / "checkpoints" / "r" / "v" / "m.bin",
+                 data / "reports" / "r" / "eval.json", data / "datasets" / "tickets" / "v1" / "train.parquet",
+                 data / "models" / "tickets" / "champion" / "champion.json", data / "dagster" / "storage" / "runs.db"]
+    for path in kept + generated:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("x")
+    subprocess.run(["make", "--no-print-directory", "clean"], cwd=tmp_path, check=True, capture_output=True)
+    assert all(path.exists() for path in kept)
+    assert sorted(p.name for p in data.iterdir()) == ["dagster", "make_sample_tickets.py", "raw"]
+    assert [p.name for p in (data / "dagster").iterdir()] == ["dagster.yaml"]
