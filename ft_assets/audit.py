@@ -305,7 +305,7 @@ def format_chain(chain: dict, indent: str = "") -> str:
         f"{indent}  git {git['sha']}" + (" (uncommitted changes)" if git.get("dirty") else ""),
         f"{indent}  libraries " + ", ".join(f"{k} {v}" for k, v in ck["libraries"].items()),
         f"{indent}  base model {base['id']}" + (f" at {base['path']}" if base.get("path") else "")
-        + (f", weights sha256 {base['weights_sha256']}" if base.get("weights_sha256") else ""),
+        + (f", sha256 {base['sha256']}" if base.get("sha256") else ""),
     ]
     ds = chain["dataset"]
     if "run_id" in ds:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from ft_assets.lib.training.model_cache import content_sha256, fetch_model
+from ft_assets.lib.storage import folder_sha256
+from ft_assets.lib.training.model_cache import fetch_model
 from ft_assets_tests.s3_server import auth_enforced
 
 
@@ -72,7 +73,7 @@ def test_fetch_downloads_a_loadable_model(s3, bucket, nested_model_dir, tmp_path
     upload(s3, nested_model_dir, f"{bucket}/llama")
     local = fetch_model(f"s3://{bucket}/llama/", cache_root=tmp_path)
 
-    assert local == tmp_path / content_sha256(nested_model_dir)
+    assert local == tmp_path / folder_sha256(nested_model_dir)
     assert (local / "extra" / "notes.txt").read_text() == "nested keys keep their folders\n"
     original = AutoModelForCausalLM.from_pretrained(nested_model_dir).state_dict()
     fetched = AutoModelForCausalLM.from_pretrained(local).state_dict()
@@ -149,7 +150,7 @@ def test_failed_download_leaves_nothing_behind(s3, bucket, nested_model_dir, tmp
     assert list(tmp_path.iterdir()) == []
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_get_file", original)
-    assert fetch_model(f"s3://{bucket}/llama/", cache_root=tmp_path) == tmp_path / content_sha256(nested_model_dir)
+    assert fetch_model(f"s3://{bucket}/llama/", cache_root=tmp_path) == tmp_path / folder_sha256(nested_model_dir)
 
 
 def test_upload_during_download_is_not_cached(s3, bucket, nested_model_dir, tmp_path, monkeypatch):
@@ -238,10 +239,9 @@ def test_malformed_uri_is_refused(uri, message, tmp_path):
     assert "topsecret" not in str(raised.value)
 
 
-def test_a_recipe_trains_from_an_s3_base_model_and_records_its_weights(s3, bucket, tiny_llama_dir, tmp_path,
+def test_a_recipe_trains_from_an_s3_base_model_and_records_its_cache_digest(s3, bucket, tiny_llama_dir, tmp_path,
                                                                         monkeypatch):
     from ft_assets.lib.config import RecipeConfig
-    from ft_assets.lib.training.base_models import weights_sha256
     from ft_assets.lib.training.checkpoint import save_checkpoint
     from ft_assets.lib.training.loop import fit
     from ft_assets_tests.conftest import qa_conversations
@@ -255,4 +255,6 @@ def test_a_recipe_trains_from_an_s3_base_model_and_records_its_weights(s3, bucke
     manifest = save_checkpoint(result, recipe, [], tmp_path / "ckpt", {})
     base = manifest["base_model"]
     assert base["id"] == f"s3://{bucket}/base/" and base["path"].startswith(str(tmp_path / "cache"))
-    assert base["weights_sha256"] == weights_sha256(str(tiny_llama_dir))
+    # One digest per model folder: the manifest names the base by the same sha256 as the cache folder
+    # it was read from, which is that of the folder uploaded (two digests disagreed before).
+    assert base["sha256"] == Path(base["path"]).name == folder_sha256(tiny_llama_dir)

@@ -8,9 +8,9 @@ import torch
 
 from ft_assets.lib.config import RecipeConfig
 from ft_assets.lib.training.classification import predict_logits
-from ft_assets.lib.training.base_models import weights_sha256
-from ft_assets.lib.training.checkpoint import load_checkpoint
-from ft_assets.lib.training.checkpoint import save_checkpoint
+from ft_assets.lib.models.model_card import CARD_FILE
+from ft_assets.lib.storage import DESCRIPTIVE_FILES, file_sha256s, folder_sha256
+from ft_assets.lib.training.checkpoint import MANIFEST_FILE, load_checkpoint, save_checkpoint
 from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import LABELS, ticket_rows
 
@@ -95,7 +95,9 @@ def test_manifest_records_recipe_base_weights_and_lineage(tiny_model_dir, tmp_pa
     on_disk = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
     assert on_disk == manifest
     assert manifest["recipe_hash"] == r.recipe_hash()
-    assert manifest["base_model"]["weights_sha256"] == weights_sha256(str(tiny_model_dir))
+    assert manifest["base_model"]["sha256"] == folder_sha256(tiny_model_dir)
+    assert set(manifest["files"]) == set(file_sha256s(tmp_path / "ckpt"))
+    assert {MANIFEST_FILE, CARD_FILE} == DESCRIPTIVE_FILES <= {p.name for p in (tmp_path / "ckpt").iterdir()}
     assert manifest["dataset"] == {"version": "abc"}
     assert {"torch", "transformers", "peft", "ft_assets"} <= set(manifest["libraries"])
 

@@ -22,6 +22,29 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# Files that describe a model folder rather than define it: our manifest (it cannot hold its own hash)
+# and the model card (rewritten with the test results after training; a hub model's README).
+DESCRIPTIVE_FILES = frozenset({"manifest.json", "README.md"})
+
+
+def file_sha256s(folder: Path) -> dict[str, str]:
+    """{relative posix path: sha256} of every file under `folder` but the descriptive ones, in path order."""
+    return {
+        path.relative_to(folder).as_posix(): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.relative_to(folder).as_posix() not in DESCRIPTIVE_FILES
+    }
+
+
+def folder_sha256(folder: Path) -> str:
+    """The one digest of a model folder, wherever it came from: sha256 over each file's relative path and
+    sha256 (file_sha256s), in path order. The model cache names an s3:// model's folder by it, a
+    manifest records its base model's by it, and a checkpoint's own is that of its manifest's `files`."""
+    return hashlib.sha256(
+        "".join(f"{rel}\0{sha}\n" for rel, sha in sorted(file_sha256s(folder).items())).encode()
+    ).hexdigest()
+
+
 def landing_files(path: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The files a corpus reads — `path` itself, or every visible file under the folder, sorted — and
     the entries refused: symlinks that lead outside the landing folder (a landing folder is often

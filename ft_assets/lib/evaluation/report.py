@@ -14,7 +14,7 @@ from ft_assets.lib.training.classification import predict_logits
 from ft_assets.lib.training.device import resolve_device
 from ft_assets.lib.evaluation.gates import evaluate_gates
 from ft_assets.lib.models.model_card import render_model_card
-from ft_assets.lib.training.base_models import loading_policy, resolve_base_model, weights_sha256
+from ft_assets.lib.training.base_models import loading_policy, model_sha256, resolve_base_model
 from ft_assets.lib.training.checkpoint import MANIFEST_FILE, METRICS_FILE, TRAIN_INFO_FILE, load_checkpoint
 from ft_assets.lib.storage import directory_bytes, sha256_file
 
@@ -237,7 +237,7 @@ def _base_head_baseline(recipe: RecipeConfig, labels: list[str], splits: dict, c
     })
     key = stable_hash({
         "recipe": head_recipe.recipe_hash(), "labels": labels, "train": splits["train"], "test": splits["test"],
-        "base_weights": weights_sha256(resolve_base_model(recipe.base_model)),
+        "base_sha256": model_sha256(resolve_base_model(recipe.base_model)),
     })
     cached = cache / f"{key}.json"
     if cached.exists():

@@ -73,7 +73,7 @@ def render_model_card(manifest: dict, report: dict | None = None) -> str:
 def _base_text(base: dict) -> str:
     if base["id"] == "scratch":
         return f"a new model from scratch ({json.dumps(base.get('scratch', {}))})"
-    sha = f", weights sha256 `{base['weights_sha256']}`" if base.get("weights_sha256") else ""
+    sha = f", sha256 `{base['sha256']}`" if base.get("sha256") else ""
     return f"`{base['id']}`{sha}"
 
 

@@ -1,4 +1,4 @@
-"""Base models and tuned checkpoints: where they are, what their weights hash to, how to load them."""
+"""Base models and tuned checkpoints: where they are, what their folders hash to, how to load them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ft_assets.lib.config import CHECKPOINT_PREFIX, SCRATCH, ScratchModelConfig
-from ft_assets.lib.storage import sha256_file
+from ft_assets.lib.storage import folder_sha256
 
 
 def resolve_base_model(base_model: str) -> str:
@@ -41,19 +41,12 @@ def transformer_block_count(model_path: str) -> int | None:
     return config.get("num_hidden_layers") or config.get("n_layer")
 
 
-def weights_sha256(model_dir: str) -> str | None:
-    """sha256 of the weight files of a local model directory; None for a hub id not on disk."""
-    path = Path(model_dir)
-    if not path.is_dir():
+def model_sha256(model_path: str | None) -> str | None:
+    """folder_sha256 of a local model folder (the packaged default, a fetched s3:// copy, a checkpoint);
+    None for a hub id not on disk."""
+    if model_path is None or not Path(model_path).is_dir():
         return None
-    files = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
-    if not files:
-        return None
-    if len(files) == 1:
-        return sha256_file(files[0])
-    import hashlib
-
-    return hashlib.sha256("".join(f"{f.name}:{sha256_file(f)}\n" for f in files).encode()).hexdigest()
+    return folder_sha256(Path(model_path))
 
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")

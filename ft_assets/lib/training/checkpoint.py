@@ -9,30 +9,20 @@ from pathlib import Path
 
 from ft_assets.lib.config import SCRATCH, RecipeConfig
 from ft_assets.lib.models.model_card import CARD_FILE, render_model_card
-from ft_assets.lib.storage import atomic_directory, sha256_file
-from ft_assets.lib.training.base_models import load_causal_lm, load_classifier, quiet_hf_logging, weights_sha256
+from ft_assets.lib.storage import atomic_directory, file_sha256s
+from ft_assets.lib.training.base_models import load_causal_lm, load_classifier, model_sha256, quiet_hf_logging
 from ft_assets.lib.training.loop import FitResult
 
 
 # Files of a checkpoint directory that are not part of transformers' or PEFT's own layout.
 LABELS_FILE = "labels.json"
-
-
-MANIFEST_FILE = "manifest.json"
-
-
+MANIFEST_FILE = "manifest.json"  # not in its own `files` map: storage.DESCRIPTIVE_FILES
 TRAIN_INFO_FILE = "train_info.json"
-
-
 METRICS_FILE = "metrics.jsonl"
-
 
 # export: merged writes the adapter folded into the base here, loadable without PEFT.
 MERGED_DIR = "merged"
 
-# The files a checkpoint's manifest does not hash: the manifest cannot hold its own hash, and the
-# model card is rewritten with the test metrics when the report is built.
-UNHASHED_FILES = frozenset({MANIFEST_FILE, CARD_FILE})
 
 
 def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], output_dir: Path,
@@ -40,9 +30,9 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
     """Writes the checkpoint atomically and returns its manifest."""
     task, base_path = result.train_info["task"], result.base_model_path
     if recipe.base_model == SCRATCH:
-        base = {"id": SCRATCH, "path": None, "weights_sha256": None, "scratch": recipe.scratch.model_dump()}
+        base = {"id": SCRATCH, "path": None, "sha256": None, "scratch": recipe.scratch.model_dump()}
     else:
-        base = {"id": recipe.base_model, "path": base_path, "weights_sha256": weights_sha256(base_path),
+        base = {"id": recipe.base_model, "path": base_path, "sha256": model_sha256(base_path),
                 "loading": recipe.loading}
     manifest = {
         "task": task,
@@ -65,7 +55,7 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
         (staging / TRAIN_INFO_FILE).write_text(json.dumps(result.train_info, indent=2) + "\n")
         result.logger.write_jsonl(staging / METRICS_FILE)
         # Last, so every file is in place: `ft-assets verify` re-hashes them against this map.
-        manifest["files"] = checkpoint_file_hashes(staging)
+        manifest["files"] = file_sha256s(staging)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / CARD_FILE).write_text(render_model_card(manifest))
     return manifest
@@ -123,12 +113,3 @@ def load_checkpoint(checkpoint_dir: Path):
                                      trust_remote_code=loading["trust_remote_code"])
     model.eval()
     return model, tokenizer, labels
-
-
-def checkpoint_file_hashes(checkpoint_dir: Path) -> dict[str, str]:
-    """{relative posix path: sha256} of every file under the directory but the manifest and model card."""
-    return {
-        path.relative_to(checkpoint_dir).as_posix(): sha256_file(path)
-        for path in sorted(checkpoint_dir.rglob("*"))
-        if path.is_file() and path.relative_to(checkpoint_dir).as_posix() not in UNHASHED_FILES
-    }

@@ -2,8 +2,9 @@
 
 Training reads a local folder; the bucket stays the source of truth. A listing (keys, sizes,
 ETags) seen before maps straight to its cached folder, so a re-run costs one LIST request and no
-downloads. Folders are named by content, so two URIs holding the same bytes share one copy and
-lineage can record the same sha256 whichever URI a recipe names.
+downloads. Folders are named by storage.folder_sha256 of their files (the model card aside), so two
+URIs holding the same model share one copy, and a checkpoint's manifest records that same sha256 as
+its base model's whichever URI the recipe names.
 
 Credentials and the endpoint come from the environment only (AWS_ACCESS_KEY_ID,
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3): botocore
@@ -14,7 +15,6 @@ arguments, paths, messages or return values.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +26,8 @@ from pathlib import Path
 import s3fs
 from botocore.exceptions import NoCredentialsError
 
-from ft_assets.lib.storage import s3_filesystem, sha256_file
+from ft_assets.lib.config import stable_hash
+from ft_assets.lib.storage import folder_sha256, s3_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,6 @@ def fetch_model(uri: str, cache_root: Path | None = None) -> Path:
     sha = _download(fs, uri, bucket_path, listing, root)
     _record(root, listing_key, sha)
     return root / sha
-
-
-def content_sha256(folder: Path) -> str:
-    """sha256 over every file's relative path and sha256, in path order: names a folder by its bytes."""
-    digest = hashlib.sha256()
-    for rel in sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()):
-        digest.update(f"{rel}\0{sha256_file(folder / rel)}\n".encode())
-    return digest.hexdigest()
 
 
 def _bucket_path(uri: str) -> str:
@@ -140,7 +133,7 @@ def _explain_access_errors(uri: str) -> Iterator[None]:
 
 
 def _listing_key(bucket_path: str, listing: Listing) -> str:
-    return hashlib.sha256(json.dumps([bucket_path, sorted(listing.items())]).encode()).hexdigest()
+    return stable_hash([bucket_path, sorted(listing.items())])
 
 
 def _download(fs: s3fs.S3FileSystem, uri: str, bucket_path: str, listing: Listing,
@@ -165,7 +158,7 @@ def _download(fs: s3fs.S3FileSystem, uri: str, bucket_path: str, listing: Listin
         # have mixed two versions of the model into one folder.
         if _list_model(fs, uri, bucket_path) != listing:
             raise RuntimeError(f"objects under {uri} changed during the download; fetch again")
-        sha = content_sha256(staging)
+        sha = folder_sha256(staging)
         try:
             os.rename(staging, root / sha)
         except OSError:
