@@ -1,4 +1,5 @@
-"""FT_ENV=k8s: the training pod as PipesK8sClient renders it and sends it to the Kubernetes API.
+"""The kubernetes launcher (FT_ENV=k8s): the training pod as PipesK8sClient renders it and sends it to the
+Kubernetes API.
 
 No Kubernetes cluster exists where these tests run. They check the pod body dagster-k8s renders from
 our base_pod_spec, and drive a real PipesK8sClient through a whole materialization with only the
@@ -18,7 +19,9 @@ import yaml
 from dagster_k8s import PipesK8sClient
 from dagster_k8s.pipes import DEFAULT_CONTAINER_NAME, build_pod_body
 
-from ft_assets.defs.training.kubernetes import kubernetes_client, pod_spec, require_kubernetes, run_in_pod
+from ft_assets.defs.resources import build_resources
+from ft_assets.defs.training.kubernetes import pod_spec, run_in_pod
+from ft_assets.defs.training.launcher import TrainingLauncher
 from ft_assets.lib.config import ConfigError, KubernetesConfig, StorageConfig, load_config
 from ft_assets_tests.conftest import readme_block
 from ft_assets_tests.test_config import MINIMAL, write
@@ -162,7 +165,7 @@ def test_run_in_pod_sends_the_pod_to_the_api_and_reads_pipes_back_from_its_log(t
                           env={"FT_ENV": "k8s"}).get_materialize_result()
 
     result = dg.materialize([checkpoint], resources={
-        "pipes_k8s_client": kubernetes_client(kubeconfig_file=str(kubeconfig))})
+        "pipes_k8s_client": PipesK8sClient(kubeconfig_file=str(kubeconfig))})
 
     assert result.success
     [(sent_to, pod)] = cluster.created
@@ -202,7 +205,7 @@ def test_a_failed_pod_fails_the_step_and_is_deleted(tmp_path, monkeypatch):
         return run_in_pod(context, pipes_k8s_client, KUBE, COMMAND, gpus=4).get_materialize_result()
 
     result = dg.materialize([checkpoint], resources={
-        "pipes_k8s_client": kubernetes_client(kubeconfig_file=str(kubeconfig))}, raise_on_error=False)
+        "pipes_k8s_client": PipesK8sClient(kubeconfig_file=str(kubeconfig))}, raise_on_error=False)
 
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
@@ -288,7 +291,7 @@ def pod_project(tmp_path: Path, tiny_model_dir: Path, bucket: str, recipe: dict,
     kubeconfig.write_text(yaml.safe_dump(KUBECONFIG))
     defs = build_definitions(config)
     defs = dg.Definitions(assets=defs.assets, resources={
-        **defs.resources, "pipes_k8s_client": kubernetes_client(kubeconfig_file=str(kubeconfig))})
+        **defs.resources, "launcher": TrainingLauncher(target="kubernetes", kubeconfig_file=str(kubeconfig))})
     instance = dg.DagsterInstance.ephemeral()
     assert materialize_all(defs, instance, selection="*datasets/tickets").success
     (tmp_path / "pod").mkdir()
@@ -306,7 +309,6 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
         "name": "podded", "training": {"epochs": 1, "batch_size": 16, "max_length": 16}})
     cluster = TrainingCluster(tmp_path / "pod")
     cluster.install(monkeypatch)
-    monkeypatch.setenv("FT_ENV", "k8s")
     result = materialize_all(defs, instance, selection=[dg.AssetKey(["checkpoints", "podded"])])
 
     assert result.success and cluster.exit_code == 0
@@ -329,7 +331,6 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
     # The report runs where the Dagster run is and evaluates the published copy; the model card in S3
     # gains the results.
     assert "Not evaluated yet" in fs.cat(f"{published}/README.md").decode()
-    monkeypatch.delenv("FT_ENV")
     assert materialize_all(defs, instance, selection=[dg.AssetKey(["reports", "podded"])]).success
     card = fs.cat(f"{published}/README.md").decode()
     assert "Not evaluated yet" not in card and "Test split, " in card and "model-index" in card
@@ -345,7 +346,6 @@ def test_a_training_pod_that_fails_fails_the_asset_with_the_reason_it_left_in_s3
                                     gpu={"device": "cuda"})
     cluster = TrainingCluster(tmp_path / "pod")
     cluster.install(monkeypatch)
-    monkeypatch.setenv("FT_ENV", "k8s")
     result = materialize_all(defs, instance, selection=[dg.AssetKey(["checkpoints", "no_gpu"])],
                              raise_on_error=False)
 
@@ -368,7 +368,6 @@ def test_a_preempted_training_pod_resumes_in_the_next_pod_from_its_step_state_in
     _, defs, instance = pod_project(tmp_path, tiny_model_dir, "spot", {
         "name": "preempted", "training": {"epochs": 12, "batch_size": 4, "max_length": 16, "save_every_steps": 5}})
     resume_prefix = "spot/project/checkpoints/preempted/.resume"
-    monkeypatch.setenv("FT_ENV", "k8s")
     PreemptedCluster(tmp_path / "pod", resume_prefix).install(monkeypatch)
     assert not materialize_all(defs, instance, selection=[key], raise_on_error=False).success
     assert fs.glob(f"{resume_prefix}/*/latest.json"), "the killed pod left no step state in the bucket"
@@ -407,15 +406,26 @@ def test_a_bad_kubernetes_block_names_the_file_and_the_field(tmp_path, block, ex
 
 def test_the_kubernetes_block_is_optional_and_required_only_to_train_in_a_pod(tmp_path, monkeypatch):
     monkeypatch.delenv("FT_ASSETS_ROOT", raising=False)
+    pods = TrainingLauncher(target="kubernetes")
     config = load_config(write(tmp_path, MINIMAL))
-    assert config.kubernetes is None
+    assert config.kubernetes is None and TrainingLauncher().require_kubernetes(config) is None
     with pytest.raises(dg.Failure, match="needs a `kubernetes:` block"):
-        require_kubernetes(config)
+        pods.require_kubernetes(config)
     local = load_config(project_with(tmp_path, {"image": "img"}))
     with pytest.raises(dg.Failure, match="storage.root: s3://"):
-        require_kubernetes(local)
+        pods.require_kubernetes(local)
     remote = load_config(write(tmp_path, {**MINIMAL, "storage": {"root": "s3://b/p"}, "kubernetes": {"image": "img"}}))
-    assert require_kubernetes(remote) == KubernetesConfig(image="img")
+    assert pods.require_kubernetes(remote) == KubernetesConfig(image="img")
+    assert TrainingLauncher().require_kubernetes(remote) is None  # the block alone trains nothing in a pod
+
+
+@pytest.mark.parametrize("ft_env, target", [(None, "local"), ("k8s", "kubernetes"), ("dev", "local")])
+def test_ft_env_k8s_is_a_shortcut_for_the_kubernetes_launcher(tmp_path, monkeypatch, ft_env, target):
+    if ft_env is None:
+        monkeypatch.delenv("FT_ENV", raising=False)
+    else:
+        monkeypatch.setenv("FT_ENV", ft_env)
+    assert build_resources(load_config(write(tmp_path, MINIMAL)))["launcher"].target == target
 
 
 def test_the_readme_kubernetes_block_validates():

@@ -1,4 +1,5 @@
-"""Resources shared by the asset groups: the DuckDB warehouse, the training device, the Pipes launcher."""
+"""Resources shared by the asset groups: the DuckDB warehouse, the training device, the launcher
+(defs/training/launcher.py)."""
 
 from __future__ import annotations
 
@@ -53,14 +54,13 @@ class GpuResource(dg.ConfigurableResource):
 
 
 def build_resources(config: ProjectConfig) -> dict:
-    from ft_assets.defs.training.kubernetes import kubernetes_client
+    from ft_assets.defs.training.launcher import default_launcher
 
     return {
         "warehouse": WarehouseResource(database=str(config.warehouse_path)),
         "gpu": GpuResource(**config.gpu.model_dump()),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        # Used only with FT_ENV=k8s; it finds its cluster when a run starts, not when this loads.
-        "pipes_k8s_client": kubernetes_client(),
+        # A kubernetes launcher finds its cluster when a run starts, not when this loads.
+        "launcher": default_launcher(),
     }
 
 

@@ -2,26 +2,23 @@
 
 
 import json
-import os
 import shutil
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
 from dagster_duckdb import DuckDBResource
-from dagster_k8s import PipesK8sClient
 
 from ft_assets.defs.automation import retraining
 from ft_assets.defs.resources import GPU_POOL, GpuResource, latest_metadata
-from ft_assets.lib.storage import publish
-from ft_assets.lib.training.model_cache import local_copy
-from ft_assets.defs.training.kubernetes import require_kubernetes, run_in_pod
-from ft_assets.lib.datasets.cleaning import dataset_labels, read_split
+from ft_assets.defs.training.launcher import TrainingLauncher
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
+from ft_assets.lib.datasets.cleaning import dataset_labels, read_split
 from ft_assets.lib.lineage import code_version, dataset_files, git_state
+from ft_assets.lib.storage import publish
 from ft_assets.lib.training.checkpoint import MANIFEST_FILE, MERGED_DIR
+from ft_assets.lib.training.model_cache import local_copy
 from ft_assets.lib.training.spec import TrainingSpec, training_error_path
 
 PROJECT_DIR = Path(__file__).resolve().parents[3]
@@ -55,8 +52,8 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         metadata={"recipe": dg.MetadataValue.json(recipe.model_dump(mode="json"))},
     )
     def checkpoint(context: dg.AssetExecutionContext, warehouse: DuckDBResource, gpu: GpuResource,
-                   pipes_subprocess_client: dg.PipesSubprocessClient, pipes_k8s_client: PipesK8sClient):
-        kube = require_kubernetes(config) if os.environ.get("FT_ENV") == "k8s" else None
+                   launcher: TrainingLauncher):
+        kube = launcher.require_kubernetes(config)
         _remove_partials(context, recipe_dir)
         version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"
         output_dir = recipe_dir / version
@@ -102,18 +99,10 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             spec.write(str(spec_path))
             context.log.info(f"training {recipe.name} ({recipe.method}) on {splits['train'].num_rows} rows "
                              f"into {output_dir}" + (f" in a pod with {gpu.processes} GPU(s)" if kube else ""))
-            if kube is not None:
-                spec_uri = _stage_for_pod(config, context, spec, output_dir)
-            error_file = training_error_path(spec_uri if kube is not None else str(spec_path))
+            spec_location = _stage_for_pod(config, context, spec, output_dir) if kube else str(spec_path)
+            error_file = training_error_path(spec_location)
             try:
-                if kube is not None:
-                    # The image's python, not this machine's interpreter path.
-                    invocation = run_in_pod(context, pipes_k8s_client, kube,
-                                            gpu.training_command("python", spec_uri), gpus=gpu.processes)
-                else:
-                    invocation = pipes_subprocess_client.run(
-                        command=gpu.training_command(sys.executable, str(spec_path)), context=context,
-                    )
+                invocation = launcher.train(context, gpu, spec_location, kube)
             except Exception as e:
                 reason = _read_text(error_file) or f"the process ended without one: {e}"
                 raise dg.Failure(description=f"checkpoints/{recipe.name}: training failed and nothing was "

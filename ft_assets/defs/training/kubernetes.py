@@ -1,4 +1,4 @@
-"""FT_ENV=k8s: a checkpoint's training command in its own GPU pod, through Dagster Pipes.
+"""A checkpoint's training command in its own GPU pod, through Dagster Pipes (the `kubernetes` launcher).
 
 PipesK8sClient creates the pod (from the run's pod, or from any machine with a kubeconfig),
 passes the Pipes context in environment variables, reads rank 0's Pipes messages from the pod's
@@ -15,27 +15,13 @@ import dagster as dg
 from dagster_k8s import PipesK8sClient
 from dagster_k8s.pipes import DEFAULT_CONTAINER_NAME
 
-from ft_assets.lib.config import KubernetesConfig, ProjectConfig
+from ft_assets.lib.config import KubernetesConfig
 
 # torch DataLoader workers hand batches to the trainer through /dev/shm, and NCCL keeps its
 # same-node buffers there. A container gets 64 MiB of it by default, which a multi-GPU job
 # exhausts ("Bus error", NCCL "unhandled system error"); a memory-backed emptyDir lifts that cap.
 # What the job puts there counts against the pod's memory.
 SHM_VOLUME = "dshm"
-
-
-def require_kubernetes(config: ProjectConfig) -> KubernetesConfig:
-    """The `kubernetes:` block of a project that may train in a pod.
-
-    Raises:
-        dg.Failure: the block is missing, or storage.root is a local folder the pod cannot read.
-    """
-    if config.kubernetes is None:
-        raise dg.Failure(description=f"FT_ENV=k8s needs a `kubernetes:` block (at least `image:`) in {config.source}")
-    if config.remote_root is None:
-        raise dg.Failure(description=f"FT_ENV=k8s needs `storage.root: s3://...` in {config.source}: the training "
-                                     f"pod cannot read this machine's {config.root}")
-    return config.kubernetes
 
 
 def pod_spec(kube: KubernetesConfig, gpus: int) -> dict:
@@ -91,7 +77,7 @@ def run_in_pod(
 
     Args:
         context: the checkpoint asset's context (the pod is named after its run and step).
-        client: a PipesK8sClient, e.g. kubernetes_client().
+        client: a PipesK8sClient.
         kube: the project's `kubernetes:` block (image, namespace, scheduling, timeout).
         command: the container's command, e.g. ["python", "-m", "ft_assets.lib.training", "--processes=4",
             "s3://.../spec.json"] (GpuResource.training_command); the image's entrypoint is replaced.
@@ -116,12 +102,3 @@ def run_in_pod(
         # log until the container exits, so activeDeadlineSeconds (pod_spec) is what limits training.
         pod_wait_timeout=kube.timeout_seconds,
     )
-
-
-def kubernetes_client(kubeconfig_file: str | None = None, kube_context: str | None = None) -> PipesK8sClient:
-    """A PipesK8sClient that finds its cluster when it runs, not when the code location loads.
-
-    In a pod (KUBERNETES_SERVICE_HOST is set) it uses the pod's service account; elsewhere the
-    kubeconfig (KUBECONFIG, else ~/.kube/config, or kubeconfig_file and kube_context).
-    """
-    return PipesK8sClient(kubeconfig_file=kubeconfig_file, kube_context=kube_context)
