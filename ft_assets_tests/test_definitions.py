@@ -24,11 +24,24 @@ def asset_specs() -> list[dict]:
             "kinds": sorted(spec.kinds),
             "pools": sorted(node.pools or []),
             "checks": sorted(k.name for k in node.check_keys),
-            # The value follows the source of lib/ (see test_code_versions_...); the snapshot only
-            # pins that every asset has one.
-            "has_code_version": spec.code_version is not None,
+            "automation_condition": condition_text(spec.automation_condition),
+            # Follows the source each asset runs: a change's snapshot diff names the assets it makes stale.
+            "code_version": spec.code_version,
         })
     return sorted(rows, key=lambda r: r["key"])
+
+
+def condition_text(condition: dg.AutomationCondition | None) -> str | None:
+    """An automation condition as one line: our labelled parts with what they are made of, Dagster's
+    named ones (labels without spaces, such as any_deps_missing) by name."""
+    if condition is None:
+        return None
+    label = condition.get_label()
+    if label and " " not in label:
+        return label
+    inner = condition.name + (f"({', '.join(condition_text(c) for c in condition.children)})"
+                              if condition.children else "")
+    return f"{label}: {inner}" if label else inner
 
 
 def test_definitions_load():
@@ -60,6 +73,8 @@ def test_loading_the_code_location_imports_no_torch():
 
 def test_asset_graph_matches_the_snapshot(request):
     current = asset_specs()
+    # Without one, editing the code behind an asset would never mark it stale (leaderboards had none).
+    assert [r["key"] for r in current if not r["code_version"]] == []
     if request.config.getoption("--snapshot-update"):
         SNAPSHOT.write_text(json.dumps(current, indent=2) + "\n")
     assert current == json.loads(SNAPSHOT.read_text()), "run `make update-snapshot` if the change is intended"

@@ -7,16 +7,17 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import GPU_POOL, latest_metadata
-from ft_assets.lib.storage import publish
-from ft_assets.lib.training.model_cache import local_copy
+from ft_assets.lib.config import (
+    LOWER_IS_BETTER, TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash,
+)
 from ft_assets.lib.datasets.cleaning import read_split
-from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig
-from ft_assets.lib.ingest.readers import read_texts
 from ft_assets.lib.evaluation.leaderboard import forgetting_figure, write_leaderboard
+from ft_assets.lib.evaluation.report import evaluate_checkpoint
+from ft_assets.lib.ingest.readers import read_texts
 from ft_assets.lib.lineage import code_version
 from ft_assets.lib.models.model_card import CARD_FILE
-from ft_assets.lib.evaluation.report import evaluate_checkpoint
-from ft_assets.lib.storage import publish_text
+from ft_assets.lib.storage import publish, publish_text
+from ft_assets.lib.training.model_cache import local_copy
 
 
 # What each task's report measures, for the asset descriptions.
@@ -140,6 +141,7 @@ def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg
         automation_condition=dg.AutomationCondition.eager(),
         kinds={"python"},
         deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
+        code_version=code_version(stable_hash([r.name for r in recipes]), "ft_assets.lib.evaluation.leaderboard"),
         description=(
             f"Every recipe on datasets/{dataset.name} side by side, best test {metric} first "
             f"({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better): the task metrics, change against the untuned "
