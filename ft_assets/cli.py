@@ -35,7 +35,7 @@ def summary(args: argparse.Namespace) -> int:
         print(f"{recipe.name:<24} {recipe.method:<10} {task:<18} {metric:<10} {r[metric]:>9.4f} "
               f"{'-' if base is None else format(base[metric], '.4f'):>9} "
               f"{'-' if majority is None else format(majority['accuracy'], '.4f'):>8} "
-              f"{r['trainable_params']:>12,} {r['train_seconds']:>8.1f}  {_gates_word(r.get('gates'))}")
+              f"{r['cost']['trainable_params']:>12,} {r['cost']['train_seconds']:>8.1f}  {_gates_word(r.get('gates'))}")
     champions = [(d.name, current_champion(config.root / "models" / d.name / "champion")) for d in config.datasets]
     for dataset, champion in champions:
         if champion is not None:

@@ -34,7 +34,7 @@ def test_materialize_the_whole_graph_through_the_cli_and_summarize(tmp_path, tin
                              timeout=60)
     assert summary.returncode == 0, summary.stderr
     line = next(x for x in summary.stdout.splitlines() if x.startswith("cli_full"))
-    assert f"{report['accuracy']:.4f}" in line and f"{report['trainable_params']:,}" in line
+    assert f"{report['accuracy']:.4f}" in line and f"{report['cost']['trainable_params']:,}" in line
     assert str(tmp_path / "data" / "reports") in summary.stdout
 
     audit = subprocess.run([str(bin_dir / "ft-assets"), "audit", "champion:tickets"], env=env, capture_output=True,

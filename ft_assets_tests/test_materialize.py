@@ -9,6 +9,7 @@ import pytest
 
 from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
+from ft_assets.lib.cost import TrainingCost
 from ft_assets.lib.storage import sha256_file
 from ft_assets_tests.conftest import ticket_rows, write_csv, write_project
 
@@ -68,8 +69,9 @@ def test_eval_json_and_report_exist_for_every_recipe(project):
     for recipe in config.recipes:
         out = config.root / "reports" / recipe.name
         report = json.loads((out / "eval.json").read_text())
-        for key in ("accuracy", "macro_f1", "n_test", "trainable_params", "total_params", "train_seconds"):
+        for key in ("accuracy", "macro_f1", "n_test"):
             assert isinstance(report[key], (int, float)), key
+        assert TrainingCost.model_validate(report["cost"]).checkpoint_bytes > 0
         assert 0.0 <= report["accuracy"] <= 1.0 and report["n_test"] > 0
         assert "majority" in report["baselines"]
         assert ("base_head_only" in report["baselines"]) == (recipe.method != "head_only")
@@ -128,15 +130,27 @@ def test_the_report_in_the_ui_carries_its_figures(project):
 
 
 def test_the_leaderboard_compares_every_recipe_in_one_schema(project):
-    config, _, _, _ = project
+    config, instance, _, _ = project
     out = config.root / "reports" / "leaderboard" / "tickets"
     rows = json.loads((out / "leaderboard.json").read_text())["rows"]
     assert sorted(r["recipe"] for r in rows) == ["tiny_full", "tiny_head", "tiny_lora"]
     assert [r["accuracy"] for r in rows] == sorted((r["accuracy"] for r in rows), reverse=True)
     for row in rows:
         report = json.loads((config.root / "reports" / row["recipe"] / "eval.json").read_text())
-        assert row["accuracy"] == report["accuracy"] and row["trainable_params"] == report["trainable_params"]
-        assert 0 < row["trainable_share"] <= 1
+        checkpoint = Path(report["checkpoint"])
+        train_info = json.loads((checkpoint / "train_info.json").read_text())
+        # One cost vocabulary: what training wrote is what eval.json, the leaderboard and the UI show.
+        cost = TrainingCost.model_validate(report["cost"])
+        assert cost == TrainingCost.from_train_info(train_info).model_copy(
+            update={"checkpoint_bytes": cost.checkpoint_bytes})
+        assert row["accuracy"] == report["accuracy"]
+        shown = {"trainable_params", "train_seconds", "examples_per_sec", "tokens_per_sec", "peak_mem_bytes",
+                 "checkpoint_bytes"}
+        assert {k: row[k] for k in shown} == cost.model_dump(include=shown)
+        assert 0 < row["trainable_share"] == cost.trainable_share <= 1
+        metadata = instance.get_latest_materialization_event(
+            dg.AssetKey(["reports", row["recipe"]])).asset_materialization.metadata
+        assert {name: metadata[name].value for name in TrainingCost.model_fields} == cost.model_dump()
     by_name = {r["recipe"]: r for r in rows}
     assert by_name["tiny_lora"]["checkpoint_bytes"] < by_name["tiny_full"]["checkpoint_bytes"]
     assert by_name["tiny_head"]["delta_vs_base"] == 0.0

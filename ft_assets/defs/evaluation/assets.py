@@ -92,9 +92,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
                 **{f"forgetting_{k}": v for k, v in (headline.get("forgetting") or {}).items()
                    if isinstance(v, float)},
                 **({"forgetting": figure} if figure is not None else {}),
-                "trainable_params": headline["trainable_params"],
-                "total_params": headline["total_params"],
-                "train_seconds": headline["train_seconds"],
+                **headline["cost"],
                 "gates": dg.MetadataValue.json(headline["gates"]),
                 "checkpoint_path": dg.MetadataValue.path(checkpoint_path),
                 **published,

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS
+from ft_assets.lib.cost import TrainingCost
 from ft_assets.lib.evaluation.plots import data_uri, png_bytes, pyplot
 
 
@@ -34,17 +35,15 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
     for r in reports:
         task = r.get("task", "classification")
         metric, columns = TASK_METRICS[task]
-        cost = r["cost"]
+        cost = TrainingCost.model_validate(r["cost"])
         base = (untuned_base(r) or r)[metric]
         rows.append({
             "recipe": r["recipe"], "method": r["method"], "task": task, "metric": metric,
             **{c: r[c] for c in columns},
             "delta_vs_base": r[metric] - base,
-            "trainable_params": cost["trainable_params"],
-            "trainable_share": cost["trainable_params"] / cost["total_params"],
-            "train_seconds": cost["train_seconds"], "examples_per_sec": cost["examples_per_sec"],
-            "tokens_per_sec": cost.get("tokens_per_sec"),
-            "peak_mem_bytes": cost["peak_mem_bytes"], "checkpoint_bytes": cost["checkpoint_bytes"],
+            **cost.model_dump(include={"trainable_params", "train_seconds", "examples_per_sec", "tokens_per_sec",
+                                       "peak_mem_bytes", "checkpoint_bytes"}),
+            "trainable_share": cost.trainable_share,
             "forgetting": forgetting_figure(r.get("forgetting")),
         })
     return sorted(rows, key=lambda row: (row[row["metric"]] if row["metric"] in LOWER_IS_BETTER else -row[row["metric"]],

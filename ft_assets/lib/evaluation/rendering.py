@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ft_assets.lib.cost import TrainingCost
+
 # Figure file names, in the order the report shows them, with their headings.
 FIGURES = {"loss_curves": "Training curves", "confusion_matrix": "Confusion matrix"}
 
@@ -39,17 +41,16 @@ def write_report(report: dict, out_dir: Path, figures: dict[str, bytes] | None =
     return eval_path, render_markdown(report, {n: data_uri(png) for n, png in figures.items()})
 
 
-def _cost_lines(cost: dict) -> list[str]:
+def _cost_lines(cost_fields: dict) -> list[str]:
+    cost = TrainingCost.model_validate(cost_fields)
     return [
         "## Cost",
         "",
         "| trainable params | total params | share | train seconds | examples/s | tokens/s | peak memory | checkpoint size |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {cost['trainable_params']:,} | {cost['total_params']:,} | "
-        f"{cost['trainable_params'] / cost['total_params']:.2%} | {cost['train_seconds']:.1f} | "
-        f"{cost['examples_per_sec']:.1f} | {cost['tokens_per_sec']:,.0f} | "
-        f"{cost['peak_mem_bytes'] / 2**20:,.0f} MiB ({cost['peak_mem_kind']}) | "
-        f"{cost['checkpoint_bytes'] / 2**20:,.1f} MiB |",
+        f"| {cost.trainable_params:,} | {cost.total_params:,} | {cost.trainable_share:.2%} | "
+        f"{cost.train_seconds:.1f} | {cost.examples_per_sec:.1f} | {cost.tokens_per_sec:,.0f} | "
+        f"{cost.peak_mem_bytes / 2**20:,.0f} MiB ({cost.peak_mem_kind}) | {cost.checkpoint_bytes / 2**20:,.1f} MiB |",
         "",
     ]
 

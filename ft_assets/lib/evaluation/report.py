@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ft_assets.lib.config import RecipeConfig, stable_hash
+from ft_assets.lib.cost import TrainingCost
 from ft_assets.lib.evaluation.metrics import ClassificationMetrics, classification_metrics, majority_baseline
 from ft_assets.lib.evaluation.rendering import write_report
 from ft_assets.lib.training.classification import predict_logits
@@ -91,20 +92,9 @@ def _figures(recipe: RecipeConfig, checkpoint_dir: Path, report: dict) -> dict[s
     return figures
 
 
-def _cost(checkpoint_dir: Path) -> dict:
+def _cost(checkpoint_dir: Path) -> TrainingCost:
     info = json.loads((checkpoint_dir / TRAIN_INFO_FILE).read_text())
-    return {
-        "trainable_params": info["trainable_params"],
-        "total_params": info["total_params"],
-        "train_seconds": info["train_seconds"],
-        "examples_per_sec": info["examples_per_sec"],
-        "tokens_per_sec": info["tokens_per_sec"],
-        "peak_mem_bytes": info["peak_mem_bytes"],
-        "peak_mem_kind": info["peak_mem_kind"],
-        "checkpoint_bytes": directory_bytes(checkpoint_dir),
-        "device": info["device"],
-        "device_name": info["device_name"],
-    }
+    return TrainingCost.from_train_info(info).model_copy(update={"checkpoint_bytes": directory_bytes(checkpoint_dir)})
 
 
 def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, texts: list[str],
@@ -166,16 +156,12 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manife
 
 def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkpoint_dir: Path,
             labels: list[str], **blocks) -> dict:
-    """The fields every report shares, the task's `blocks` (metrics, baselines, ...) and the cost last;
-    headline numbers first, flat, for tools and the Dagster UI's plots."""
-    cost = _cost(checkpoint_dir)
+    """The fields every report shares, the task's `blocks` (metrics, baselines, ...) and the cost last
+    (lib/cost.py); headline metrics first, flat, for tools and the Dagster UI's plots."""
     report = {
         "task": task,
         **headline,
         "n_test": n_test,
-        "trainable_params": cost["trainable_params"],
-        "total_params": cost["total_params"],
-        "train_seconds": cost["train_seconds"],
         "recipe": recipe.name,
         "recipe_hash": recipe.recipe_hash(),
         "method": recipe.method,
@@ -184,7 +170,7 @@ def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkp
         "checkpoint": str(checkpoint_dir),
         "labels": labels,
         **blocks,
-        "cost": cost,
+        "cost": _cost(checkpoint_dir).model_dump(),
     }
     return {**report, "gates": evaluate_gates(report, recipe.gates)}
 

@@ -16,9 +16,13 @@ import json
 import os
 import sys
 
+from ft_assets.lib.cost import TrainingCost
 from ft_assets.lib.training.loop import MetricLogger
 from ft_assets.lib.training.run import run
 from ft_assets.lib.training.spec import TrainingSpec, training_error_path
+
+# Dagster Pipes metadata types of the values the materialization reports.
+PIPES_TYPES = {int: "int", float: "float", str: "text", bool: "bool"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -94,18 +98,12 @@ def _train_from_spec(spec: TrainingSpec) -> None:
             "step " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items())
         )))
         info = manifest["train_info"]
+        figures = {**TrainingCost.from_train_info(info).model_dump(exclude_none=True),
+                   "final_train_loss": info["final_train_loss"], "processes": info["processes"],
+                   "precision": info["precision"], "resumed_from_step": info["resumed_from_step"] or 0}
         pipes.report_asset_materialization(metadata={
             "checkpoint_path": {"raw_value": spec.output_dir, "type": "path"},
-            "train_seconds": {"raw_value": info["train_seconds"], "type": "float"},
-            "examples_per_sec": {"raw_value": info["examples_per_sec"], "type": "float"},
-            "tokens_per_sec": {"raw_value": info["tokens_per_sec"], "type": "float"},
-            "trainable_params": {"raw_value": info["trainable_params"], "type": "int"},
-            "total_params": {"raw_value": info["total_params"], "type": "int"},
-            "peak_mem_bytes": {"raw_value": info["peak_mem_bytes"], "type": "int"},
-            "final_train_loss": {"raw_value": info["final_train_loss"], "type": "float"},
-            "processes": {"raw_value": info["processes"], "type": "int"},
-            "resumed_from_step": {"raw_value": info["resumed_from_step"] or 0, "type": "int"},
-            "device": {"raw_value": f"{info['device']} ({info['device_name']}, {info['precision']})", "type": "text"},
+            **{name: {"raw_value": value, "type": PIPES_TYPES[type(value)]} for name, value in figures.items()},
         })
 
 

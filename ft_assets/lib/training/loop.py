@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ft_assets.lib.config import RecipeConfig
+from ft_assets.lib.cost import TrainingCost
 from ft_assets.lib.training.base_models import transformer_block_count
 from ft_assets.lib.training.device import (
     compiles, describe_device, peak_memory_bytes, resolve_device, resolve_precision,
@@ -196,11 +197,17 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
 
     examples, tokens = distributed.sum_over_processes(counts, world, device)
     distributed.end_process_group(world)
+    cost = TrainingCost(
+        trainable_params=trainable, total_params=total, train_seconds=train_seconds,
+        examples_per_sec=examples / train_seconds, tokens_per_sec=tokens / train_seconds,
+        peak_mem_bytes=peak_memory_bytes(device),
+        peak_mem_kind="cuda_allocated" if device == "cuda" else "process_rss",
+        device=device, device_name=describe_device(device),
+    )
     train_info = {
         "status": "success",
         "task": task,
-        "device": device,
-        "device_name": describe_device(device),
+        **cost.model_dump(exclude_none=True),
         "precision": precision,
         "processes": world.size,
         "attention": getattr(getattr(model, "config", None), "_attn_implementation", None),
@@ -212,13 +219,6 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         "steps": step,
         "epochs": cfg.epochs,
         "train_examples": len(data.train_set),
-        "train_seconds": train_seconds,
-        "examples_per_sec": examples / train_seconds,
-        "tokens_per_sec": tokens / train_seconds,
-        "trainable_params": trainable,
-        "total_params": total,
-        "peak_mem_bytes": peak_memory_bytes(device),  # of this process; each process holds a replica
-        "peak_mem_kind": "cuda_allocated" if device == "cuda" else "process_rss",
         "final_train_loss": last_train_loss,
         "final_eval": next((r for r in reversed(logger.records) if "eval_loss" in r), None),
         **data.info,
