@@ -64,16 +64,17 @@ def _event(record, current_id: int | None) -> dict:
     }
 
 
-def _keys(instance: dg.DagsterInstance, prefix: str) -> list[dg.AssetKey]:
-    return sorted((k for k in instance.get_asset_keys(prefix=[prefix])), key=lambda k: k.to_user_string())
-
-
 class _History:
-    """Materializations per asset key, read once per audit."""
+    """Materializations per asset key, read once per audit, of one project: its keys start with `project`
+    when it shares its code location with other projects (the FineTuningProject component)."""
 
-    def __init__(self, instance: dg.DagsterInstance):
+    def __init__(self, instance: dg.DagsterInstance, project: str | None = None):
         self.instance = instance
+        self.project = project
         self._records: dict[dg.AssetKey, list] = {}
+
+    def key(self, *parts: str) -> dg.AssetKey:
+        return dg.AssetKey([self.project, *parts] if self.project else list(parts))
 
     def records(self, key: dg.AssetKey) -> list:
         if key not in self._records:
@@ -87,33 +88,36 @@ class _History:
     def event(self, record) -> dict:
         return _event(record, self.latest_id(record.asset_key))
 
-    def prefixed(self, prefix: str) -> list:
-        """Every record of every asset under `prefix`, oldest first."""
-        records = [r for key in _keys(self.instance, prefix) for r in self.records(key)]
+    def prefixed(self, kind: str) -> list:
+        """Every record of every asset of this project under `kind` (raw, datasets, ...), oldest first."""
+        keys = self.instance.get_asset_keys(prefix=self.key(kind).path)
+        records = [r for key in keys for r in self.records(key)]
         return sorted(records, key=lambda r: r.storage_id)
 
 
 # --- down the chain --------------------------------------------------------------------------
 
-def audit_checkpoint(instance: dg.DagsterInstance, recipe: str, run_id: str | None = None) -> dict:
+def audit_checkpoint(instance: dg.DagsterInstance, recipe: str, run_id: str | None = None,
+                     project: str | None = None) -> dict:
     """The chain behind one checkpoint of `recipe`: the latest, or the one materialized in `run_id`."""
-    history = _History(instance)
-    key = dg.AssetKey(["checkpoints", recipe])
+    history = _History(instance, project)
+    key = history.key("checkpoints", recipe)
     records = history.records(key)
     if run_id is not None:
         records = [r for r in records if r.run_id == run_id]
     if not records:
         where = f" in run {run_id}" if run_id else ""
-        raise AuditError(f"checkpoints/{recipe} has no materialization{where} in this Dagster instance")
+        raise AuditError(f"{key.to_user_string()} has no materialization{where} in this Dagster instance")
     return _checkpoint_chain(history, records[-1])
 
 
-def audit_champion(instance: dg.DagsterInstance, dataset: str) -> dict:
+def audit_champion(instance: dg.DagsterInstance, dataset: str, project: str | None = None) -> dict:
     """The current champion of `dataset`, why it was chosen, and the chain behind its checkpoint."""
-    history = _History(instance)
-    records = history.records(dg.AssetKey(["models", dataset, "champion"]))
+    history = _History(instance, project)
+    key = history.key("models", dataset, "champion")
+    records = history.records(key)
     if not records:
-        raise AuditError(f"models/{dataset}/champion has no materialization in this Dagster instance")
+        raise AuditError(f"{key.to_user_string()} has no materialization in this Dagster instance")
     record = records[-1]
     meta = _meta(record)
     checkpoint = _checkpoint_record(history, meta["recipe"], meta["checkpoint_path"])
@@ -125,7 +129,7 @@ def audit_champion(instance: dg.DagsterInstance, dataset: str) -> dict:
 
 
 def _checkpoint_record(history: _History, recipe: str, path: str):
-    for record in reversed(history.records(dg.AssetKey(["checkpoints", recipe]))):
+    for record in reversed(history.records(history.key("checkpoints", recipe))):
         if _meta(record).get("checkpoint_path") == path:
             return record
     raise AuditError(f"no materialization of checkpoints/{recipe} wrote {path}")
@@ -155,7 +159,7 @@ def _checkpoint_chain(history: _History, record) -> dict:
 def _dataset_version(history: _History, lineage: dict, before: float) -> dict:
     """The dataset materialization the checkpoint trained on: its version, split sizes and quarantine."""
     found = {"name": lineage["name"], "version": lineage["version"], "config_hash": lineage["config_hash"]}
-    for record in reversed(history.records(dg.AssetKey(["datasets", lineage["name"]]))):
+    for record in reversed(history.records(history.key("datasets", lineage["name"]))):
         meta = _meta(record)
         if record.timestamp <= before and meta.get("dataset_version") == lineage["version"]:
             return {**found, **history.event(record),
@@ -167,7 +171,7 @@ def _dataset_version(history: _History, lineage: dict, before: float) -> dict:
 
 def _evaluation(history: _History, recipe: str, checkpoint_path: str) -> dict | None:
     """The latest report on exactly this checkpoint, with the gate checks evaluated in that run."""
-    key = dg.AssetKey(["reports", recipe])
+    key = history.key("reports", recipe)
     for record in reversed(history.records(key)):
         meta = _meta(record)
         if meta.get("checkpoint_path") != checkpoint_path:
@@ -215,9 +219,10 @@ def resolve_raw_file(target: str) -> tuple[str | None, str | None]:
     return (sha256_file(path) if path.is_file() else None), path.as_uri()
 
 
-def audit_raw_file(instance: dg.DagsterInstance, sha256: str | None, uri: str | None) -> dict:
+def audit_raw_file(instance: dg.DagsterInstance, sha256: str | None, uri: str | None,
+                   project: str | None = None) -> dict:
     """Every materialization that consumed the file, past and current, and the current assets to rebuild."""
-    history = _History(instance)
+    history = _History(instance, project)
 
     def matches(files: list[dict], sha_key: str, uri_key: str) -> list[dict]:
         return [f for f in files if (sha256 and f.get(sha_key) == sha256) or (not sha256 and f.get(uri_key) == uri)]
@@ -277,7 +282,7 @@ def _stale(history: _History, found: dict) -> list[dict]:
                 if kind != "reports":
                     continue
                 # A leaderboard built after this report ranks it; one built before never saw it.
-                leaderboard = dg.AssetKey(["reports", "leaderboard", entry["dataset"]])
+                leaderboard = history.key("reports", "leaderboard", entry["dataset"])
                 if (history.latest_id(leaderboard) or 0) > entry["event_id"]:
                     stale.setdefault(leaderboard.to_user_string(), "its current ranking includes such a report")
     return [{"asset": asset, "why": why} for asset, why in stale.items()]

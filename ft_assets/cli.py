@@ -145,7 +145,7 @@ def audit(args: argparse.Namespace) -> int:
     instance = open_instance(config, args.dagster_home)
     if args.raw_file is not None:
         sha256, uri = resolve_raw_file(args.raw_file)
-        found = audit_raw_file(instance, sha256, uri)
+        found = audit_raw_file(instance, sha256, uri, args.project)
         if not args.stale:
             found.pop("stale")
         print(json.dumps(found, indent=2) if args.json else format_raw_file(found, args.stale))
@@ -155,16 +155,17 @@ def audit(args: argparse.Namespace) -> int:
             print("ft-assets audit: --run selects a checkpoint run; a champion is audited as it stands",
                   file=sys.stderr)
             return 2
-        chain = audit_champion(instance, args.target.removeprefix("champion:"))
+        chain = audit_champion(instance, args.target.removeprefix("champion:"), args.project)
     else:
-        chain = audit_checkpoint(instance, args.target, args.run_id)
+        chain = audit_checkpoint(instance, args.target, args.run_id, args.project)
     print(json.dumps(chain, indent=2) if args.json else format_chain(chain))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ft-assets", description=__doc__)
-    parser.add_argument("--config", help="project YAML (default: FT_ASSETS_CONFIG, else the packaged default)")
+    parser.add_argument("--config", help="project YAML, or a FineTuningProject's defs.yaml (default: FT_ASSETS_CONFIG, "
+                                         "else the packaged default)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("summary", help=summary.__doc__).set_defaults(run=summary)
     verifier = commands.add_parser("verify", help=verify.__doc__.splitlines()[0])
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     auditor.add_argument("--stale", action="store_true",
                          help="with --raw-file: the current assets to rebuild without the file")
     auditor.add_argument("--json", action="store_true", help="print the result as JSON")
+    auditor.add_argument("--project", help="the project's folder name, when several FineTuningProject components "
+                                           "share the code location (its asset keys start with it)")
     auditor.add_argument("--dagster-home", help="the Dagster instance folder (default: DAGSTER_HOME, else "
                                                 "<storage root>/dagster)")
     auditor.set_defaults(run=audit)

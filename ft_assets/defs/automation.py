@@ -46,8 +46,10 @@ def default_sensor_status(config: ProjectConfig) -> dg.DefaultSensorStatus:
 
 def automation_sensor(config: ProjectConfig) -> dg.AutomationConditionSensorDefinition:
     # Dagster's default automation sensor starts stopped; this one runs from the first start.
+    project = (dg.AssetSelection.key_prefixes([config.name_prefix]) if config.name_prefix
+               else dg.AssetSelection.all())
     return dg.AutomationConditionSensorDefinition(
-        AUTOMATION_SENSOR, target=dg.AssetSelection.all(), default_status=default_sensor_status(config),
+        config.qualified_name(AUTOMATION_SENSOR), target=project, default_status=default_sensor_status(config),
         minimum_interval_seconds=config.automation.evaluation_interval_seconds,
         description="Evaluates every asset's automation condition: datasets after new raw content, gated "
                     "retraining, then reports, leaderboards and champions.",

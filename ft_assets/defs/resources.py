@@ -54,14 +54,26 @@ class GpuResource(dg.ConfigurableResource):
 
 
 def build_resources(config: ProjectConfig) -> dict:
+    """The project's resources, by name: warehouse, gpu and launcher, each after the project's name when it
+    shares its code location with others (two projects have two warehouses)."""
     from ft_assets.defs.training.launcher import default_launcher
 
     return {
-        "warehouse": WarehouseResource(database=str(config.warehouse_path)),
-        "gpu": GpuResource(**config.gpu.model_dump()),
+        config.qualified_name("warehouse"): WarehouseResource(database=str(config.warehouse_path)),
+        config.qualified_name("gpu"): GpuResource(**config.gpu.model_dump()),
         # A kubernetes launcher finds its cluster when a run starts, not when this loads.
-        "launcher": default_launcher(),
+        config.qualified_name("launcher"): default_launcher(),
     }
+
+
+def resource_keys(config: ProjectConfig, *names: str) -> set[str]:
+    """What an asset of this project requires, for `required_resource_keys`."""
+    return {config.qualified_name(name) for name in names}
+
+
+def project_resource(context: dg.AssetExecutionContext, config: ProjectConfig, name: str):
+    """This project's resource `name` (warehouse, gpu, launcher) from a step's context."""
+    return getattr(context.resources, config.qualified_name(name))
 
 
 def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:

@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+# What a defs.yaml names the FineTuningProject component by (defs/component.py); its `attributes` are a project.
+COMPONENT_TYPES = frozenset({"ft_assets.FineTuningProject", "ft_assets.defs.component.FineTuningProject"})
 
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
 
@@ -451,7 +453,7 @@ class ProjectConfig(_Strict):
     storage: StorageConfig = StorageConfig()
     automation: AutomationConfig = AutomationConfig()
     gpu: GpuConfig = GpuConfig()
-    # Only read with FT_ENV=k8s; see KubernetesConfig.
+    # Only read by the kubernetes launcher (FT_ENV=k8s); see KubernetesConfig.
     kubernetes: KubernetesConfig | None = None
     corpora: list[CorpusConfig]
     datasets: list[DatasetConfig]
@@ -459,10 +461,25 @@ class ProjectConfig(_Strict):
 
     # Set by load_config, not by the YAML: where the file lives, for resolving relative paths.
     _source: Path = PrivateAttr(DEFAULT_CONFIG_PATH)
+    # Set when the project shares its code location with others (the FineTuningProject component):
+    # its name, put in front of every asset key, sensor and resource name it defines.
+    _name_prefix: str | None = PrivateAttr(None)
 
     @property
     def source(self) -> Path:
         return self._source
+
+    @property
+    def name_prefix(self) -> str | None:
+        return self._name_prefix
+
+    def key_path(self, *parts: str) -> list[str]:
+        """An asset key's path: `parts`, after the project's name when it shares its code location."""
+        return [self._name_prefix, *parts] if self._name_prefix else list(parts)
+
+    def qualified_name(self, name: str) -> str:
+        """A sensor's or resource's name, after the project's name when it shares its code location."""
+        return f"{self._name_prefix}__{name}" if self._name_prefix else name
 
     def corpus(self, name: str) -> CorpusConfig:
         return next(c for c in self.corpora if c.name == name)
@@ -520,7 +537,7 @@ def stable_hash(payload: Any) -> str:
 
 
 def load_config(path: str | Path | None = None) -> ProjectConfig:
-    """Reads and validates a project YAML.
+    """Reads and validates a project YAML, or the `attributes` of a FineTuningProject's defs.yaml.
 
     Args:
         path: the YAML file; None reads FT_ASSETS_CONFIG, else the packaged default.
@@ -538,13 +555,26 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
         raise ConfigError(f"{path}: config file not found") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if isinstance(raw, dict) and raw.get("type") in COMPONENT_TYPES:
+        raw = raw.get("attributes")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with corpora, datasets and recipes at the top")
     try:
         config = ProjectConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(_describe_errors(path, raw, e)) from e
+    return checked_project(config, path)
+
+
+def checked_project(config: ProjectConfig, path: Path, name_prefix: str | None = None) -> ProjectConfig:
+    """A schema-valid project, placed at `path` (relative paths resolve from its folder) and checked across
+    entries (names, references, methods).
+
+    Raises:
+        ConfigError: naming the file, and for each problem the entry and field.
+    """
     config._source = path
+    config._name_prefix = name_prefix
     problems = _cross_reference_problems(config)
     if problems:
         raise ConfigError(f"{path}: {len(problems)} problem(s):\n" + "\n".join(f"  - {p}" for p in problems))

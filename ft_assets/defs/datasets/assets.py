@@ -5,7 +5,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import rebuild_after_upstream
-from ft_assets.defs.resources import WAREHOUSE_POOL, latest_metadata
+from ft_assets.defs.resources import WAREHOUSE_POOL, latest_metadata, project_resource, resource_keys
 from ft_assets.lib.storage import publish
 from ft_assets.lib.datasets.cleaning import (
     DatasetSummary, build_dataset, dataset_labels, export_splits, quarantine_markdown, quarantined, read_table,
@@ -19,7 +19,7 @@ CLEANING_CODE = ("ft_assets.lib.datasets.cleaning", "ft_assets.lib.schemas")
 
 
 def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
-    key = dg.AssetKey(["datasets", dataset.name])
+    key = dg.AssetKey(config.key_path("datasets", dataset.name))
     corpora = [c.name for c in config.dataset_corpora(dataset)]
     split_rule = (f"test = corpus `{dataset.test_corpus}`" if dataset.test_corpus
                   else f"test {dataset.test_fraction:.0%}") + f", validation {dataset.validation_fraction:.0%}"
@@ -42,7 +42,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         group_name="datasets",
         kinds={"duckdb"},
         pool=WAREHOUSE_POOL,
-        deps=[dg.AssetKey(["raw", c]) for c in corpora],
+        deps=[dg.AssetKey(config.key_path("raw", c)) for c in corpora],
         code_version=code_version(config.dataset_hash(dataset), *CLEANING_CODE),
         automation_condition=rebuild_after_upstream(),
         description=(
@@ -54,8 +54,10 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             f"`{config.remote_root or config.root}/datasets/{dataset.name}/<version>/`."
         ),
         check_specs=checks,
+        required_resource_keys=resource_keys(config, "warehouse"),
     )
-    def cleaned_dataset(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
+    def cleaned_dataset(context: dg.AssetExecutionContext):
+        warehouse: DuckDBResource = project_resource(context, config, "warehouse")
         with warehouse.get_connection() as conn:
             summary = build_dataset(conn, dataset)
             problems = validate(clean_rows_schema(dataset), read_table(conn, f"datasets.{dataset.name}"))

@@ -4,7 +4,7 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ft_assets.defs.resources import WAREHOUSE_POOL
+from ft_assets.defs.resources import WAREHOUSE_POOL, project_resource, resource_keys
 from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
 from ft_assets.lib.ingest.readers import read_corpus, write_raw
 from ft_assets.lib.lineage import code_version
@@ -12,7 +12,7 @@ from ft_assets.lib.schemas import RawRows, validate
 
 
 def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.AssetsDefinition:
-    key = dg.AssetKey(["raw", corpus.name])
+    key = dg.AssetKey(config.key_path("raw", corpus.name))
     landing = config.corpus_location(corpus)
 
     @dg.asset(
@@ -33,8 +33,10 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         metadata={"landing": dg.MetadataValue.path(landing), "format": corpus.format},
         check_specs=[dg.AssetCheckSpec("raw_contract", asset=key, blocking=True,
                                        description="pandera RawRows: provenance present, sha256 well-formed, rows unique")],
+        required_resource_keys=resource_keys(config, "warehouse"),
     )
-    def raw_corpus(context: dg.AssetExecutionContext, warehouse: DuckDBResource):
+    def raw_corpus(context: dg.AssetExecutionContext):
+        warehouse: DuckDBResource = project_resource(context, config, "warehouse")
         try:
             raw = read_corpus(corpus, landing)
         except (FileNotFoundError, ValueError) as e:

@@ -13,11 +13,11 @@ TRIGGER_TAG = "ft_assets/landing_changes"
 
 
 def build_landing_sensor(corpus: CorpusConfig, config: ProjectConfig) -> dg.SensorDefinition:
-    key = dg.AssetKey(["raw", corpus.name])
+    key = dg.AssetKey(config.key_path("raw", corpus.name))
     location = config.corpus_location(corpus)
 
     @dg.sensor(
-        name=f"landing_{corpus.name}",
+        name=config.qualified_name(f"landing_{corpus.name}"),
         target=[key],
         # Listing is cheap (unchanged files are not read again), so a short interval is fine.
         minimum_interval_seconds=config.automation.landing_interval_seconds,

@@ -18,7 +18,7 @@ from ft_assets.lib.training.checkpoint import MANIFEST_FILE
 
 def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     recipes = [r for r in config.recipes if r.dataset == dataset.name]
-    key = dg.AssetKey(["models", dataset.name, "champion"])
+    key = dg.AssetKey(config.key_path("models", dataset.name, "champion"))
     champion_dir = config.root / "models" / dataset.name / "champion"
     rule = dataset.champion
     metric = rule.metric or TASK_METRICS[dataset.task][0]
@@ -28,7 +28,7 @@ def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.As
         group_name="models",
         automation_condition=dg.AutomationCondition.eager(),
         kinds={"pytorch"},
-        deps=[dg.AssetKey(["reports", r.name]) for r in recipes],
+        deps=[dg.AssetKey(config.key_path("reports", r.name)) for r in recipes],
         code_version=code_version(stable_hash(rule.model_dump(mode="json")), "ft_assets.lib.models.champion"),
         description=(
             f"The champion of datasets/{dataset.name}: among {', '.join(r.name for r in recipes)}, the recipe whose "
@@ -98,7 +98,7 @@ def _candidate(instance: dg.DagsterInstance, recipe: RecipeConfig, dataset: Data
                config: ProjectConfig) -> dict | None:
     """The recipe's latest report as a candidate, its gates read from the Dagster check records of that
     very materialization (a check from another run, or none, counts as not passed)."""
-    report_key = dg.AssetKey(["reports", recipe.name])
+    report_key = dg.AssetKey(config.key_path("reports", recipe.name))
     event = instance.get_latest_materialization_event(report_key)
     if event is None:
         return None

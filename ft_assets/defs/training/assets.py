@@ -11,7 +11,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import retraining
-from ft_assets.defs.resources import GPU_POOL, GpuResource, latest_metadata
+from ft_assets.defs.resources import GPU_POOL, GpuResource, latest_metadata, project_resource, resource_keys
 from ft_assets.defs.training.launcher import TrainingLauncher
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.datasets.cleaning import dataset_labels, read_split
@@ -28,14 +28,14 @@ RESUME_DIR = ".resume"
 
 def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     dataset = config.dataset(recipe.dataset)
-    dataset_key = dg.AssetKey(["datasets", dataset.name])
+    dataset_key = dg.AssetKey(config.key_path("datasets", dataset.name))
     recipe_dir = config.root / "checkpoints" / recipe.name
     # base_model checkpoint:<recipe> makes that recipe's checkpoint an upstream asset.
-    base_key = dg.AssetKey(["checkpoints", recipe.base_recipe]) if recipe.base_recipe else None
+    base_key = dg.AssetKey(config.key_path("checkpoints", recipe.base_recipe)) if recipe.base_recipe else None
     base = f"the latest checkpoints/{recipe.base_recipe}" if base_key else f"`{recipe.base_model}`"
 
     @dg.asset(
-        key=dg.AssetKey(["checkpoints", recipe.name]),
+        key=dg.AssetKey(config.key_path("checkpoints", recipe.name)),
         group_name="training",
         kinds={"pytorch"},
         pool=GPU_POOL,
@@ -47,12 +47,15 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             f"({dataset.task.replace('_', ' ')}, "
             f"{recipe.training.epochs} epochs, lr {recipe.learning_rate:g}, batch {recipe.training.batch_size}). "
             f"Writes a save_pretrained directory under `{recipe_dir}/<version>/` with manifest.json: raw files "
-            "and their sha256, dataset version, recipe hash, base weights sha256, library versions, git SHA, run id."
+            "and their sha256, dataset version, recipe hash, the base model's sha256, library versions, git SHA, run id."
         ),
         metadata={"recipe": dg.MetadataValue.json(recipe.model_dump(mode="json"))},
+        required_resource_keys=resource_keys(config, "warehouse", "gpu", "launcher"),
     )
-    def checkpoint(context: dg.AssetExecutionContext, warehouse: DuckDBResource, gpu: GpuResource,
-                   launcher: TrainingLauncher):
+    def checkpoint(context: dg.AssetExecutionContext):
+        warehouse: DuckDBResource = project_resource(context, config, "warehouse")
+        gpu: GpuResource = project_resource(context, config, "gpu")
+        launcher: TrainingLauncher = project_resource(context, config, "launcher")
         kube = launcher.require_kubernetes(config)
         _remove_partials(context, recipe_dir)
         version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"

@@ -1,0 +1,70 @@
+"""FineTuningProject: the project YAML as a Dagster component, declared in a `defs.yaml` and driven with `dg`.
+
+    # <root_module>/defs/<project>/defs.yaml
+    type: ft_assets.FineTuningProject
+    attributes:          # the project YAML's schema: storage, automation, gpu, kubernetes, corpora, datasets, recipes
+      corpora: [...]
+      datasets: [...]
+      recipes: [...]
+
+Relative paths (storage.root, corpus paths) resolve from the defs.yaml's folder. A project alone in its
+code location keeps the keys of a project YAML (raw/<corpus>, checkpoints/<recipe>, ...); beside other
+projects, its asset keys, sensors and resources start with its folder's name, so corpus and recipe
+names may repeat between projects.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dagster as dg
+import yaml
+
+from ft_assets.lib.config import COMPONENT_TYPES, ConfigError, ProjectConfig, checked_project
+
+PROJECT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class FineTuningProject(dg.Component):
+    """Corpora, datasets and fine-tuning recipes as one lineage-tracked asset graph (ft_assets).
+
+    The attributes are the project YAML's schema; see the README's configuration reference.
+    """
+
+    def __init__(self, config: ProjectConfig):
+        self.config = config
+
+    @classmethod
+    def get_model_cls(cls) -> type[ProjectConfig]:
+        return ProjectConfig
+
+    @classmethod
+    def load(cls, attributes: ProjectConfig | None, context: dg.ComponentLoadContext) -> FineTuningProject:
+        folder = context.path if context.path.is_dir() else context.path.parent
+        source = folder / "defs.yaml"
+        if attributes is None:
+            raise ConfigError(f"{source}: a FineTuningProject needs `attributes:` with corpora and datasets")
+        shared = len(project_folders(context.defs_module_path)) > 1
+        if shared and not PROJECT_NAME.match(folder.name):
+            raise ConfigError(f"{source}: the folder name {folder.name!r} starts this project's asset keys beside "
+                              "the other projects: use lowercase letters, digits and _ (starting with a letter)")
+        return cls(checked_project(attributes, source, folder.name if shared else None))
+
+    def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
+        from ft_assets.defs import build_definitions
+
+        return build_definitions(self.config)
+
+
+def project_folders(defs_root: Path) -> list[Path]:
+    """The folders under `defs_root` whose defs.yaml declares a FineTuningProject."""
+    folders = []
+    for path in sorted(defs_root.rglob("defs.yaml")) if defs_root.is_dir() else []:
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except yaml.YAMLError:
+            continue  # dg reports it, naming the file and line
+        if any(isinstance(d, dict) and d.get("type") in COMPONENT_TYPES for d in documents):
+            folders.append(path.parent)
+    return folders
