@@ -11,8 +11,7 @@ from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
 from ft_assets.lib.storage import sha256_file
 from ft_assets_tests.conftest import ticket_rows, write_csv, write_project
-from ft_assets_tests.test_champion import learning_recipes
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import learning_recipes, materialize_all
 
 RETRAIN_FULL = [dg.AssetKey(k) for k in (["raw", "tickets"], ["datasets", "tickets"], ["checkpoints", "tiny_full"],
                                          ["reports", "tiny_full"], ["models", "tickets", "champion"])]

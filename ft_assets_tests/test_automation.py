@@ -8,7 +8,7 @@ import pytest
 from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
 from ft_assets_tests.conftest import ticket_rows, write_csv, write_project
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import materialize_all
 
 RAW, DATASET = dg.AssetKey(["raw", "tickets"]), dg.AssetKey(["datasets", "tickets"])
 AUTO, MANUAL = dg.AssetKey(["checkpoints", "auto"]), dg.AssetKey(["checkpoints", "manual"])

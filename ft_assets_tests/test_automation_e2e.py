@@ -9,7 +9,7 @@ import yaml
 from ft_assets.cli import main
 from ft_assets.lib.storage import sha256_file
 from ft_assets_tests.conftest import write_project
-from ft_assets_tests.test_ui import dagster_dev, wait_for
+from ft_assets_tests.helpers import dagster_dev, wait_for
 
 # Sensor interval 5 s and a per-minute retrain schedule: the whole chain fits well inside the bound.
 BOUND_S = 300

@@ -15,24 +15,9 @@ from ft_assets.lib.training.checkpoint import load_checkpoint
 from ft_assets.lib.training.checkpoint import save_checkpoint
 from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import qa_conversations, story_lines
+from ft_assets_tests.helpers import CAUSAL_LEARNING_RATE, causal_recipe, causal_rows
 
-TINY_LEARNING_RATE = {"full": 3e-3, "freeze": 3e-3, "lora": 1e-2, "rslora": 1e-2, "dora": 1e-2, "ia3": 3e-2,
-                      "prompt_tuning": 3e-1, "prefix_tuning": 3e-2}
-TINY_METHOD_ARGS = {"lora": {"r": 4, "alpha": 8}, "rslora": {"r": 4, "alpha": 8}, "dora": {"r": 4, "alpha": 8},
-                    "freeze": {"layers": 1}, "prompt_tuning": {"num_virtual_tokens": 4},
-                    "prefix_tuning": {"num_virtual_tokens": 4}}
-METHODS = sorted(TINY_LEARNING_RATE)
-
-
-def recipe(model_dir, method, **training):
-    return RecipeConfig(name=f"c_{method}", dataset="d", base_model=str(model_dir), method=method,
-                        method_args=TINY_METHOD_ARGS.get(method, {}),
-                        training={"epochs": 3, "batch_size": 8, "max_length": 96,
-                                  "learning_rate": TINY_LEARNING_RATE[method], "log_every_steps": 1, **training})
-
-
-def rows(texts):
-    return {"text": texts, "label": [None] * len(texts)}
+METHODS = sorted(CAUSAL_LEARNING_RATE)
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_llama_dir", "tiny_gpt2_dir"])
@@ -129,8 +114,8 @@ def test_text_blocks_cut_one_stream_into_full_blocks(tiny_llama_dir):
 def test_loss_goes_down_and_the_checkpoint_reloads_to_the_same_logits(task, model_fixture, method, request, tmp_path):
     model_dir = request.getfixturevalue(model_fixture)
     texts = qa_conversations(48) if task == "instruction" else story_lines(300)
-    r = recipe(model_dir, method)
-    result = fit(r, [], rows(texts), rows(texts[:8]), task=task, device="cpu")
+    r = causal_recipe(model_dir, method)
+    result = fit(r, [], causal_rows(texts), causal_rows(texts[:8]), task=task, device="cpu")
     losses = [rec["train_loss"] for rec in result.logger.records if "train_loss" in rec]
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
     info = result.train_info
@@ -155,9 +140,10 @@ def test_loss_goes_down_and_the_checkpoint_reloads_to_the_same_logits(task, mode
 
 def test_packing_trains_the_same_conversations_in_fewer_steps(tiny_llama_dir):
     texts = qa_conversations(48)
-    plain = fit(recipe(tiny_llama_dir, "lora", epochs=1), [], rows(texts), None, task="instruction", device="cpu")
-    packed = fit(recipe(tiny_llama_dir, "lora", epochs=1, packing=True, max_length=256), [], rows(texts), None,
-                 task="instruction", device="cpu")
+    plain = fit(causal_recipe(tiny_llama_dir, "lora", epochs=1), [], causal_rows(texts), None, task="instruction",
+                device="cpu")
+    packed = fit(causal_recipe(tiny_llama_dir, "lora", epochs=1, packing=True, max_length=256), [], causal_rows(texts),
+                 None, task="instruction", device="cpu")
     assert packed.train_info["packed_sequences"] < plain.train_info["conversations"] == 48
     assert packed.train_info["steps"] < plain.train_info["steps"]
 
@@ -165,8 +151,8 @@ def test_packing_trains_the_same_conversations_in_fewer_steps(tiny_llama_dir):
 def test_merged_export_of_a_causal_lora_gives_the_adapters_logits(tiny_llama_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    r = recipe(tiny_llama_dir, "lora", epochs=1).model_copy(update={"export": "merged"})
-    result = fit(r, [], rows(qa_conversations(16)), None, task="instruction", device="cpu")
+    r = causal_recipe(tiny_llama_dir, "lora", epochs=1).model_copy(update={"export": "merged"})
+    result = fit(r, [], causal_rows(qa_conversations(16)), None, task="instruction", device="cpu")
     save_checkpoint(result, r, [], tmp_path / "ckpt", {})
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt" / "merged").eval()
     ids = torch.tensor([result.tokenizer("The lamp is red.")["input_ids"]])
@@ -181,7 +167,8 @@ def test_a_scratch_model_learns_the_language_of_its_corpus(tmp_path):
                               "context": 64},
                      training={"epochs": 3, "batch_size": 8, "max_length": 32, "learning_rate": 3e-3})
     lines = story_lines(400)
-    result = fit(r, [], rows(lines), rows(story_lines(40, seed=5)), task="language_modeling", device="cpu")
+    result = fit(r, [], causal_rows(lines), causal_rows(story_lines(40, seed=5)), task="language_modeling",
+                 device="cpu")
     evals = [rec["eval_perplexity"] for rec in result.logger.records if "eval_perplexity" in rec]
     # A fresh model is near-uniform over its vocabulary; three epochs on a repetitive corpus are far better.
     assert evals[0] < 320 and evals[-1] < evals[0] and evals[-1] < 20

@@ -12,23 +12,7 @@ from ft_assets.defs import build_definitions
 from ft_assets.lib.models.champion import CHAMPION_FILE, HISTORY_FILE, choose_champion
 from ft_assets.lib.config import ChampionConfig, load_config
 from ft_assets_tests.conftest import write_project
-from ft_assets_tests.test_materialize import materialize_all
-
-# Six epochs at 3e-3 is what it takes the random tiny BERT to learn the tickets in full; its head
-# alone on random features stays at or below the majority class, so it fails beats_baselines.
-TRAINING = {"epochs": 6, "batch_size": 16, "max_length": 16, "log_every_steps": 5}
-
-
-def learning_recipes(model_dir, full_gates: dict | None = None) -> list[dict]:
-    """tiny_full, which learns (gates: `full_gates`, else a forgetting ceiling it meets), and tiny_head,
-    which does not."""
-    return [
-        {"name": "tiny_full", "dataset": "tickets", "base_model": str(model_dir), "method": "full",
-         "training": {**TRAINING, "learning_rate": 3e-3, "head_learning_rate": 3e-3},
-         "gates": {"max_forgetting": 1.5} if full_gates is None else full_gates},
-        {"name": "tiny_head", "dataset": "tickets", "base_model": str(model_dir), "method": "head_only",
-         "training": {**TRAINING, "learning_rate": 2e-2}},
-    ]
+from ft_assets_tests.helpers import learning_recipes, materialize_all
 
 
 def candidate(recipe: str, accuracy: float, *, forgetting=None, params=1000, passed=True) -> dict:

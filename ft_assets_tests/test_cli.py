@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ft_assets_tests.conftest import write_project
-from ft_assets_tests.test_champion import learning_recipes
+from ft_assets_tests.helpers import learning_recipes
 
 REPO = Path(__file__).resolve().parents[1]
 

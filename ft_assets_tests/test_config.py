@@ -10,19 +10,9 @@ import yaml
 from ft_assets.lib import config as schema
 from ft_assets.lib.config import DEFAULT_LEARNING_RATE, ConfigError, load_config
 from ft_assets_tests.conftest import readme_block
+from ft_assets_tests.helpers import MINIMAL_CONFIG, write_config
 
 REPO = Path(__file__).resolve().parents[1]
-MINIMAL = {
-    "corpora": [{"name": "c", "path": "raw/c/", "format": "csv", "label_field": "label"}],
-    "datasets": [{"name": "d", "corpus": "c"}],
-    "recipes": [{"name": "r", "dataset": "d", "method": "lora"}],
-}
-
-
-def write(tmp_path: Path, payload: dict) -> Path:
-    path = tmp_path / "project.yaml"
-    path.write_text(yaml.safe_dump(payload))
-    return path
 
 
 @pytest.mark.parametrize("path", sorted(REPO.glob("ft_assets/configs/*.yaml")), ids=lambda p: p.name)
@@ -75,7 +65,7 @@ def test_default_config_resolves_to_the_repo_data_folder(monkeypatch):
 
 
 def test_env_vars_pick_the_file_and_override_the_root(tmp_path, monkeypatch):
-    path = write(tmp_path, MINIMAL)
+    path = write_config(tmp_path, MINIMAL_CONFIG)
     monkeypatch.setenv("FT_ASSETS_CONFIG", str(path))
     assert load_config().root == tmp_path / "data"
     monkeypatch.setenv("FT_ASSETS_ROOT", str(tmp_path / "elsewhere"))
@@ -83,14 +73,14 @@ def test_env_vars_pick_the_file_and_override_the_root(tmp_path, monkeypatch):
 
 
 def test_defaults_are_resolved_into_the_recipe_and_its_hash(tmp_path):
-    recipe = load_config(write(tmp_path, MINIMAL)).recipes[0]
+    recipe = load_config(write_config(tmp_path, MINIMAL_CONFIG)).recipes[0]
     assert recipe.method_args == {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": None}
     assert recipe.learning_rate == DEFAULT_LEARNING_RATE["lora"]
-    explicit = {**MINIMAL, "recipes": [{**MINIMAL["recipes"][0], "method_args": {"r": 8},
-                                        "training": {"learning_rate": DEFAULT_LEARNING_RATE["lora"]}}]}
-    assert load_config(write(tmp_path, explicit)).recipes[0].recipe_hash() == recipe.recipe_hash()
-    changed = {**MINIMAL, "recipes": [{**MINIMAL["recipes"][0], "method_args": {"r": 16}}]}
-    assert load_config(write(tmp_path, changed)).recipes[0].recipe_hash() != recipe.recipe_hash()
+    explicit = {**MINIMAL_CONFIG, "recipes": [{**MINIMAL_CONFIG["recipes"][0], "method_args": {"r": 8},
+                                               "training": {"learning_rate": DEFAULT_LEARNING_RATE["lora"]}}]}
+    assert load_config(write_config(tmp_path, explicit)).recipes[0].recipe_hash() == recipe.recipe_hash()
+    changed = {**MINIMAL_CONFIG, "recipes": [{**MINIMAL_CONFIG["recipes"][0], "method_args": {"r": 16}}]}
+    assert load_config(write_config(tmp_path, changed)).recipes[0].recipe_hash() != recipe.recipe_hash()
 
 
 @pytest.mark.parametrize("mutate, expected", [
@@ -107,9 +97,9 @@ def test_defaults_are_resolved_into_the_recipe_and_its_hash(tmp_path):
     (lambda c: c.update(extra_section=1), "extra_section: Extra inputs are not permitted"),
 ])
 def test_bad_values_name_the_file_the_entry_and_the_field(tmp_path, mutate, expected):
-    payload = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL_CONFIG))
     mutate(payload)
-    path = write(tmp_path, payload)
+    path = write_config(tmp_path, payload)
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert str(path) in str(error.value)
@@ -117,10 +107,10 @@ def test_bad_values_name_the_file_the_entry_and_the_field(tmp_path, mutate, expe
 
 
 def test_all_problems_are_reported_at_once(tmp_path):
-    payload = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL_CONFIG))
     payload["recipes"][0]["training"] = {"epochs": 0, "batch_size": -1}
     with pytest.raises(ConfigError) as error:
-        load_config(write(tmp_path, payload))
+        load_config(write_config(tmp_path, payload))
     assert "2 problem(s)" in str(error.value)
     assert "training.epochs" in str(error.value) and "training.batch_size" in str(error.value)
 
@@ -139,10 +129,10 @@ def test_unreadable_files_get_a_clear_error(tmp_path):
     ({"method": "prompt_tuning", "export": "merged"}, "field export: merged folds adapter weights"),
 ])
 def test_combinations_that_cannot_run_fail_at_load_naming_the_recipe(tmp_path, update, expected):
-    payload = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL_CONFIG))
     payload["recipes"][0].update(update)
     with pytest.raises(ConfigError) as error:
-        load_config(write(tmp_path, payload))
+        load_config(write_config(tmp_path, payload))
     assert f"recipes[0] (r): {expected}" in str(error.value)
 
 
@@ -150,9 +140,9 @@ def test_combinations_that_cannot_run_fail_at_load_naming_the_recipe(tmp_path, u
 def test_what_depends_on_the_machine_or_the_base_models_files_is_not_checked_at_load(tmp_path, update):
     """qlora on a machine without CUDA (this one, CI, a webserver beside GPU pods) and more frozen layers than
     the base has load; the training step refuses them (test_train.py) before it reads any data."""
-    payload = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL_CONFIG))
     payload["recipes"][0].update(update)
-    assert load_config(write(tmp_path, payload)).recipes[0].method == update["method"]
+    assert load_config(write_config(tmp_path, payload)).recipes[0].method == update["method"]
 
 
 
@@ -185,7 +175,7 @@ CAUSAL = {
 
 
 def test_a_pretrain_then_instruction_tune_chain_validates(tmp_path):
-    config = load_config(write(tmp_path, CAUSAL))
+    config = load_config(write_config(tmp_path, CAUSAL))
     sft = config.recipes[1]
     assert sft.base_recipe == "pre" and sft.training.packing and sft.generation.max_new_tokens == 64
     assert config.recipes[0].scratch.architecture == "llama"
@@ -223,7 +213,7 @@ def test_a_pretrain_then_instruction_tune_chain_validates(tmp_path):
 ])
 def test_causal_recipes_that_cannot_run_fail_at_load_naming_the_entry(tmp_path, change, expected):
     with pytest.raises(ConfigError) as error:
-        load_config(write(tmp_path, {**CAUSAL, **change}))
+        load_config(write_config(tmp_path, {**CAUSAL, **change}))
     assert expected in str(error.value)
     assert "recipes[" in str(error.value) or "datasets[" in str(error.value)
 
@@ -237,7 +227,7 @@ def test_causal_recipes_that_cannot_run_fail_at_load_naming_the_entry(tmp_path, 
 ])
 def test_causal_fields_are_checked_where_they_are_written(tmp_path, entry, expected):
     with pytest.raises(ConfigError, match=expected):
-        load_config(write(tmp_path, {**MINIMAL, **entry}))
+        load_config(write_config(tmp_path, {**MINIMAL_CONFIG, **entry}))
 
 
 def test_a_qlora_project_loads_without_a_gpu_and_its_training_step_says_what_it_needs(tmp_path, tiny_model_dir):
@@ -246,8 +236,7 @@ def test_a_qlora_project_loads_without_a_gpu_and_its_training_step_says_what_it_
 
     from ft_assets.defs import build_definitions
     from ft_assets_tests.conftest import write_project
-    from ft_assets_tests.test_engine import step_failure
-    from ft_assets_tests.test_materialize import materialize_all
+    from ft_assets_tests.helpers import materialize_all, step_failure
 
     config_path = write_project(tmp_path, tiny_model_dir, recipes=[
         {"name": "q", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "qlora",

@@ -18,36 +18,9 @@ import pytest
 from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
 from ft_assets_tests.conftest import write_project
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import materialize_all, training_processes
 
 CHECKPOINT = dg.AssetKey(["checkpoints", "slow"])
-
-
-def training_processes() -> list[int]:
-    """Pids of `python -m ft_assets.lib.training` processes that are children of this test process."""
-    return [pid for pid, ppid in parent_pids().items()
-            if ppid == os.getpid() and b"ft_assets.lib.training" in cmdline(pid).split(b"\0")]
-
-
-def parent_pids() -> dict[int, int]:
-    """Every running process's parent, from /proc: pid -> parent pid."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return parents
-
-
-def cmdline(pid: int) -> bytes:
-    """The process's command line; empty once it has exited (a zombie has none either)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
 
 
 def kill_training_once_it_has_started(killed: list[int]) -> None:

@@ -10,8 +10,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,8 +17,10 @@ from safetensors.torch import load_file
 from ft_assets.lib.training.distributed import World
 from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import LABELS
-from ft_assets_tests.test_crash_safety import cmdline, parent_pids, training_processes
-from ft_assets_tests.test_train import recipe, rows
+from ft_assets_tests.helpers import (
+    causal_recipe, causal_rows, classification_recipe, classification_rows, cmdline, materialize_all,
+    materialize_with_gpu_settings, parent_pids, step_failure, training_processes, write_spec,
+)
 
 # Float sums in another order (two half-batch means averaged by all-reduce instead of one mean)
 # differ in the last bits; over a few dozen steps that stays far below this.
@@ -38,19 +38,6 @@ def no_dropout_model_dir(tiny_model_dir, tmp_path_factory) -> Path:
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
     return out
-
-
-def write_spec(folder: Path, name: str, model_dir: Path, **training) -> Path:
-    train, validation = folder / "train.parquet", folder / "validation.parquet"
-    pq.write_table(pa.table(rows(30)), train)
-    pq.write_table(pa.table(rows(8, seed=1)), validation)
-    r = recipe(model_dir, "full", **{"epochs": 3, "learning_rate": 3e-3, "log_every_steps": 2, **training})
-    spec = {"recipe": r.model_dump(mode="json"), "task": "classification", "labels": LABELS,
-            "train_path": str(train), "validation_path": str(validation), "output_dir": str(folder / name),
-            "device": "cpu", "precision": "auto"}
-    path = folder / f"{name}.json"
-    path.write_text(json.dumps(spec))
-    return path
 
 
 def train_info(checkpoint: Path) -> dict:
@@ -86,10 +73,11 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
 
 
 def test_gradient_accumulation_matches_the_larger_batch(no_dropout_model_dir):
-    big = fit(recipe(no_dropout_model_dir, "full", epochs=2, batch_size=8), LABELS, rows(20), rows(5, seed=1),
-              device="cpu")
-    accumulated = fit(recipe(no_dropout_model_dir, "full", epochs=2, batch_size=4, gradient_accumulation_steps=2),
-                      LABELS, rows(20), rows(5, seed=1), device="cpu")
+    big = fit(classification_recipe(no_dropout_model_dir, "full", epochs=2, batch_size=8), LABELS,
+              classification_rows(20), classification_rows(5, seed=1), device="cpu")
+    accumulated = fit(classification_recipe(no_dropout_model_dir, "full", epochs=2, batch_size=4,
+                                            gradient_accumulation_steps=2),
+                      LABELS, classification_rows(20), classification_rows(5, seed=1), device="cpu")
     assert accumulated.train_info["steps"] == big.train_info["steps"]
     assert accumulated.train_info["global_batch_size"] == 8
     a, b = dict(big.model.named_parameters()), dict(accumulated.model.named_parameters())
@@ -97,9 +85,10 @@ def test_gradient_accumulation_matches_the_larger_batch(no_dropout_model_dir):
 
 
 def test_gradient_checkpointing_changes_memory_not_results(no_dropout_model_dir):
-    plain = fit(recipe(no_dropout_model_dir, "full", epochs=1), LABELS, rows(10), None, device="cpu")
-    checkpointed = fit(recipe(no_dropout_model_dir, "full", epochs=1, gradient_checkpointing=True), LABELS, rows(10),
-                       None, device="cpu")
+    plain = fit(classification_recipe(no_dropout_model_dir, "full", epochs=1), LABELS, classification_rows(10), None,
+                device="cpu")
+    checkpointed = fit(classification_recipe(no_dropout_model_dir, "full", epochs=1, gradient_checkpointing=True),
+                       LABELS, classification_rows(10), None, device="cpu")
     assert checkpointed.train_info["gradient_checkpointing"] is True
     assert checkpointed.model.is_activation_checkpointing
     a, b = dict(plain.model.named_parameters()), dict(checkpointed.model.named_parameters())
@@ -111,12 +100,10 @@ def test_bf16_autocast_trains_fp32_weights_to_about_the_fp32_result(no_dropout_m
     """The bf16 path a GPU takes by default, run on the CPU (where it is asked for): the weights stay
     fp32, only the matmuls run in bf16, so the result stays near fp32's."""
     from ft_assets_tests.conftest import qa_conversations
-    from ft_assets_tests.test_causal import recipe as causal_recipe
-    from ft_assets_tests.test_causal import rows as causal_rows
 
     if task == "classification":
-        runs = {p: fit(recipe(no_dropout_model_dir, "full", epochs=2), LABELS, rows(10), None, device="cpu",
-                       precision=p) for p in ("fp32", "bf16")}
+        runs = {p: fit(classification_recipe(no_dropout_model_dir, "full", epochs=2), LABELS, classification_rows(10),
+                       None, device="cpu", precision=p) for p in ("fp32", "bf16")}
     else:
         runs = {p: fit(causal_recipe(tiny_llama_dir, "lora", epochs=2, packing=True), [],
                        causal_rows(qa_conversations(24)), None, task=task, device="cpu", precision=p)
@@ -128,8 +115,9 @@ def test_bf16_autocast_trains_fp32_weights_to_about_the_fp32_result(no_dropout_m
 
 
 def test_the_cosine_schedule_warms_up_then_decays_to_zero(tiny_model_dir):
-    result = fit(recipe(tiny_model_dir, "full", epochs=4, schedule="cosine", warmup_fraction=0.25, log_every_steps=1,
-                        learning_rate=1e-3), LABELS, rows(20), None, device="cpu")
+    result = fit(classification_recipe(tiny_model_dir, "full", epochs=4, schedule="cosine", warmup_fraction=0.25,
+                                       log_every_steps=1, learning_rate=1e-3),
+                 LABELS, classification_rows(20), None, device="cpu")
     rates = [r["learning_rate"] for r in result.logger.records if "learning_rate" in r]
     steps = len(rates)  # 16: 4 of warmup, then half a cosine
     assert rates[3] == pytest.approx(1e-3)  # the peak, at the end of warmup
@@ -140,8 +128,10 @@ def test_the_cosine_schedule_warms_up_then_decays_to_zero(tiny_model_dir):
 
 
 def test_torch_compile_trains_to_the_same_weights_as_eager(no_dropout_model_dir):
-    eager = fit(recipe(no_dropout_model_dir, "full", epochs=1, compile=False), LABELS, rows(10), None, device="cpu")
-    compiled = fit(recipe(no_dropout_model_dir, "full", epochs=1, compile=True), LABELS, rows(10), None, device="cpu")
+    eager = fit(classification_recipe(no_dropout_model_dir, "full", epochs=1, compile=False), LABELS,
+                classification_rows(10), None, device="cpu")
+    compiled = fit(classification_recipe(no_dropout_model_dir, "full", epochs=1, compile=True), LABELS,
+                   classification_rows(10), None, device="cpu")
     assert compiled.train_info["compiled"] is True and eager.train_info["compiled"] is False
     # Block by block (the mask is built outside the compiled code), not the whole model.
     from ft_assets.lib.training.methods import transformer_blocks
@@ -153,16 +143,16 @@ def test_torch_compile_trains_to_the_same_weights_as_eager(no_dropout_model_dir)
 
 
 def test_the_loaded_models_use_sdpa_attention(tiny_model_dir):
-    result = fit(recipe(tiny_model_dir, "full", epochs=1), LABELS, rows(4), None, device="cpu")
+    result = fit(classification_recipe(tiny_model_dir, "full", epochs=1), LABELS, classification_rows(4), None,
+                 device="cpu")
     assert result.train_info["attention"] == "sdpa"
 
 
 def test_a_recipe_picks_the_attention_kernel_and_flex_attention_asks_for_cuda(tiny_model_dir, tiny_llama_dir):
     from ft_assets_tests.conftest import qa_conversations
-    from ft_assets_tests.test_causal import recipe as causal_recipe
-    from ft_assets_tests.test_causal import rows as causal_rows
 
-    eager = fit(recipe(tiny_model_dir, "lora", epochs=1, attention="eager"), LABELS, rows(4), None, device="cpu")
+    eager = fit(classification_recipe(tiny_model_dir, "lora", epochs=1, attention="eager"), LABELS,
+                classification_rows(4), None, device="cpu")
     assert eager.train_info["attention"] == "eager"
     assert eager.model.get_base_model().config._attn_implementation == "eager"
     with pytest.raises(ValueError, match=r"recipe 'c_lora': training.attention flex_attention trains on CUDA only"):
@@ -227,7 +217,6 @@ def test_a_killed_run_resumes_from_its_last_saved_step_to_the_weights_of_an_unin
     from ft_assets.defs import build_definitions
     from ft_assets.lib.config import load_config
     from ft_assets_tests.conftest import write_project
-    from ft_assets_tests.test_materialize import materialize_all
 
     key = dg.AssetKey(["checkpoints", "resumable"])
     recipe_ = {"name": "resumable", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
@@ -260,30 +249,6 @@ def test_a_killed_run_resumes_from_its_last_saved_step_to_the_weights_of_an_unin
     assert not (config.root / "checkpoints" / "resumable" / ".resume").exists()
 
 
-def materialize_with_gpu_settings(tmp_path: Path, model_dir: Path, gpu: dict):
-    """Materializes one recipe's checkpoint (and what it needs) under the YAML `gpu:` block given."""
-    import dagster as dg
-    import yaml
-
-    from ft_assets.defs import build_definitions
-    from ft_assets.lib.config import load_config
-    from ft_assets_tests.conftest import write_project
-    from ft_assets_tests.test_materialize import materialize_all
-
-    config_path = write_project(tmp_path, model_dir, recipes=[
-        {"name": "ddp", "dataset": "tickets", "base_model": str(model_dir), "method": "full",
-         "training": {"epochs": 1, "batch_size": 4, "max_length": 16}}])
-    raw = yaml.safe_load(config_path.read_text())
-    raw["gpu"] = gpu
-    config_path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    defs = build_definitions(load_config(config_path))
-    return materialize_all(defs, dg.DagsterInstance.ephemeral(), selection="*checkpoints/ddp", raise_on_error=False)
-
-
-def step_failure(result) -> str:
-    return str(next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE").event_specific_data.error)
-
-
 def test_the_yaml_gpu_processes_setting_runs_the_asset_under_torchrun(tmp_path, tiny_model_dir):
     result = materialize_with_gpu_settings(tmp_path, tiny_model_dir, {"device": "cpu", "processes": 2})
     assert result.success
@@ -308,8 +273,6 @@ def test_more_cuda_processes_than_gpus_are_refused_before_torchrun_starts(tmp_pa
                                             ("instruction", "bf16")])
 def test_a_compiled_checkpointed_causal_lm_trains_like_the_eager_one(tiny_llama_dir, task, precision):
     from ft_assets_tests.conftest import qa_conversations, story_lines
-    from ft_assets_tests.test_causal import recipe as causal_recipe
-    from ft_assets_tests.test_causal import rows as causal_rows
 
     train = causal_rows(qa_conversations(24) if task == "instruction" else story_lines(60))
     settings = {"epochs": 1, "packing": task == "instruction"}
@@ -384,7 +347,7 @@ def test_training_stops_when_the_dagster_process_that_launched_it_is_killed(tmp_
 import dagster as dg
 from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import materialize_all
 materialize_all(build_definitions(load_config({str(config_path)!r})), dg.DagsterInstance.ephemeral(),
                 selection="*checkpoints/orphaned")
 """])

@@ -19,8 +19,7 @@ from ft_assets.lib.training.causal import causal_examples, mean_causal_loss
 from ft_assets.lib.training.checkpoint import save_checkpoint
 from ft_assets.lib.training.loop import FitResult, fit
 from ft_assets_tests.conftest import LABELS, minilm_or_its_architecture, qa_conversations
-from ft_assets_tests.test_causal import rows as causal_rows
-from ft_assets_tests.test_train import rows
+from ft_assets_tests.helpers import causal_rows, classification_rows, materialize_with_gpu_settings, step_failure
 
 pytestmark = pytest.mark.gpu
 
@@ -68,7 +67,7 @@ def trained(request, tmp_path_factory):
                 train = causal_rows(CONVERSATIONS)
                 result = fit(recipe, [], train, train, task="instruction")
             else:
-                train = rows(16)
+                train = classification_rows(16)
                 result = fit(recipe, LABELS, train, train)
             checkpoint = tmp_path_factory.mktemp("checkpoints") / recipe.name
             save_checkpoint(result, recipe, [] if model == "tiny_llama" else LABELS, checkpoint, {})
@@ -105,7 +104,7 @@ def test_the_checkpoint_reloads_to_the_same_predictions(trained, model, method):
     # Eval mode without autocast on both sides: fp32, or bf16 matmuls over dequantized 4-bit weights.
     tolerance = 3e-2 if method == "qlora" else 1e-3
     if model == "minilm":
-        texts = rows(6, seed=7)["text"]
+        texts = classification_rows(6, seed=7)["text"]
         tuned, again = (predict_logits(m, tokenizer, texts, max_length=32, batch_size=8, device="cuda")
                         for m in (run.result.model, reloaded))
         assert (tuned.argmax(-1) == again.argmax(-1)).all()
@@ -123,7 +122,8 @@ def test_a_checkpoint_trained_on_the_gpu_evaluates_on_the_cpu(trained, tmp_path,
 
     run = trained(model, "lora")
     if model == "minilm":
-        splits = {"train": run.train, "validation": rows(2, seed=8), "test": rows(8, seed=9)}
+        splits = {"train": run.train, "validation": classification_rows(2, seed=8),
+                  "test": classification_rows(8, seed=9)}
         task = "classification"
     else:
         test = causal_rows(qa_conversations(12, seed=9))
@@ -177,8 +177,6 @@ def test_packed_training_under_flex_attention_compiles_and_learns(tiny_llama_dir
 
 
 def test_more_training_processes_than_gpus_are_refused(tmp_path, tiny_model_dir):
-    from ft_assets_tests.test_engine import materialize_with_gpu_settings, step_failure
-
     gpus = torch.cuda.device_count()
     result = materialize_with_gpu_settings(tmp_path, tiny_model_dir, {"device": "cuda", "processes": gpus + 1})
     assert not result.success

@@ -24,7 +24,7 @@ from ft_assets.defs.training.kubernetes import pod_spec, run_in_pod
 from ft_assets.defs.training.launcher import TrainingLauncher
 from ft_assets.lib.config import ConfigError, KubernetesConfig, StorageConfig, load_config
 from ft_assets_tests.conftest import readme_block
-from ft_assets_tests.test_config import MINIMAL, write
+from ft_assets_tests.helpers import MINIMAL_CONFIG, materialize_all, write_config
 
 REPO = Path(__file__).resolve().parents[1]
 COMMAND = ["python", "-m", "ft_assets.lib.training", "--processes=4", "s3://bucket/runs/x/spec.json"]
@@ -277,7 +277,6 @@ def pod_project(tmp_path: Path, tiny_model_dir: Path, bucket: str, recipe: dict,
 
     from ft_assets.defs import build_definitions
     from ft_assets_tests.conftest import write_project
-    from ft_assets_tests.test_materialize import materialize_all
 
     s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
     config_path = write_project(tmp_path, tiny_model_dir, recipes=[
@@ -301,8 +300,6 @@ def pod_project(tmp_path: Path, tiny_model_dir: Path, bucket: str, recipe: dict,
 def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_path, monkeypatch, tiny_model_dir,
                                                                           s3_endpoint):
     import s3fs
-
-    from ft_assets_tests.test_materialize import materialize_all
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     config, defs, instance = pod_project(tmp_path, tiny_model_dir, "pods", {
@@ -338,8 +335,6 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
 
 def test_a_training_pod_that_fails_fails_the_asset_with_the_reason_it_left_in_s3(tmp_path, monkeypatch,
                                                                                 tiny_model_dir, s3_endpoint):
-    from ft_assets_tests.test_materialize import materialize_all
-
     # The pod is asked for CUDA and has none (as a pod scheduled without its GPUs would): it fails in
     # setup, after the spec and the splits were staged.
     _, defs, instance = pod_project(tmp_path, tiny_model_dir, "failing", {"name": "no_gpu", "training": {"epochs": 1}},
@@ -361,8 +356,6 @@ def test_a_preempted_training_pod_resumes_in_the_next_pod_from_its_step_state_in
                                                                                       tiny_model_dir, s3_endpoint):
     import s3fs
 
-    from ft_assets_tests.test_materialize import materialize_all
-
     fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
     key = dg.AssetKey(["checkpoints", "preempted"])
     _, defs, instance = pod_project(tmp_path, tiny_model_dir, "spot", {
@@ -381,7 +374,7 @@ def test_a_preempted_training_pod_resumes_in_the_next_pod_from_its_step_state_in
 
 
 def project_with(tmp_path: Path, kubernetes_block: dict) -> Path:
-    return write(tmp_path, {**MINIMAL, "kubernetes": kubernetes_block})
+    return write_config(tmp_path, {**MINIMAL_CONFIG, "kubernetes": kubernetes_block})
 
 
 @pytest.mark.parametrize("block, expected", [
@@ -407,14 +400,15 @@ def test_a_bad_kubernetes_block_names_the_file_and_the_field(tmp_path, block, ex
 def test_the_kubernetes_block_is_optional_and_required_only_to_train_in_a_pod(tmp_path, monkeypatch):
     monkeypatch.delenv("FT_ASSETS_ROOT", raising=False)
     pods = TrainingLauncher(target="kubernetes")
-    config = load_config(write(tmp_path, MINIMAL))
+    config = load_config(write_config(tmp_path, MINIMAL_CONFIG))
     assert config.kubernetes is None and TrainingLauncher().require_kubernetes(config) is None
     with pytest.raises(dg.Failure, match="needs a `kubernetes:` block"):
         pods.require_kubernetes(config)
     local = load_config(project_with(tmp_path, {"image": "img"}))
     with pytest.raises(dg.Failure, match="storage.root: s3://"):
         pods.require_kubernetes(local)
-    remote = load_config(write(tmp_path, {**MINIMAL, "storage": {"root": "s3://b/p"}, "kubernetes": {"image": "img"}}))
+    remote = load_config(write_config(tmp_path, {**MINIMAL_CONFIG, "storage": {"root": "s3://b/p"},
+                                                 "kubernetes": {"image": "img"}}))
     assert pods.require_kubernetes(remote) == KubernetesConfig(image="img")
     assert TrainingLauncher().require_kubernetes(remote) is None  # the block alone trains nothing in a pod
 
@@ -425,7 +419,7 @@ def test_ft_env_k8s_is_a_shortcut_for_the_kubernetes_launcher(tmp_path, monkeypa
         monkeypatch.delenv("FT_ENV", raising=False)
     else:
         monkeypatch.setenv("FT_ENV", ft_env)
-    assert build_resources(load_config(write(tmp_path, MINIMAL)))["launcher"].target == target
+    assert build_resources(load_config(write_config(tmp_path, MINIMAL_CONFIG)))["launcher"].target == target
 
 
 def test_the_readme_kubernetes_block_validates():

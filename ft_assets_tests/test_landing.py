@@ -12,7 +12,7 @@ from ft_assets.defs.ingest.sensors import TRIGGER_TAG
 from ft_assets.lib.config import load_config
 from ft_assets.lib.ingest.landing import landing_changes, list_landing
 from ft_assets_tests.conftest import ticket_rows, write_csv, write_project
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import materialize_all
 
 
 RAW_AND_DATASET = [dg.AssetKey(["raw", "tickets"]), dg.AssetKey(["datasets", "tickets"])]

@@ -12,12 +12,7 @@ from ft_assets.lib.config import load_config
 from ft_assets.lib.cost import TrainingCost
 from ft_assets.lib.storage import sha256_file
 from ft_assets_tests.conftest import ticket_rows, write_csv, write_project
-
-
-def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance, selection=None, raise_on_error=True):
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
-    return dg.materialize(assets, resources=defs.resources, instance=instance, selection=selection,
-                          raise_on_error=raise_on_error)
+from ft_assets_tests.helpers import materialize_all
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
 from ft_assets.lib.storage import folder_sha256
 from ft_assets_tests.conftest import qa_conversations, story_lines
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import materialize_all
 
 # Nats of general-text loss a recipe may add before its forgetting gate fails.
 FORGETTING_CEILING = 0.05

@@ -13,8 +13,7 @@ import yaml
 from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
 from ft_assets_tests.conftest import write_project
-from ft_assets_tests.test_champion import learning_recipes
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import learning_recipes, materialize_all
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from ft_assets.lib import lineage
 from ft_assets.lib.config import load_config
 from ft_assets.lib.storage import sha256_file
 from ft_assets_tests.conftest import REPO, write_project
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import materialize_all, write_spec
 
 FRESH, STALE, MISSING = StaleStatus.FRESH, StaleStatus.STALE, StaleStatus.MISSING
 TRAINING = {"epochs": 1, "batch_size": 16, "max_length": 16}
@@ -169,8 +169,6 @@ def test_recipes_training_code_and_data_decide_whether_a_checkpoint_is_stale(pro
 def modules_a_training_run_imports(tmp_path, model_dir) -> list[str]:
     """The project modules loaded by the end of a real (one-epoch) run of the training entry point, in a
     fresh process: found by running it, independently of how code_version finds them."""
-    from ft_assets_tests.test_engine import write_spec
-
     spec = write_spec(tmp_path, "run", model_dir, epochs=1)
     probe = ("import atexit, json, runpy, sys\n"
              "atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == "

@@ -13,26 +13,9 @@ from ft_assets.lib.storage import DESCRIPTIVE_FILES, file_sha256s, folder_sha256
 from ft_assets.lib.training.checkpoint import MANIFEST_FILE, load_checkpoint, save_checkpoint
 from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import LABELS, ticket_rows
+from ft_assets_tests.helpers import CLASSIFICATION_LEARNING_RATE, classification_recipe, classification_rows
 
-
-def rows(n_per_label, seed=0):
-    pairs = ticket_rows(n_per_label, seed)
-    return {"text": [t for _, t in pairs], "label": [label for label, _ in pairs]}
-
-
-# Larger steps than the defaults: a tiny random model and a few steps.
-TINY_LEARNING_RATE = {"full": 1e-3, "freeze": 1e-3, "head_only": 5e-3, "lora": 5e-3, "rslora": 5e-3, "dora": 5e-3,
-                      "ia3": 5e-3, "prompt_tuning": 3e-2}
-TINY_METHOD_ARGS = {"lora": {"r": 4, "alpha": 8}, "rslora": {"r": 4, "alpha": 8}, "dora": {"r": 4, "alpha": 8},
-                    "freeze": {"layers": 1}, "prompt_tuning": {"num_virtual_tokens": 4}}
-METHODS = sorted(TINY_LEARNING_RATE)
-
-
-def recipe(model_dir, method, **training):
-    return RecipeConfig(name=f"t_{method}", dataset="d", base_model=str(model_dir), method=method,
-                        method_args=TINY_METHOD_ARGS.get(method, {}),
-                        training={"epochs": 4, "batch_size": 16, "max_length": 16,
-                                  "learning_rate": TINY_LEARNING_RATE[method], "log_every_steps": 1, **training})
+METHODS = sorted(CLASSIFICATION_LEARNING_RATE)
 
 
 def initial_model(r, train):
@@ -48,8 +31,8 @@ def initial_model(r, train):
 
 def test_full_fine_tuning_learns_the_task(tiny_model_dir):
     # The tiny random BERT learns the keyword task with these settings (and not with much less).
-    r = recipe(tiny_model_dir, "full", epochs=6, learning_rate=3e-3)
-    result = fit(r, LABELS, rows(60), rows(10, seed=1), device="cpu")
+    r = classification_recipe(tiny_model_dir, "full", epochs=6, learning_rate=3e-3)
+    result = fit(r, LABELS, classification_rows(60), classification_rows(10, seed=1), device="cpu")
     losses = [x["train_loss"] for x in result.logger.records if "train_loss" in x]
     assert sum(losses[-5:]) / 5 < 0.9 * sum(losses[:5]) / 5
     assert result.train_info["final_eval"]["eval_accuracy"] > 0.6
@@ -57,9 +40,10 @@ def test_full_fine_tuning_learns_the_task(tiny_model_dir):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_each_method_trains_its_parameters_only_and_the_checkpoint_reloads(tiny_model_dir, tmp_path, method):
-    train = rows(20)
-    result = fit(recipe(tiny_model_dir, method), LABELS, train, rows(5, seed=1), device="cpu")
-    before = dict(initial_model(recipe(tiny_model_dir, method), train).named_parameters())
+    train = classification_rows(20)
+    result = fit(classification_recipe(tiny_model_dir, method), LABELS, train, classification_rows(5, seed=1),
+                 device="cpu")
+    before = dict(initial_model(classification_recipe(tiny_model_dir, method), train).named_parameters())
     for name, p in result.model.named_parameters():
         moved = not torch.equal(p.detach(), before[name].detach())
         assert moved == p.requires_grad, f"{name}: requires_grad {p.requires_grad} but moved {moved}"
@@ -70,7 +54,7 @@ def test_each_method_trains_its_parameters_only_and_the_checkpoint_reloads(tiny_
     assert info["steps"] == 4 * 4 and info["examples_per_sec"] > 0 and info["peak_mem_bytes"] > 0
 
     out = tmp_path / "ckpt"
-    save_checkpoint(result, recipe(tiny_model_dir, method), LABELS, out, {"dataset": {"name": "d"}})
+    save_checkpoint(result, classification_recipe(tiny_model_dir, method), LABELS, out, {"dataset": {"name": "d"}})
     peft = method not in ("full", "head_only", "freeze")
     weights = "adapter_model.safetensors" if peft else "model.safetensors"
     assert (out / weights).exists() and (out / "tokenizer.json").exists()
@@ -83,14 +67,14 @@ def test_each_method_trains_its_parameters_only_and_the_checkpoint_reloads(tiny_
 
 
 def test_a_seed_makes_training_repeatable(tiny_model_dir):
-    a = fit(recipe(tiny_model_dir, "full", epochs=1), LABELS, rows(8), None, device="cpu")
-    b = fit(recipe(tiny_model_dir, "full", epochs=1), LABELS, rows(8), None, device="cpu")
+    a = fit(classification_recipe(tiny_model_dir, "full", epochs=1), LABELS, classification_rows(8), None, device="cpu")
+    b = fit(classification_recipe(tiny_model_dir, "full", epochs=1), LABELS, classification_rows(8), None, device="cpu")
     assert [r["train_loss"] for r in a.logger.records] == [r["train_loss"] for r in b.logger.records]
 
 
 def test_manifest_records_recipe_base_weights_and_lineage(tiny_model_dir, tmp_path):
-    r = recipe(tiny_model_dir, "head_only", epochs=1)
-    result = fit(r, LABELS, rows(4), None, device="cpu")
+    r = classification_recipe(tiny_model_dir, "head_only", epochs=1)
+    result = fit(r, LABELS, classification_rows(4), None, device="cpu")
     manifest = save_checkpoint(result, r, LABELS, tmp_path / "ckpt", {"dataset": {"version": "abc"}})
     on_disk = json.loads((tmp_path / "ckpt" / "manifest.json").read_text())
     assert on_disk == manifest
@@ -103,8 +87,8 @@ def test_manifest_records_recipe_base_weights_and_lineage(tiny_model_dir, tmp_pa
 
 
 def test_a_failed_save_leaves_no_checkpoint_behind(tiny_model_dir, tmp_path):
-    r = recipe(tiny_model_dir, "head_only", epochs=1)
-    result = fit(r, LABELS, rows(4), None, device="cpu")
+    r = classification_recipe(tiny_model_dir, "head_only", epochs=1)
+    result = fit(r, LABELS, classification_rows(4), None, device="cpu")
     result.tokenizer = None  # saving the tokenizer will now fail halfway through the directory
     with pytest.raises(AttributeError):
         save_checkpoint(result, r, LABELS, tmp_path / "ckpt", {})
@@ -113,25 +97,27 @@ def test_a_failed_save_leaves_no_checkpoint_behind(tiny_model_dir, tmp_path):
 
 def test_setup_errors_say_what_to_fix(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="outside the label set"):
-        fit(recipe(tiny_model_dir, "full"), ["billing"], rows(2), None, device="cpu")
+        fit(classification_recipe(tiny_model_dir, "full"), ["billing"], classification_rows(2), None, device="cpu")
     with pytest.raises(ValueError, match="training split is empty"):
-        fit(recipe(tiny_model_dir, "full"), LABELS, {"text": [], "label": []}, None, device="cpu")
+        fit(classification_recipe(tiny_model_dir, "full"), LABELS, {"text": [], "label": []}, None, device="cpu")
     with pytest.raises(ValueError, match="cannot load base model"):
-        fit(recipe(tmp_path / "no_model_here", "full"), LABELS, rows(2), None, device="cpu")
+        fit(classification_recipe(tmp_path / "no_model_here", "full"), LABELS, classification_rows(2), None,
+            device="cpu")
     with pytest.raises(ValueError, match="precision 'fp16' needs a CUDA device; on cpu use 'bf16', 'fp32' or 'auto'"):
-        fit(recipe(tiny_model_dir, "full"), LABELS, rows(2), None, device="cpu", precision="fp16")
+        fit(classification_recipe(tiny_model_dir, "full"), LABELS, classification_rows(2), None, device="cpu",
+            precision="fp16")
 
 
 @pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
 def test_a_merged_export_loads_without_peft_and_predicts_like_the_adapter(tiny_model_dir, tmp_path, method):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    r = recipe(tiny_model_dir, method, epochs=2).model_copy(update={"export": "merged"})
-    result = fit(r, LABELS, rows(10), None, device="cpu")
+    r = classification_recipe(tiny_model_dir, method, epochs=2).model_copy(update={"export": "merged"})
+    result = fit(r, LABELS, classification_rows(10), None, device="cpu")
     save_checkpoint(result, r, LABELS, tmp_path / "ckpt", {})
     merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "ckpt" / "merged")
     assert not any("lora" in n or "ia3" in n for n, _ in merged.named_parameters())
-    texts = rows(3, seed=2)["text"]
+    texts = classification_rows(3, seed=2)["text"]
     adapter_model, tokenizer, _ = load_checkpoint(tmp_path / "ckpt")
     expected = predict_logits(adapter_model, tokenizer, texts, max_length=16, batch_size=4, device="cpu")
     got = predict_logits(merged, AutoTokenizer.from_pretrained(tmp_path / "ckpt" / "merged"), texts,
@@ -162,10 +148,10 @@ def test_imbalance_settings_reweigh_the_loss_or_the_batches():
 
 @pytest.mark.parametrize("imbalance", ["class_weights", "balanced_sampler"])
 def test_training_runs_with_each_imbalance_setting(tiny_model_dir, imbalance):
-    skewed = rows(12)
+    skewed = classification_rows(12)
     keep = [i for i, label in enumerate(skewed["label"]) if label != "access" or i % 6 == 0]
     skewed = {k: [v[i] for i in keep] for k, v in skewed.items()}
-    r = recipe(tiny_model_dir, "head_only", epochs=1, imbalance=imbalance)
+    r = classification_recipe(tiny_model_dir, "head_only", epochs=1, imbalance=imbalance)
     assert fit(r, LABELS, skewed, None, device="cpu").train_info["steps"] > 0
 
 
@@ -180,7 +166,8 @@ def test_forgetting_figures_are_zero_for_an_unchanged_encoder_and_move_with_tuni
     texts = general_lines(30)
     same = encoder_forgetting(base, base, tokenizer, texts, max_length=16, batch_size=8, device="cpu")
     assert same["representation_drift"] == pytest.approx(0.0, abs=1e-6) and same["knn_overlap"] == 1.0
-    tuned = fit(recipe(tiny_model_dir, "full", epochs=2), LABELS, rows(20), None, device="cpu").model
+    tuned = fit(classification_recipe(tiny_model_dir, "full", epochs=2), LABELS, classification_rows(20), None,
+                device="cpu").model
     moved = encoder_forgetting(base, tuned, tokenizer, texts, max_length=16, batch_size=8, device="cpu")
     assert moved["representation_drift"] > 1e-3 and 0.0 <= moved["knn_overlap"] <= 1.0 and moved["knn_k"] == 10
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ft_assets_tests.conftest import write_project
-from ft_assets_tests.test_champion import learning_recipes
-from ft_assets_tests.test_ui import REPO, dagster_dev, materialize_from_ui, selected_nodes, wait_for, wait_for_run
+from ft_assets_tests.conftest import REPO, write_project
+from ft_assets_tests.helpers import (
+    dagster_dev, learning_recipes, materialize_from_ui, selected_nodes, wait_for, wait_for_run,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags that keep chromium off the network this machine does not have (see the brief).

@@ -14,7 +14,7 @@ from ft_assets.defs import build_definitions
 from ft_assets.lib.config import load_config
 from ft_assets.lib.lineage import verify_checkpoint
 from ft_assets_tests.conftest import write_project
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import materialize_all
 
 ADAPTER = "adapter_model.safetensors"
 
