@@ -15,7 +15,7 @@ from ft_assets.audit import audit_checkpoint
 from ft_assets.cli import main
 from ft_assets.lib.config import ConfigError
 from ft_assets_tests.conftest import readme_block, ticket_rows, write_csv, write_project
-from ft_assets_tests.test_materialize import materialize_all
+from ft_assets_tests.helpers import materialize_all
 
 REPO = Path(__file__).resolve().parents[1]
 DG = Path(sys.executable).parent / "dg"
