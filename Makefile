@@ -2,7 +2,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build; GPU users install their own torch into .venv first (see README) and it is kept.
+# The CPU build; GPU users install their own torch into .venv first (see docs/gpu.md) and it is kept.
 TORCH ?= torch==2.13.0
 
 export DAGSTER_HOME := $(CURDIR)/data/dagster

@@ -18,7 +18,7 @@ rm -rf .whl bench/.data
 mkdir -p .whl bench/.data
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
-# The image's Python; PYTHON_VERSION=3.11 builds the same set for a rehearsal on this machine (README: GPU proof).
+# The image's Python; PYTHON_VERSION=3.11 builds the same set for a rehearsal on this machine (docs/gpu.md: proving the CUDA paths).
 python_version="${PYTHON_VERSION:-3.12}"
 platforms=(--only-binary=:all: --python-version "$python_version" --implementation cp --platform manylinux_2_28_x86_64
            --platform manylinux_2_27_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64

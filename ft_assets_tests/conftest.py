@@ -216,7 +216,9 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 
 
 def readme_block(marker: str, *, raw: bool = False):
-    """The fenced yaml block of README.md whose first line is `marker`: parsed, or its text with raw."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    [block] = re.findall(rf"```yaml\n({re.escape(marker)}\n.*?)```", readme, flags=re.DOTALL)
+    """The fenced yaml block whose first line is `marker`, in README.md or a page of docs/ (exactly one
+    in all): parsed, or its text with raw."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    pattern = rf"```yaml\n({re.escape(marker)}\n.*?)```"
+    [block] = [b for page in pages for b in re.findall(pattern, page.read_text(encoding="utf-8"), flags=re.DOTALL)]
     return block if raw else yaml.safe_load(block)

@@ -31,7 +31,7 @@ def test_the_readme_reference_block_validates_and_shows_every_setting(tmp_path):
     def shown(entries: list[dict], model) -> None:
         keys = set().union(*entries)
         missing = {name for name, field in model.model_fields.items() if (field.alias or name) not in keys}
-        assert not missing, f"README.md's reference block leaves out {model.__name__} fields {sorted(missing)}"
+        assert not missing, f"docs/configuration.md's reference block leaves out {model.__name__} fields {sorted(missing)}"
 
     recipes, datasets, corpora = raw["recipes"], raw["datasets"], raw["corpora"]
     shown([raw], schema.ProjectConfig)

@@ -427,7 +427,7 @@ def test_the_readme_kubernetes_block_validates():
     kube = KubernetesConfig.model_validate(block["kubernetes"])
     assert StorageConfig.model_validate(block["storage"]).root.startswith("s3://")
     assert kube.tolerations[0].effect == "NoSchedule"
-    assert set(block["kubernetes"]) == set(KubernetesConfig.model_fields), "the README shows every field"
+    assert set(block["kubernetes"]) == set(KubernetesConfig.model_fields), "docs/kubernetes.md shows every field"
 
 
 def test_the_readme_helm_values_have_what_the_dagster_chart_reads():

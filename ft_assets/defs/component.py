@@ -29,7 +29,7 @@ PROJECT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 class FineTuningProject(dg.Component):
     """Corpora, datasets and fine-tuning recipes as one lineage-tracked asset graph (ft_assets).
 
-    The attributes are the project YAML's schema; see the README's configuration reference.
+    The attributes are the project YAML's schema; see docs/configuration.md.
     """
 
     def __init__(self, config: ProjectConfig):

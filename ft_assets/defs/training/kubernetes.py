@@ -4,7 +4,7 @@ PipesK8sClient creates the pod (from the run's pod, or from any machine with a k
 passes the Pipes context in environment variables, reads rank 0's Pipes messages from the pod's
 log, and deletes the pod when it ends, fails or the run is terminated. The pod cannot read the
 Dagster machine's disk, so the spec, the splits and the checkpoint travel through the s3://
-storage root (see README "Running on Kubernetes").
+storage root (see docs/kubernetes.md).
 """
 
 from __future__ import annotations
