@@ -209,3 +209,10 @@ def test_every_module_a_training_run_imports_marks_checkpoints_stale_and_train_m
     with open(copy.parent / "README.md", "a") as f:
         f.write("A new line of documentation.\n")
     assert versions(build_definitions(load_config(config_path))) == before
+
+    # Nor does the Dagster wiring: ft_assets/__init__ imports the component (and with it defs/) only when a
+    # defs.yaml asks for it, so editing defs/ marks no checkpoint stale (every one was, before).
+    with monkeypatch.context() as patch:
+        edited_package(tmp_path, patch, "ft_assets.defs.training.assets")
+        assert versions(build_definitions(load_config(config_path))) == before
+    assert not [m for m in lineage.project_modules("ft_assets.lib.training.__main__") if m.startswith("ft_assets.defs")]

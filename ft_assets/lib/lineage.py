@@ -73,25 +73,29 @@ def project_modules(entry: str) -> list[str]:
 
     Read from the source rather than from an import: imports inside functions count too (they load
     when that code runs, as lib modules import torch lazily), and loading the code location stays light.
-    Packages on the way (ft_assets, ft_assets.lib, ...) count, since importing a module runs them.
+    Packages on the way (ft_assets, ft_assets.lib, ...) count, since importing a module runs them, with
+    what their module-level code imports: their functions run only when called (ft_assets.__getattr__
+    imports the Dagster component for a defs.yaml, never for training).
     """
-    found, pending = set(), [entry]
+    whole = {entry}
     stage = entry.split(".")[:3]  # ft_assets.lib.<stage>
     if len(entry.split(".")) > 3 and _module_path(".".join(stage)).name == "__init__.py":
         package = _module_path(".".join(stage)).parent
-        pending += [".".join(stage + [path.stem]) for path in package.glob("*.py") if path.stem != "__init__"]
+        whole |= {".".join(stage + [path.stem]) for path in package.glob("*.py") if path.stem != "__init__"}
+    found: dict[str, bool] = {}  # module -> whether the imports inside its functions were followed
+    pending = [(module, True) for module in whole]
     while pending:
-        module = pending.pop()
-        if module in found:
+        module, with_functions = pending.pop()
+        if module in found and (found[module] or not with_functions):
             continue
-        found.add(module)
+        found[module] = with_functions
         parts = module.split(".")
-        pending += [".".join(parts[:i]) for i in range(1, len(parts))]
+        pending += [(".".join(parts[:i]), False) for i in range(1, len(parts))]
         tree = ast.parse(_module_path(module).read_bytes())
         is_package = _module_path(module).name == "__init__.py"
-        for node in ast.walk(tree):
+        for node in ast.walk(tree) if with_functions else _module_level_nodes(tree):
             if isinstance(node, ast.Import):
-                pending += [a.name for a in node.names if a.name.split(".")[0] == PACKAGE]
+                pending += [(a.name, True) for a in node.names if a.name.split(".")[0] == PACKAGE]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative: from the module's own package upwards
@@ -99,10 +103,20 @@ def project_modules(entry: str) -> list[str]:
                     base = ".".join(anchor[: len(anchor) - node.level + 1] + ([base] if base else []))
                 if base.split(".")[0] != PACKAGE:
                     continue
-                pending.append(base)
+                pending.append((base, True))
                 # `from ft_assets.lib.training import loop` imports a module; `... .loop import fit` a name.
-                pending += [f"{base}.{a.name}" for a in node.names if _is_module(f"{base}.{a.name}")]
+                pending += [(f"{base}.{a.name}", True) for a in node.names if _is_module(f"{base}.{a.name}")]
     return sorted(found)
+
+
+def _module_level_nodes(tree: ast.Module):
+    """The nodes that run when the module is imported: all but what is inside its functions."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            stack.extend(ast.iter_child_nodes(node))
 
 
 def source_hash(*entries: str) -> str:
