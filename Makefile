@@ -34,7 +34,7 @@ browser:
 		echo "chromium is not installed: the browser test will be skipped"
 
 test: setup browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=25
 
 ui: setup
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

@@ -1,7 +1,10 @@
 """The training loop on a tiny real BERT: learning, reloading, atomic checkpoints, manifests."""
 
 import json
+import math
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,7 +16,9 @@ from ft_assets.lib.storage import DESCRIPTIVE_FILES, file_sha256s, folder_sha256
 from ft_assets.lib.training.checkpoint import MANIFEST_FILE, load_checkpoint, save_checkpoint
 from ft_assets.lib.training.loop import fit
 from ft_assets_tests.conftest import LABELS, ticket_rows
-from ft_assets_tests.helpers import CLASSIFICATION_LEARNING_RATE, classification_recipe, classification_rows
+from ft_assets_tests.helpers import (
+    CLASSIFICATION_LEARNING_RATE, classification_recipe, classification_rows, write_spec,
+)
 
 METHODS = sorted(CLASSIFICATION_LEARNING_RATE)
 
@@ -147,15 +152,24 @@ def test_imbalance_settings_reweigh_the_loss_or_the_batches():
 
 
 @pytest.mark.parametrize("imbalance", ["class_weights", "balanced_sampler"])
-def test_training_runs_with_each_imbalance_setting(tiny_model_dir, imbalance):
+def test_each_imbalance_setting_changes_what_training_does(tiny_model_dir, imbalance):
     skewed = classification_rows(12)
     keep = [i for i, label in enumerate(skewed["label"]) if label != "access" or i % 6 == 0]
     skewed = {k: [v[i] for i in keep] for k, v in skewed.items()}
-    r = classification_recipe(tiny_model_dir, "head_only", epochs=1, imbalance=imbalance)
-    assert fit(r, LABELS, skewed, None, device="cpu").train_info["steps"] > 0
+
+    def losses(setting: str) -> list[float]:
+        r = classification_recipe(tiny_model_dir, "head_only", epochs=1, imbalance=setting, log_every_steps=1)
+        return [record["train_loss"] for record in fit(r, LABELS, skewed, None, device="cpu").logger.records
+                if "train_loss" in record]
+
+    plain, balanced = losses("none"), losses(imbalance)
+    # Same seed, same rows: only the weighted loss (class_weights) or the drawn batches (balanced_sampler)
+    # can make the step losses differ; a setting that was read and ignored would repeat them.
+    assert len(balanced) == len(plain) > 0 and all(math.isfinite(x) for x in balanced)
+    assert balanced != plain
 
 
-def test_forgetting_figures_are_zero_for_an_unchanged_encoder_and_move_with_tuning(tiny_model_dir):
+def test_the_tiny_tokenizer_reads_a_fixture_ticket_word_for_word(tiny_model_dir):
     from transformers import AutoModel, AutoTokenizer
 
     from ft_assets.lib.evaluation.forgetting import encoder_forgetting
@@ -193,10 +207,19 @@ def test_the_tiny_bert_tokenizer_knows_the_fixture_words(tiny_model_dir):
     assert tokens[1:-1] == text.split() and "[UNK]" not in tokens
 
 
-def test_a_failed_training_leaves_its_reason_beside_its_spec_wherever_the_spec_is():
+def test_a_failed_training_leaves_its_reason_beside_its_spec(tmp_path, tiny_model_dir):
     from ft_assets.lib.training.spec import training_error_path
 
-    assert training_error_path("/tmp/run/spec.json") == "/tmp/run/training_error.txt"
+    spec = json.loads(write_spec(tmp_path, "broken", tiny_model_dir).read_text())
+    spec["recipe"]["base_model"] = str(tmp_path / "no_such_model")
+    (tmp_path / "broken.json").write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, "-m", "ft_assets.lib.training", str(tmp_path / "broken.json")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    reason = (tmp_path / "training_error.txt").read_text()
+    assert str(tmp_path / "no_such_model") in reason
+    assert not (tmp_path / "broken").exists()  # and no checkpoint
+    # In a pod the spec is an s3:// URI: the reason goes beside it there (test_kubernetes reads it back).
     assert training_error_path("s3://bucket/runs/r1/tickets/spec.json") == "s3://bucket/runs/r1/tickets/training_error.txt"
     assert training_error_path("spec.json") == "./training_error.txt"  # a spec named from its own folder
 
