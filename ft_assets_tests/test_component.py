@@ -159,6 +159,24 @@ def test_a_project_folder_name_that_cannot_start_a_key_is_refused(tmp_path, tiny
                for e in _causes(raised.value))
 
 
+@pytest.mark.parametrize("shared_root", ["explicit", "FT_ASSETS_ROOT"])
+def test_two_projects_cannot_share_a_storage_root(tmp_path, tiny_model_dir, monkeypatch, shared_root):
+    root = tmp_path / "location"
+    projects = {name: ticket_project(root / "fleet" / "defs" / name, tiny_model_dir, 10, 1)
+                for name in ("support", "billing")}
+    if shared_root == "explicit":
+        for attributes in projects.values():
+            attributes["storage"] = {"root": str(tmp_path / "one_root")}
+    else:
+        monkeypatch.setenv("FT_ASSETS_ROOT", str(tmp_path / "one_root"))
+    dg_project(root, projects)
+    with pytest.raises(Exception) as raised:
+        load(root)
+    [error] = [e for e in _causes(raised.value) if isinstance(e, ConfigError)]
+    assert "storage roots of their own" in str(error) and str(tmp_path / "one_root") in str(error)
+    assert all(str(root / "fleet" / "defs" / name / "defs.yaml") in str(error) for name in projects)
+
+
 def test_dg_lists_and_checks_the_shipped_project_and_a_component_project(tmp_path, tiny_model_dir):
     env = {**{k: v for k, v in os.environ.items() if k != "FT_ASSETS_CONFIG"}, "PYTHONPATH": str(REPO)}
     listed = subprocess.run([str(DG), "list", "defs", "--json"], cwd=REPO, env=env, capture_output=True, text=True,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import dagster as dg
 import yaml
+from pydantic import ValidationError
 
 from ft_assets.lib.config import COMPONENT_TYPES, ConfigError, ProjectConfig, checked_project
 
@@ -45,16 +46,51 @@ class FineTuningProject(dg.Component):
         source = folder / "defs.yaml"
         if attributes is None:
             raise ConfigError(f"{source}: a FineTuningProject needs `attributes:` with corpora and datasets")
-        shared = len(project_folders(context.defs_module_path)) > 1
+        folders = project_folders(context.defs_module_path)
+        shared = len(folders) > 1
         if shared and not PROJECT_NAME.match(folder.name):
             raise ConfigError(f"{source}: the folder name {folder.name!r} starts this project's asset keys beside "
                               "the other projects: use lowercase letters, digits and _ (starting with a letter)")
-        return cls(checked_project(attributes, source, folder.name if shared else None))
+        config = checked_project(attributes, source, folder.name if shared else None)
+        if shared:
+            _require_own_storage(config, [f for f in folders if f != folder])
+        return cls(config)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         from ft_assets.defs import build_definitions
 
         return build_definitions(self.config)
+
+
+def _require_own_storage(config: ProjectConfig, others: list[Path]) -> None:
+    """Two projects writing one storage root would share a warehouse whose tables (raw.<corpus>, ...) are
+    named without the project: each would overwrite the other's data.
+
+    Raises:
+        ConfigError: naming both defs.yaml files and the shared folder.
+    """
+    mine = _storage_places(config)
+    for folder in others:
+        try:
+            other = checked_project(ProjectConfig.model_validate(_attributes(folder / "defs.yaml")),
+                                    folder / "defs.yaml")
+        except (ValidationError, ConfigError, KeyError, TypeError):
+            continue  # its own load reports what is wrong with it
+        shared = mine & _storage_places(other)
+        if shared:
+            raise ConfigError(f"{config.source}: its storage ({', '.join(sorted(shared))}) is also that of "
+                              f"{other.source}; projects in one code location need storage roots of their own "
+                              "(storage.root, and storage.local with an s3:// root; FT_ASSETS_ROOT would give "
+                              "them all one)")
+
+
+def _storage_places(config: ProjectConfig) -> set[str]:
+    return {str(config.root)} | ({config.remote_root} if config.remote_root else set())
+
+
+def _attributes(path: Path) -> dict:
+    documents = yaml.safe_load_all(path.read_text(encoding="utf-8"))
+    return next(d["attributes"] for d in documents if isinstance(d, dict) and d.get("type") in COMPONENT_TYPES)
 
 
 def project_folders(defs_root: Path) -> list[Path]:
