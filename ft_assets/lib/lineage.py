@@ -8,6 +8,7 @@ a checkpoint directory and its raw files against its manifest.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import json
 import subprocess
@@ -121,6 +122,14 @@ def _module_level_nodes(tree: ast.Module):
 
 def source_hash(*entries: str) -> str:
     """sha256 of the source bytes of every project module the entries (dotted names) can import."""
+    return _source_hash(PACKAGE_DIR, entries)
+
+
+@functools.lru_cache(maxsize=None)
+def _source_hash(package_dir: Path, entries: tuple[str, ...]) -> str:
+    # Once per process and package folder: every recipe's assets share their entries, and reading and
+    # parsing the modules again for each was most of the code location's load time. A process sees one
+    # version of the source; a reload is a new process.
     digest = hashlib.sha256()
     for module in sorted(set().union(*(project_modules(e) for e in entries))):
         digest.update(f"{module}\n".encode())

@@ -12,7 +12,6 @@ from ft_assets.lib.datasets.cleaning import (
 )
 from ft_assets.lib.config import DatasetConfig, ProjectConfig
 from ft_assets.lib.lineage import code_version, dataset_files, source_hash
-from ft_assets.lib.schemas import clean_rows_schema, validate
 
 # The code that cleans and validates rows: part of the code_version, and recorded for audits.
 CLEANING_CODE = ("ft_assets.lib.datasets.cleaning", "ft_assets.lib.schemas")
@@ -60,6 +59,9 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         warehouse: DuckDBResource = project_resource(context, config, "warehouse")
         with warehouse.get_connection() as conn:
             summary = build_dataset(conn, dataset)
+            # pandera loads in the step, not with the code location (about a second of every load).
+            from ft_assets.lib.schemas import clean_rows_schema, validate
+
             problems = validate(clean_rows_schema(dataset), read_table(conn, f"datasets.{dataset.name}"))
             labels = dataset_labels(conn, dataset)
             raw_files = dataset_files(conn, dataset.name, corpora)

@@ -8,7 +8,6 @@ from ft_assets.defs.resources import WAREHOUSE_POOL, project_resource, resource_
 from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
 from ft_assets.lib.ingest.readers import read_corpus, write_raw
 from ft_assets.lib.lineage import code_version
-from ft_assets.lib.schemas import RawRows, validate
 
 
 def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.AssetsDefinition:
@@ -45,6 +44,8 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         with warehouse.get_connection() as conn:
             changes = write_raw(conn, corpus.name, raw, context.run_id)
             frame = conn.sql(f'SELECT * FROM raw."{corpus.name}"').df()
+        from ft_assets.lib.schemas import RawRows, validate  # pandera: in the step, not at load
+
         problems = validate(RawRows, frame)
         files = raw.files.to_pylist()
         if raw.rejects.num_rows:

@@ -7,11 +7,9 @@ import sys
 from typing import Literal
 
 import dagster as dg
-from dagster_k8s import PipesK8sClient
 from pydantic import Field
 
 from ft_assets.defs.resources import GpuResource
-from ft_assets.defs.training.kubernetes import run_in_pod
 from ft_assets.lib.config import KubernetesConfig, ProjectConfig
 
 
@@ -56,6 +54,11 @@ class TrainingLauncher(dg.ConfigurableResource):
         if kube is None:
             return dg.PipesSubprocessClient().run(command=gpu.training_command(sys.executable, spec),
                                                   context=context)
+        # dagster_k8s and the Kubernetes client load here, not with the code location (most runs are local).
+        from dagster_k8s import PipesK8sClient
+
+        from ft_assets.defs.training.kubernetes import run_in_pod
+
         # The image's python, not this machine's interpreter path.
         client = PipesK8sClient(kubeconfig_file=self.kubeconfig_file, kube_context=self.kube_context)
         return run_in_pod(context, client, kube, gpu.training_command("python", spec), gpus=gpu.processes)

@@ -22,12 +22,13 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-
-import s3fs
-from botocore.exceptions import NoCredentialsError
+from typing import TYPE_CHECKING
 
 from ft_assets.lib.config import stable_hash
 from ft_assets.lib.storage import folder_sha256, s3_filesystem
+
+if TYPE_CHECKING:  # s3fs and botocore load when an s3:// model is fetched, not with the code location
+    import s3fs
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ def _explain_access_errors(uri: str) -> Iterator[None]:
 
     botocore's own message is kept in the chained error; it never holds the secret key.
     """
+    from botocore.exceptions import NoCredentialsError
+
     try:
         yield
     except (NoCredentialsError, PermissionError) as e:
