@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from ft_assets.defs.resources import metadata_values
 from ft_assets.lib.config import ProjectConfig
 from ft_assets.lib.lineage import AuditError
 from ft_assets.lib.training.checkpoint import MERGED_DIR
@@ -47,7 +48,7 @@ def _materializations(instance: dg.DagsterInstance, key: dg.AssetKey) -> list:
 
 
 def _meta(record) -> dict:
-    return {k: v.value for k, v in record.asset_materialization.metadata.items()}
+    return metadata_values(record.asset_materialization)
 
 
 def _event(record, current_id: int | None) -> dict:

@@ -72,9 +72,9 @@ def _require_own_storage(config: ProjectConfig, others: list[Path]) -> None:
     mine = _storage_places(config)
     for folder in others:
         try:
-            other = checked_project(ProjectConfig.model_validate(_attributes(folder / "defs.yaml")),
-                                    folder / "defs.yaml")
-        except (ValidationError, ConfigError, KeyError, TypeError):
+            attributes = _project_document(folder / "defs.yaml").get("attributes")
+            other = checked_project(ProjectConfig.model_validate(attributes), folder / "defs.yaml")
+        except (ValidationError, ConfigError):
             continue  # its own load reports what is wrong with it
         shared = mine & _storage_places(other)
         if shared:
@@ -88,19 +88,17 @@ def _storage_places(config: ProjectConfig) -> set[str]:
     return {str(config.root)} | ({config.remote_root} if config.remote_root else set())
 
 
-def _attributes(path: Path) -> dict:
-    documents = yaml.safe_load_all(path.read_text(encoding="utf-8"))
-    return next(d["attributes"] for d in documents if isinstance(d, dict) and d.get("type") in COMPONENT_TYPES)
+def _project_document(path: Path) -> dict | None:
+    """The FineTuningProject document of a defs.yaml; None when it declares none or is not YAML (dg reports
+    that, naming the file and line)."""
+    try:
+        documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError:
+        return None
+    return next((d for d in documents if isinstance(d, dict) and d.get("type") in COMPONENT_TYPES), None)
 
 
 def project_folders(defs_root: Path) -> list[Path]:
     """The folders under `defs_root` whose defs.yaml declares a FineTuningProject."""
-    folders = []
-    for path in sorted(defs_root.rglob("defs.yaml")) if defs_root.is_dir() else []:
-        try:
-            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except yaml.YAMLError:
-            continue  # dg reports it, naming the file and line
-        if any(isinstance(d, dict) and d.get("type") in COMPONENT_TYPES for d in documents):
-            folders.append(path.parent)
-    return folders
+    paths = sorted(defs_root.rglob("defs.yaml")) if defs_root.is_dir() else []
+    return [path.parent for path in paths if _project_document(path) is not None]

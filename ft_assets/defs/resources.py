@@ -76,9 +76,19 @@ def project_resource(context: dg.AssetExecutionContext, config: ProjectConfig, n
     return getattr(context.resources, config.qualified_name(name))
 
 
+def asset_key(config: ProjectConfig, *parts: str) -> dg.AssetKey:
+    """The key of one of this project's assets, e.g. asset_key(config, "checkpoints", recipe.name)."""
+    return dg.AssetKey(config.key_path(*parts))
+
+
+def metadata_values(materialization: dg.AssetMaterialization) -> dict:
+    """A materialization's metadata as plain values (the path, the JSON, the number)."""
+    return {name: entry.value for name, entry in materialization.metadata.items()}
+
+
 def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
     """The metadata of the asset's latest materialization as plain values; empty when there is none."""
     event = instance.get_latest_materialization_event(key)
     if event is None or event.asset_materialization is None:
         return {}
-    return {name: entry.value for name, entry in event.asset_materialization.metadata.items()}
+    return metadata_values(event.asset_materialization)

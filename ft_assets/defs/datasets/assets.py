@@ -5,7 +5,7 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import rebuild_after_upstream
-from ft_assets.defs.resources import WAREHOUSE_POOL, latest_metadata, project_resource, resource_keys
+from ft_assets.defs.resources import WAREHOUSE_POOL, asset_key, latest_metadata, project_resource, resource_keys
 from ft_assets.lib.storage import publish
 from ft_assets.lib.datasets.cleaning import (
     DatasetSummary, build_dataset, dataset_labels, export_splits, quarantine_markdown, quarantined, read_table,
@@ -18,7 +18,7 @@ CLEANING_CODE = ("ft_assets.lib.datasets.cleaning", "ft_assets.lib.schemas")
 
 
 def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
-    key = dg.AssetKey(config.key_path("datasets", dataset.name))
+    key = asset_key(config, "datasets", dataset.name)
     corpora = [c.name for c in config.dataset_corpora(dataset)]
     split_rule = (f"test = corpus `{dataset.test_corpus}`" if dataset.test_corpus
                   else f"test {dataset.test_fraction:.0%}") + f", validation {dataset.validation_fraction:.0%}"
@@ -41,7 +41,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         group_name="datasets",
         kinds={"duckdb"},
         pool=WAREHOUSE_POOL,
-        deps=[dg.AssetKey(config.key_path("raw", c)) for c in corpora],
+        deps=[asset_key(config, "raw", c) for c in corpora],
         code_version=code_version(config.dataset_hash(dataset), *CLEANING_CODE),
         automation_condition=rebuild_after_upstream(),
         description=(

@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ft_assets.defs.resources import GPU_POOL, latest_metadata, project_resource, resource_keys
+from ft_assets.defs.resources import GPU_POOL, asset_key, latest_metadata, project_resource, resource_keys
 from ft_assets.lib.config import (
     LOWER_IS_BETTER, TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash,
 )
@@ -30,8 +30,8 @@ TASK_SCORES = {
 
 
 def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.AssetsDefinition:
-    key = dg.AssetKey(config.key_path("reports", recipe.name))
-    checkpoint_key = dg.AssetKey(config.key_path("checkpoints", recipe.name))
+    key = asset_key(config, "reports", recipe.name)
+    checkpoint_key = asset_key(config, "checkpoints", recipe.name)
     out_dir = config.root / "reports" / recipe.name
     task = config.dataset(recipe.dataset).task
     metric = TASK_METRICS[task][0]
@@ -48,7 +48,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         kinds={"pytorch"},
         # Evaluation and the baseline's training use the accelerator too.
         pool=GPU_POOL,
-        deps=[checkpoint_key] + ([dg.AssetKey(config.key_path("raw", recipe.forgetting.corpus))] if recipe.forgetting else []),
+        deps=[checkpoint_key] + ([asset_key(config, "raw", recipe.forgetting.corpus)] if recipe.forgetting else []),
         code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.evaluation.report"),
         description=(
             f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training. "
@@ -136,11 +136,11 @@ def build_leaderboard_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg
     metric = TASK_METRICS[dataset.task][0]
 
     @dg.asset(
-        key=dg.AssetKey(config.key_path("reports", "leaderboard", dataset.name)),
+        key=asset_key(config, "reports", "leaderboard", dataset.name),
         group_name="evaluation",
         automation_condition=dg.AutomationCondition.eager(),
         kinds={"python"},
-        deps=[dg.AssetKey(config.key_path("reports", r.name)) for r in recipes],
+        deps=[asset_key(config, "reports", r.name) for r in recipes],
         code_version=code_version(stable_hash([r.name for r in recipes]), "ft_assets.lib.evaluation.leaderboard"),
         description=(
             f"Every recipe on datasets/{dataset.name} side by side, best test {metric} first "

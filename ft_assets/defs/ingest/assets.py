@@ -4,14 +4,14 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ft_assets.defs.resources import WAREHOUSE_POOL, project_resource, resource_keys
+from ft_assets.defs.resources import WAREHOUSE_POOL, asset_key, project_resource, resource_keys
 from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
 from ft_assets.lib.ingest.readers import read_corpus, write_raw
 from ft_assets.lib.lineage import code_version
 
 
 def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.AssetsDefinition:
-    key = dg.AssetKey(config.key_path("raw", corpus.name))
+    key = asset_key(config, "raw", corpus.name)
     landing = config.corpus_location(corpus)
 
     @dg.asset(

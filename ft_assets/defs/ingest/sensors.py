@@ -5,7 +5,7 @@ import json
 import dagster as dg
 
 from ft_assets.defs.automation import default_sensor_status
-from ft_assets.defs.resources import latest_metadata
+from ft_assets.defs.resources import asset_key, latest_metadata
 from ft_assets.lib.config import CorpusConfig, ProjectConfig
 from ft_assets.lib.ingest.landing import landing_changes, list_landing, needs_ingest
 
@@ -13,7 +13,7 @@ TRIGGER_TAG = "ft_assets/landing_changes"
 
 
 def build_landing_sensor(corpus: CorpusConfig, config: ProjectConfig) -> dg.SensorDefinition:
-    key = dg.AssetKey(config.key_path("raw", corpus.name))
+    key = asset_key(config, "raw", corpus.name)
     location = config.corpus_location(corpus)
 
     @dg.sensor(

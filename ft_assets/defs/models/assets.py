@@ -5,20 +5,21 @@ from pathlib import Path
 
 import dagster as dg
 
-from ft_assets.lib.storage import publish
-from ft_assets.lib.training.model_cache import local_copy
+from ft_assets.defs.resources import asset_key, metadata_values
+from ft_assets.lib.config import TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash
+from ft_assets.lib.lineage import code_version
 from ft_assets.lib.models.champion import (
     CHAMPION_FILE, HISTORY_FILE, champion_record, choose_champion, current_champion, publish_champion,
     ranking_markdown,
 )
-from ft_assets.lib.config import TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash
-from ft_assets.lib.lineage import code_version
+from ft_assets.lib.storage import publish
 from ft_assets.lib.training.checkpoint import MANIFEST_FILE
+from ft_assets.lib.training.model_cache import local_copy
 
 
 def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     recipes = [r for r in config.recipes if r.dataset == dataset.name]
-    key = dg.AssetKey(config.key_path("models", dataset.name, "champion"))
+    key = asset_key(config, "models", dataset.name, "champion")
     champion_dir = config.root / "models" / dataset.name / "champion"
     rule = dataset.champion
     metric = rule.metric or TASK_METRICS[dataset.task][0]
@@ -28,7 +29,7 @@ def build_champion_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.As
         group_name="models",
         automation_condition=dg.AutomationCondition.eager(),
         kinds={"pytorch"},
-        deps=[dg.AssetKey(config.key_path("reports", r.name)) for r in recipes],
+        deps=[asset_key(config, "reports", r.name) for r in recipes],
         code_version=code_version(stable_hash(rule.model_dump(mode="json")), "ft_assets.lib.models.champion"),
         description=(
             f"The champion of datasets/{dataset.name}: among {', '.join(r.name for r in recipes)}, the recipe whose "
@@ -98,11 +99,11 @@ def _candidate(instance: dg.DagsterInstance, recipe: RecipeConfig, dataset: Data
                config: ProjectConfig) -> dict | None:
     """The recipe's latest report as a candidate, its gates read from the Dagster check records of that
     very materialization (a check from another run, or none, counts as not passed)."""
-    report_key = dg.AssetKey(config.key_path("reports", recipe.name))
+    report_key = asset_key(config, "reports", recipe.name)
     event = instance.get_latest_materialization_event(report_key)
     if event is None:
         return None
-    meta = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    meta = metadata_values(event.asset_materialization)
     summaries = {g["name"]: g["summary"] for g in meta.get("gates", [])}
     gates = []
     for name in ["beats_baselines"] + (["forgetting_ceiling"] if recipe.gates.max_forgetting is not None else []):

@@ -11,7 +11,9 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import retraining
-from ft_assets.defs.resources import GPU_POOL, GpuResource, latest_metadata, project_resource, resource_keys
+from ft_assets.defs.resources import (
+    GPU_POOL, GpuResource, asset_key, latest_metadata, project_resource, resource_keys,
+)
 from ft_assets.defs.training.launcher import TrainingLauncher
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
 from ft_assets.lib.datasets.cleaning import dataset_labels, read_split
@@ -28,14 +30,14 @@ RESUME_DIR = ".resume"
 
 def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     dataset = config.dataset(recipe.dataset)
-    dataset_key = dg.AssetKey(config.key_path("datasets", dataset.name))
+    dataset_key = asset_key(config, "datasets", dataset.name)
     recipe_dir = config.root / "checkpoints" / recipe.name
     # base_model checkpoint:<recipe> makes that recipe's checkpoint an upstream asset.
-    base_key = dg.AssetKey(config.key_path("checkpoints", recipe.base_recipe)) if recipe.base_recipe else None
+    base_key = asset_key(config, "checkpoints", recipe.base_recipe) if recipe.base_recipe else None
     base = f"the latest checkpoints/{recipe.base_recipe}" if base_key else f"`{recipe.base_model}`"
 
     @dg.asset(
-        key=dg.AssetKey(config.key_path("checkpoints", recipe.name)),
+        key=asset_key(config, "checkpoints", recipe.name),
         group_name="training",
         kinds={"pytorch"},
         pool=GPU_POOL,
