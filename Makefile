@@ -33,8 +33,12 @@ browser:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 		echo "chromium is not installed: the browser test will be skipped"
 
+# Test files run on WORKERS processes (pytest-xdist, a file to a worker): most tests wait on Dagster's
+# processes, dagster dev or a browser, so two workers nearly halve the suite on a 2-core machine.
+WORKERS ?= 2
+
 test: setup browser
-	$(BIN)/python -m pytest --durations=25
+	$(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --durations=25
 
 ui: setup
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000

@@ -109,8 +109,17 @@ def pytest_addoption(parser):
     parser.addoption("--snapshot-update", action="store_true", help="rewrite the definitions snapshot")
 
 
+# The files that take longest (dagster dev, whole graphs, killed and resumed trainings) run first: `make test`
+# shares files between workers (pytest-xdist, --dist loadfile), and one started last would run alone.
+LONGEST_FIRST = ("test_device_kit.py", "test_ui_browser.py", "test_automation_e2e.py", "test_engine.py",
+                 "test_kubernetes.py", "test_ui.py", "test_cli.py", "test_component.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `gpu` run where torch sees a CUDA GPU; elsewhere they are skipped, saying why."""
+    """The longest files first; tests marked `gpu` run where torch sees a CUDA GPU, and elsewhere are
+    skipped, saying why."""
+    items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST
+               else len(LONGEST_FIRST))
     gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
     if not gpu_tests:
         return

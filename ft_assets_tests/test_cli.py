@@ -27,6 +27,8 @@ def test_materialize_the_whole_graph_through_the_cli_and_summarize(tmp_path, tin
                           "-m", "ft_assets.definitions"], env=env, cwd=tmp_path, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
+    # Several steps: a process each (defs/executor.py).
+    assert "Executing steps using multiprocess executor" in run.stderr
     report = json.loads((tmp_path / "data" / "reports" / "cli_full" / "eval.json").read_text())
     assert report["n_test"] > 0
 
@@ -42,6 +44,13 @@ def test_materialize_the_whole_graph_through_the_cli_and_summarize(tmp_path, tin
     assert audit.returncode == 0, audit.stderr
     assert audit.stdout.startswith("champion models/tickets/champion: cli_full")
     assert "gate beats_baselines: pass" in audit.stdout
+
+    # One step runs in the run's own process: no second Python process loading the code location.
+    one = subprocess.run([str(bin_dir / "dagster"), "asset", "materialize", "--select", "reports/leaderboard/tickets",
+                          "-m", "ft_assets.definitions"], env=env, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert "Executing steps in process" in one.stderr and "in subprocess" not in one.stderr
 
 
 def test_a_bad_config_fails_loading_with_the_file_and_field(tmp_path, tiny_model_dir):

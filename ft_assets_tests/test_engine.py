@@ -309,7 +309,8 @@ def test_two_processes_killed_mid_run_resume_to_the_weights_of_an_uninterrupted_
     deadline = time.monotonic() + 300
     while not list((tmp_path / "resume_killed").glob("*/latest.json")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    workers = [pid for pid in parent_pids() if _is_training_worker(pid)]
+    # torchrun's own workers only: other tests may be training beside this one (make test runs two files at once).
+    workers = [pid for pid in _descendants(launcher.pid) if _is_training_worker(pid)]
     for pid in workers:
         os.kill(pid, signal.SIGKILL)
     assert len(workers) == 2 and launcher.wait(timeout=120) != 0

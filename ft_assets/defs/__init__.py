@@ -6,6 +6,7 @@ import dagster as dg
 
 from ft_assets.defs.automation import automation_sensor
 from ft_assets.defs.datasets.assets import build_dataset_asset
+from ft_assets.defs.executor import one_step_in_process_executor
 from ft_assets.defs.evaluation.assets import build_leaderboard_asset, build_report_asset
 from ft_assets.defs.ingest.assets import build_raw_corpus_asset
 from ft_assets.defs.ingest.sensors import build_landing_sensor
@@ -27,4 +28,5 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
         ],
         sensors=[*(build_landing_sensor(c, config) for c in config.corpora), automation_sensor(config)],
         resources=build_resources(config),
+        executor=one_step_in_process_executor,
     )
