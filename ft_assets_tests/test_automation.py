@@ -15,16 +15,25 @@ AUTO, MANUAL = dg.AssetKey(["checkpoints", "auto"]), dg.AssetKey(["checkpoints",
 TRAINING = {"epochs": 1, "batch_size": 16, "max_length": 16}
 
 
-@pytest.fixture
-def project(tmp_path, tiny_model_dir):
+def ticket_project(tmp_path, tiny_model_dir, auto_retrain: dict | None, *, trained: bool = True):
+    """`auto` retrains on `auto_retrain` (None: the default a new project gets), `manual` never does; the
+    raw corpus and dataset are built, and with `trained` both checkpoints exist as if trained before."""
     recipes = [{"name": name, "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
-                "training": dict(TRAINING), "retrain": retrain}
-               for name, retrain in (("auto", {"min_interval": "1h"}), ("manual", "manual"))]
+                "training": dict(TRAINING), **({"retrain": retrain} if retrain is not None else {})}
+               for name, retrain in (("auto", auto_retrain), ("manual", "manual"))]
     config_path = write_project(tmp_path, tiny_model_dir, recipes=recipes)
     defs = build_definitions(load_config(config_path))
     instance = dg.DagsterInstance.ephemeral()
     assert materialize_all(defs, instance, selection=[RAW, DATASET]).success
+    if trained:  # recorded, not trained: the conditions read the event log, not the weights
+        for key in (AUTO, MANUAL):
+            instance.report_runless_asset_event(dg.AssetMaterialization(key))
     return defs, instance, tmp_path / "data" / "raw" / "tickets"
+
+
+@pytest.fixture
+def project(tmp_path, tiny_model_dir):
+    return ticket_project(tmp_path, tiny_model_dir, None)
 
 
 class Clock:
@@ -71,8 +80,42 @@ def test_an_unchanged_dataset_requests_no_training(project):
     assert AUTO.to_user_string() not in requested(result)
 
 
-def test_a_changed_dataset_retrains_once_per_interval_and_never_a_manual_recipe(project):
+def test_a_recipe_never_trained_trains_as_soon_as_its_data_is_ready(tmp_path, tiny_model_dir):
+    defs, instance, _ = ticket_project(tmp_path, tiny_model_dir, None, trained=False)
+    clock = Clock()
+    result, cursor = evaluate(defs, instance, clock.at(-50))  # 10 past: no tick of any schedule needed
+    assert requested(result) == {"checkpoints/auto"}
+    result, _ = evaluate(defs, instance, clock.at(-49), cursor)
+    assert not result.get_num_requested(AUTO)  # requested once, not on every tick until it has trained
+
+
+def test_the_default_interval_trains_new_data_at_once_then_at_most_once_an_hour(project):
+    """The default a new project gets, `min_interval: 1h`: counted from the last request, not the clock."""
     defs, instance, landing = project
+    clock = Clock()
+    _, cursor = evaluate(defs, instance, clock.at(-50))
+    add_file(defs, instance, landing, "first.csv", seed=5)
+    result, cursor = evaluate(defs, instance, clock.at(-49), cursor)
+    assert requested(result) == {"checkpoints/auto"}  # at once: nothing was requested within the hour
+    # The daemon's next tick. Needed only because this clock runs an hour ahead of the events: Dagster
+    # orders a data change against the last request by their timestamps, and the materializations
+    # below carry the real time, which is earlier than this simulated request.
+    result, cursor = evaluate(defs, instance, clock.at(-48.5), cursor)
+    assert not result.get_num_requested(AUTO)
+
+    add_file(defs, instance, landing, "second.csv", seed=6)  # 10 minutes after the first
+    for minutes in (-39, -10, 1, 10.5):  # the top of the hour is no tick here; 59.5 minutes is not an hour
+        result, cursor = evaluate(defs, instance, clock.at(minutes), cursor)
+        assert not result.get_num_requested(AUTO), f"requested {minutes + 49} minutes after the last request"
+    result, cursor = evaluate(defs, instance, clock.at(12), cursor)  # 61 minutes after it
+    assert requested(result) == {"checkpoints/auto"}  # one run for the second file, never for `manual`
+    for minutes in (12.5, 80, 200):  # nothing changed since, however long the wait
+        result, cursor = evaluate(defs, instance, clock.at(minutes), cursor)
+        assert not result.get_num_requested(AUTO)
+
+
+def test_a_cron_recipe_trains_only_at_its_ticks_once_for_many_files(tmp_path, tiny_model_dir):
+    defs, instance, landing = ticket_project(tmp_path, tiny_model_dir, {"cron": "0 * * * *"})
     clock = Clock()
     _, cursor = evaluate(defs, instance, clock.at(-50))
     add_file(defs, instance, landing, "first.csv", seed=5)
@@ -81,15 +124,12 @@ def test_a_changed_dataset_retrains_once_per_interval_and_never_a_manual_recipe(
     assert AUTO.to_user_string() not in requested(result)  # no tick of `0 * * * *` yet
     result, cursor = evaluate(defs, instance, clock.at(1), cursor)
     assert result.get_num_requested(AUTO) == 1 and not result.get_num_requested(MANUAL)  # two files, one run
-    # The daemon's next tick. Needed only because this clock runs an hour ahead of the events: Dagster
-    # orders a data change against the last request by their timestamps, and the materializations
-    # below carry the real time, which is earlier than this simulated request.
-    result, cursor = evaluate(defs, instance, clock.at(2), cursor)
+    result, cursor = evaluate(defs, instance, clock.at(2), cursor)  # the daemon's next tick (see above)
     assert not result.get_num_requested(AUTO)
 
     add_file(defs, instance, landing, "third.csv", seed=7)
     result, cursor = evaluate(defs, instance, clock.at(20), cursor)
-    assert not result.get_num_requested(AUTO)  # within the hour of the last request
+    assert not result.get_num_requested(AUTO)  # no tick since the last request
     result, cursor = evaluate(defs, instance, clock.at(61), cursor)
     assert result.get_num_requested(AUTO) == 1 and not result.get_num_requested(MANUAL)
     result, _ = evaluate(defs, instance, clock.at(125), cursor)

@@ -20,24 +20,63 @@ def rebuild_after_upstream() -> dg.AutomationCondition:
         "eager, upstream checks passed")
 
 
+class RequestedWithin(dg.AutomationCondition):
+    """True while this asset's last request by automation is less than `seconds` old.
+
+    Dagster's operands know whether an asset was requested on the previous tick, not how long ago; this
+    condition remembers the time of the last request in its cursor. Python of our own: the automation
+    sensor runs in the code server (use_user_code_server).
+    """
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    @property
+    def name(self) -> str:
+        return f"requested_within_{self.seconds}s"
+
+    @property
+    def description(self) -> str:
+        return f"requested by automation less than {self.seconds} s ago"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        last = float(context.cursor) if context.cursor else None
+        previous = context.get_previous_requested_subset(context.key)
+        if previous is not None and not previous.is_empty and context.previous_evaluation_time is not None:
+            last = context.previous_evaluation_time.timestamp()  # the previous tick requested it
+        recent = last is not None and context.evaluation_time.timestamp() - last < self.seconds
+        return dg.AutomationResult(context, context.candidate_subset if recent else context.get_empty_subset(),
+                                   cursor=None if last is None else repr(last))
+
+
 def retraining(retrain: RetrainConfig) -> dg.AutomationCondition:
-    """Train again when an upstream's content changed since this checkpoint was last requested or
-    built, its blocking checks passed, a tick of the recipe's schedule has passed since the last
-    request, and no run of it is in progress: after downtime one tick, so one run, never a burst."""
-    upstream_changed = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).since(
+    """Train when the checkpoint was never trained or an upstream's content changed since it was last
+    requested or built, the upstream's blocking checks passed and no run of it is in progress; and,
+    with `min_interval`, no request came within the interval (so a recipe never trained, or not for a
+    while, trains at once), or with `cron`, a tick has passed since the last request. After downtime:
+    one run, never a burst."""
+    upstream_changed = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed())
+    never_trained = dg.AutomationCondition.missing().newly_true()
+    wanted = (upstream_changed | never_trained).since(
         dg.AutomationCondition.newly_requested() | dg.AutomationCondition.newly_updated()
-    ).with_label("an upstream's content changed since the last training")
-    interval_passed = dg.AutomationCondition.cron_tick_passed(retrain.schedule).since(
-        dg.AutomationCondition.newly_requested()
-    ).with_label(f"a `{retrain.schedule}` tick passed since the last request")
+    ).with_label("never trained, or an upstream's content changed since the last training")
+    if retrain.cron is not None:
+        allowed = dg.AutomationCondition.cron_tick_passed(retrain.cron).since(
+            dg.AutomationCondition.newly_requested()
+        ).with_label(f"a `{retrain.cron}` tick passed since the last request")
+        every = f"`{retrain.cron}` tick"
+    else:
+        allowed = (~RequestedWithin(retrain.min_interval_seconds)).with_label(
+            f"no training request in the last {retrain.min_interval}")
+        every = retrain.min_interval
     return (
-        upstream_changed
-        & interval_passed
+        allowed
+        & wanted
         & dg.AutomationCondition.all_deps_blocking_checks_passed()
         & ~dg.AutomationCondition.any_deps_missing()
         & ~dg.AutomationCondition.any_deps_in_progress()
         & ~dg.AutomationCondition.in_progress()
-    ).with_label(f"retrain at most once per `{retrain.schedule}`")
+    ).with_label(f"retrain at most once per {every}")
 
 
 def default_sensor_status(config: ProjectConfig) -> dg.DefaultSensorStatus:
@@ -51,6 +90,7 @@ def automation_sensor(config: ProjectConfig) -> dg.AutomationConditionSensorDefi
     return dg.AutomationConditionSensorDefinition(
         config.qualified_name(AUTOMATION_SENSOR), target=project, default_status=default_sensor_status(config),
         minimum_interval_seconds=config.automation.evaluation_interval_seconds,
+        use_user_code_server=True,  # RequestedWithin is Python of our own
         description="Evaluates every asset's automation condition: datasets after new raw content, gated "
                     "retraining, then reports, leaderboards and champions.",
     )

@@ -283,18 +283,19 @@ class GatesConfig(_Strict):
     blocking: bool = False
 
 
-INTERVAL_CRONS = {"15m": "*/15 * * * *", "30m": "*/30 * * * *", "1h": "0 * * * *", "2h": "0 */2 * * *",
-                  "3h": "0 */3 * * *", "6h": "0 */6 * * *", "12h": "0 */12 * * *", "1d": "0 0 * * *"}
+# min_interval: a number and a unit (seconds, minutes, hours, days): 90s, 15m, 1h, 2d.
+INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class RetrainConfig(_Strict):
     """When a changed dataset (or base checkpoint) retrains the recipe by itself, through Dagster's
-    declarative automation: only after the dataset's blocking checks passed, at most once per
-    interval, one run at a time."""
+    declarative automation: only after the dataset's blocking checks passed, one run at a time, and
+    at most once per `min_interval` or once per tick of `cron`."""
 
-    # One of INTERVAL_CRONS' keys: at most one retraining per interval (clock-aligned: 1h = on the hour).
+    # At most one training request per interval: a recipe never trained trains as soon as its data is
+    # ready; a retraining waits until this long after the last request.
     min_interval: str | None = "1h"
-    # Instead of min_interval, any cron expression: at most one retraining per cron tick.
+    # Instead of min_interval, any cron expression: training only at these times, once per tick.
     cron: str | None = None
 
     @model_validator(mode="after")
@@ -304,13 +305,16 @@ class RetrainConfig(_Strict):
             if len(fields) != 5 or not all(re.fullmatch(r"[0-9A-Za-z*/,\-]+", f) for f in fields):
                 raise ValueError(f"cron {self.cron!r} is not a 5-field cron expression (minute hour day month weekday)")
             object.__setattr__(self, "min_interval", None)
-        elif self.min_interval not in INTERVAL_CRONS:
-            raise ValueError(f"min_interval {self.min_interval!r}: use one of {', '.join(INTERVAL_CRONS)}, or a cron")
+        elif not re.fullmatch(r"[1-9][0-9]*[smhd]", str(self.min_interval)):
+            raise ValueError(f"min_interval {self.min_interval!r}: a whole number and a unit (s, m, h or d), "
+                             "such as 30m, 1h or 1d; or a cron")
         return self
 
     @property
-    def schedule(self) -> str:
-        return self.cron or INTERVAL_CRONS[self.min_interval]
+    def min_interval_seconds(self) -> int | None:
+        if self.min_interval is None:
+            return None
+        return int(self.min_interval[:-1]) * INTERVAL_UNITS[self.min_interval[-1]]
 
 
 # base_model forms besides a local directory or hub id.
