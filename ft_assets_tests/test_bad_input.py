@@ -107,3 +107,52 @@ def test_a_bad_file_is_read_accounted_for_and_explained(case, tmp_path):
         assert texts and not any("\ufeff" in t for t in texts)  # the mark is not part of the text
     good = conn.sql('SELECT count(*) FROM datasets."d" WHERE source_uri LIKE \'%/good.%\'').fetchall()[0][0]
     assert good == 2  # the good file beside it is untouched by the bad one
+
+
+def ticket_dataset(tmp_path, tiny_model_dir, rows: list[tuple[str, str]]):
+    """The tiny ticket project with `rows` as its only landing file: its Definitions and checkpoint key."""
+    import dagster as dg
+
+    from ft_assets.defs import build_definitions
+    from ft_assets.lib.config import load_config
+    from ft_assets_tests.conftest import write_csv, write_project
+
+    recipe = {"name": "head", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
+              "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[recipe])
+    landing = tmp_path / "data" / "raw" / "tickets"
+    for old in landing.iterdir():
+        old.unlink()
+    write_csv(landing / "only.csv", rows)
+    return build_definitions(load_config(config_path)), dg.AssetKey(["checkpoints", "head"])
+
+
+def test_a_dataset_whose_every_row_is_quarantined_fails_saying_where_they_went(tmp_path, tiny_model_dir):
+    import dagster as dg
+
+    from ft_assets_tests.helpers import materialize_all, step_failure
+
+    defs, _ = ticket_dataset(tmp_path, tiny_model_dir, [("billing", "   ")] * 58 + [("biling", "typo"), ("", "x")])
+    result = materialize_all(defs, dg.DagsterInstance.ephemeral(), selection="*datasets/tickets",
+                             raise_on_error=False)
+    assert not result.success
+    assert ("datasets/tickets: 0 clean rows of 60 raw records: 58 empty_text, 1 missing_label, 1 unknown_label. "
+            "The quarantined rows and their reasons are in datasets.tickets__quarantine "
+            "(`ft-assets quarantine tickets`)") in step_failure(result)
+
+
+def test_a_classification_dataset_of_one_label_blocks_training_naming_it(tmp_path, tiny_model_dir):
+    import dagster as dg
+
+    from ft_assets_tests.conftest import ticket_rows
+    from ft_assets_tests.helpers import materialize_all
+
+    defs, checkpoint = ticket_dataset(tmp_path, tiny_model_dir,
+                                      [row for row in ticket_rows(40) if row[0] == "billing"])
+    result = materialize_all(defs, dg.DagsterInstance.ephemeral(), selection=f"*{checkpoint.to_user_string()}",
+                             raise_on_error=False)
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "two_labels"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.description == ("the train split has rows of 1 label(s) only (billing): "
+                                 "a classifier needs two or more")
+    assert checkpoint not in {m.asset_key for m in result.get_asset_materialization_events()}
