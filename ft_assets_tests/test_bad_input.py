@@ -32,6 +32,7 @@ LONG = "x" * 1_200_000  # a line over 1 MB
 CASES = {
     "csv_extra_column": ("csv", b"label,text,extra\nbilling,refund please,zzz\n", {}),
     "csv_headerless_file": ("csv", b"billing,refund please\nshipping,late parcel\n", {"rejected_file": 1}),
+    "csv_a_column_named_twice": ("csv", b"label,text, text \nbilling,refund please,again\n", {"rejected_file": 1}),
     "csv_undecodable_and_mixed_encoding": ("csv", "label,text\nbilling,caf\u00e9 ok\n".encode()
                                            + b"billing,caf\xe9 latin-1\n", {"unparseable": 1}),
     "csv_bom": ("csv", b"\xef\xbb\xbflabel,text\nbilling,refund with a bom\n", {}),
@@ -107,3 +108,83 @@ def test_a_bad_file_is_read_accounted_for_and_explained(case, tmp_path):
         assert texts and not any("\ufeff" in t for t in texts)  # the mark is not part of the text
     good = conn.sql('SELECT count(*) FROM datasets."d" WHERE source_uri LIKE \'%/good.%\'').fetchall()[0][0]
     assert good == 2  # the good file beside it is untouched by the bad one
+
+
+def ticket_dataset(tmp_path, tiny_model_dir, rows: list[tuple[str, str]]):
+    """The tiny ticket project with `rows` as its only landing file: its Definitions and checkpoint key."""
+    import dagster as dg
+
+    from ft_assets.defs import build_definitions
+    from ft_assets.lib.config import load_config
+    from ft_assets_tests.conftest import write_csv, write_project
+
+    recipe = {"name": "head", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
+              "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[recipe])
+    landing = tmp_path / "data" / "raw" / "tickets"
+    for old in landing.iterdir():
+        old.unlink()
+    write_csv(landing / "only.csv", rows)
+    return build_definitions(load_config(config_path)), dg.AssetKey(["checkpoints", "head"])
+
+
+def test_a_dataset_whose_every_row_is_quarantined_fails_saying_where_they_went(tmp_path, tiny_model_dir):
+    import dagster as dg
+
+    from ft_assets_tests.helpers import materialize_all, step_failure
+
+    defs, _ = ticket_dataset(tmp_path, tiny_model_dir, [("billing", "   ")] * 58 + [("biling", "typo"), ("", "x")])
+    result = materialize_all(defs, dg.DagsterInstance.ephemeral(), selection="*datasets/tickets",
+                             raise_on_error=False)
+    assert not result.success
+    assert ("datasets/tickets: 0 clean rows of 60 raw records: 58 empty_text, 1 missing_label, 1 unknown_label. "
+            "The quarantined rows and their reasons are in datasets.tickets__quarantine "
+            "(`ft-assets quarantine tickets`)") in step_failure(result)
+
+
+def test_a_classification_dataset_of_one_label_blocks_training_naming_it(tmp_path, tiny_model_dir):
+    import dagster as dg
+
+    from ft_assets_tests.conftest import ticket_rows
+    from ft_assets_tests.helpers import materialize_all
+
+    defs, checkpoint = ticket_dataset(tmp_path, tiny_model_dir,
+                                      [row for row in ticket_rows(40) if row[0] == "billing"])
+    result = materialize_all(defs, dg.DagsterInstance.ephemeral(), selection=f"*{checkpoint.to_user_string()}",
+                             raise_on_error=False)
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "two_labels"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+    assert check.description == ("the train split has rows of 1 label(s) only (billing): "
+                                 "a classifier needs two or more")
+    assert checkpoint not in {m.asset_key for m in result.get_asset_materialization_events()}
+
+
+def test_a_storage_root_that_is_a_file_fails_the_first_asset_saying_so(tmp_path, tiny_model_dir, monkeypatch):
+    import dagster as dg
+
+    from ft_assets_tests.helpers import materialize_all, step_failure
+
+    ticket_dataset(tmp_path, tiny_model_dir, [("billing", "refund please")])
+    not_a_folder = tmp_path / "root.txt"
+    not_a_folder.write_text("a file where the storage root should be\n")
+    monkeypatch.setenv("FT_ASSETS_ROOT", str(not_a_folder))
+    from ft_assets.defs import build_definitions
+    from ft_assets.lib.config import load_config
+
+    defs = build_definitions(load_config(tmp_path / "project.yaml"))  # loads: checking it is the first step's job
+    result = materialize_all(defs, dg.DagsterInstance.ephemeral(), selection="raw/tickets", raise_on_error=False)
+    assert f"raw/tickets: {not_a_folder} is a file, not a folder: the storage root (storage.root in the project " \
+           "YAML, or FT_ASSETS_ROOT) must be a folder" in step_failure(result)
+    assert not_a_folder.read_text() == "a file where the storage root should be\n"
+
+
+def test_a_header_naming_a_column_twice_rejects_the_file_naming_the_column(tmp_path):
+    landing = tmp_path / "c"
+    landing.mkdir()
+    (landing / "good.csv").write_bytes(GOOD["csv"])
+    (landing / "twice.csv").write_bytes(b"label,text, text \nbilling,refund please,again\n")
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    write_raw(conn, "c", read_corpus(corpus_for("csv"), landing))
+    [(error,)] = conn.sql('SELECT error FROM raw."c__rejects"').fetchall()
+    assert error == (f"file rejected: corpus 'c': file {(landing / 'twice.csv').as_uri()}: the header names column "
+                     "'text' 2 times ('text', ' text '); rename or remove all but one")

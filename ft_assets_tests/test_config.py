@@ -254,3 +254,26 @@ def test_a_qlora_project_loads_without_a_gpu_and_its_training_step_says_what_it_
     assert not result.success
     assert ("recipe 'q': field method: qlora needs a CUDA GPU and the bitsandbytes package" in step_failure(result)
             and "nothing was registered" in step_failure(result))
+
+
+def test_a_yaml_alias_bomb_is_refused_saying_how_far_it_expands(tmp_path):
+    """About 300 bytes of anchors within anchors stand for nearly a billion values: refused by counting the
+    shared objects, before validation or an error message walks the expansion (which took 60 s and 4 GB)."""
+    levels = "abcdefghi"
+    lines = ["a: &a [x,x,x,x,x,x,x,x,x]"]
+    lines += [f"{b}: &{b} [{','.join(['*' + a] * 9)}]" for a, b in zip(levels, levels[1:])]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines + ["corpora: *i"]) + "\n")
+    assert len(path.read_bytes()) < 400
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == (f"{path}: the YAML expands to 926,177,105 values (its aliases repeat anchors within "
+                            "anchors); a project has at most 100,000")
+
+
+def test_an_error_quotes_at_most_200_characters_of_a_wrong_value(tmp_path):
+    recipe = {**MINIMAL_CONFIG["recipes"][0], "method": "x" * 50_000}
+    path = write_config(tmp_path, {**MINIMAL_CONFIG, "recipes": [recipe]})
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert f"(got '{'x' * 199}... (50,002 chars))" in str(e.value) and len(str(e.value)) < 1_000

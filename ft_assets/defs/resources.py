@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
 from ft_assets.lib.config import Device, Precision, ProjectConfig
-from ft_assets.lib.storage import require_writable
+from ft_assets.lib.storage import require_storage_root, require_writable
 
 # DuckDB allows one writing process per file: assets that write the warehouse queue on this pool.
 WAREHOUSE_POOL = "duckdb_warehouse"
@@ -21,11 +21,14 @@ GPU_POOL = "gpu"
 
 class WarehouseResource(DuckDBResource):
     """The project's DuckDB file. DuckDBResource retries a failed connect for about 100 s, which waits
-    out another run's lock; a file or folder that cannot be written fails at once, naming it."""
+    out another run's lock; a file or folder that cannot be written, or a storage root that is a file,
+    fails at once, naming it."""
 
     @contextmanager
     def get_connection(self):
-        require_writable(Path(self.database))
+        database = Path(self.database)
+        require_storage_root(database.parent)
+        require_writable(database)
         with super().get_connection() as conn:
             yield conn
 

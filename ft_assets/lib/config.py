@@ -563,6 +563,10 @@ def load_config(path: str | Path | None = None) -> ProjectConfig:
         raw = raw.get("attributes")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping with corpora, datasets and recipes at the top")
+    values = expanded_size(raw)
+    if values > MAX_CONFIG_VALUES:
+        raise ConfigError(f"{path}: the YAML expands to {values:,} values (its aliases repeat anchors within "
+                          f"anchors); a project has at most {MAX_CONFIG_VALUES:,}")
     try:
         config = ProjectConfig.model_validate(raw)
     except ValidationError as e:
@@ -585,6 +589,28 @@ def checked_project(config: ProjectConfig, path: Path, name_prefix: str | None =
     return config
 
 
+# YAML aliases share one object per anchor, so a few hundred bytes can stand for billions of values
+# once expanded (validation and error messages walk the expansion). Real projects have a few thousand.
+MAX_CONFIG_VALUES = 100_000
+# The most of a wrong value an error message quotes.
+MAX_QUOTED_CHARS = 200
+
+
+def expanded_size(value, _sizes: dict | None = None) -> int:
+    """How many values `value` holds with every alias expanded, counted once per shared object."""
+    sizes = {} if _sizes is None else _sizes
+    if id(value) in sizes:
+        return sizes[id(value)]
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    sizes[id(value)] = 1 + sum(expanded_size(child, sizes) for child in children)
+    return sizes[id(value)]
+
+
+def _quoted(value) -> str:
+    text = repr(value) if expanded_size(value) <= MAX_CONFIG_VALUES else f"<{type(value).__name__}>"
+    return text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + f"... ({len(text):,} chars)"
+
+
 def _describe_errors(path: Path, raw: dict, error: ValidationError) -> str:
     lines = []
     for err in error.errors():
@@ -598,7 +624,8 @@ def _describe_errors(path: Path, raw: dict, error: ValidationError) -> str:
                 label += f" ({entry['name']})"
             field = ".".join(str(p) for p in loc[2:]) or "(entry)"
             where = f"{label}: field {field}"
-        value = f" (got {err['input']!r})" if err["type"] != "missing" and not isinstance(err["input"], dict) else ""
+        quote = err["type"] != "missing" and not isinstance(err["input"], dict)
+        value = f" (got {_quoted(err['input'])})" if quote else ""
         lines.append(f"  - {where}: {err['msg']}{value}")
     return f"{path}: {len(lines)} problem(s):\n" + "\n".join(lines)
 

@@ -103,6 +103,14 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def require_storage_root(root: Path) -> None:
+    """Raises NotADirectoryError when the local storage root, or a folder above it, is a file."""
+    if blocking := next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None):
+        raise NotADirectoryError(f"{blocking} is a file, not a folder: the storage root (storage.root in the "
+                                 "project YAML, or FT_ASSETS_ROOT) must be a folder, or a path where one can be "
+                                 f"made ({root})")
+
+
 def require_writable(path: Path) -> None:
     """Raises OSError naming `path` when its folder exists and nothing can be written in it."""
     if not path.parent.is_dir():

@@ -33,8 +33,13 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                                       "nothing is lost"),
     ]
     if classification:
-        checks.append(dg.AssetCheckSpec("label_coverage", asset=key,
-                                        description="every label has rows in the train and the test split"))
+        checks += [
+            # A one-class classifier learns nothing and reports only that it does not beat the majority.
+            dg.AssetCheckSpec("two_labels", asset=key, blocking=True,
+                              description="the train split has rows of at least two labels"),
+            dg.AssetCheckSpec("label_coverage", asset=key,
+                              description="every label has rows in the train and the test split"),
+        ]
 
     @dg.asset(
         key=key,
@@ -59,6 +64,11 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         warehouse: DuckDBResource = project_resource(context, config, "warehouse")
         with warehouse.get_connection() as conn:
             summary = build_dataset(conn, dataset)
+            if summary.clean_rows == 0:
+                raise dg.Failure(
+                    f"datasets/{dataset.name}: 0 clean rows of {summary.raw_records} raw records: "
+                    f"{summary.where_the_rows_went()}. The quarantined rows and their reasons are in "
+                    f"datasets.{dataset.name}__quarantine (`ft-assets quarantine {dataset.name}`).")
             # pandera loads in the step, not with the code location (about a second of every load).
             from ft_assets.lib.schemas import clean_rows_schema, validate
 
@@ -70,10 +80,20 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             export_splits(conn, dataset.name, export_dir)
         uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
                      if not summary.label_counts.get(split, {}).get(label)]
-        label_results = [dg.AssetCheckResult(
-            check_name="label_coverage", passed=not uncovered, severity=dg.AssetCheckSeverity.WARN,
-            metadata={"missing": dg.MetadataValue.md("\n".join(f"- {u}" for u in uncovered) or "none")},
-        )] if classification else []
+        trained_labels = sorted(label for label, rows in summary.label_counts.get("train", {}).items() if rows)
+        label_results = [
+            dg.AssetCheckResult(
+                check_name="two_labels", passed=len(trained_labels) >= 2,
+                description=None if len(trained_labels) >= 2 else
+                f"the train split has rows of {len(trained_labels)} label(s) only ({', '.join(trained_labels)}): "
+                "a classifier needs two or more",
+                metadata={"train_labels": dg.MetadataValue.json(trained_labels)},
+            ),
+            dg.AssetCheckResult(
+                check_name="label_coverage", passed=not uncovered, severity=dg.AssetCheckSeverity.WARN,
+                metadata={"missing": dg.MetadataValue.md("\n".join(f"- {u}" for u in uncovered) or "none")},
+            ),
+        ] if classification else []
         return dg.MaterializeResult(
             metadata={
                 "dataset_version": summary.version,

@@ -8,6 +8,7 @@ from ft_assets.defs.resources import WAREHOUSE_POOL, asset_key, project_resource
 from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
 from ft_assets.lib.ingest.readers import read_corpus, write_raw
 from ft_assets.lib.lineage import code_version
+from ft_assets.lib.storage import require_storage_root
 
 
 def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.AssetsDefinition:
@@ -37,8 +38,9 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
     def raw_corpus(context: dg.AssetExecutionContext):
         warehouse: DuckDBResource = project_resource(context, config, "warehouse")
         try:
+            require_storage_root(config.root)  # before the landing folder under it is looked for
             raw = read_corpus(corpus, landing)
-        except (FileNotFoundError, ValueError) as e:
+        except (FileNotFoundError, NotADirectoryError, ValueError) as e:
             raise dg.Failure(description=f"raw/{corpus.name}: {e}") from e
         config.root.mkdir(parents=True, exist_ok=True)
         with warehouse.get_connection() as conn:

@@ -230,10 +230,16 @@ def _header(corpus: CorpusConfig, path: Path, delim: str) -> list[str]:
     except UnicodeDecodeError as e:
         raise ValueError(f"corpus {corpus.name!r}: file {path}: header line is not UTF-8 ({e})") from e
     quoting = csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL
-    names = next(csv.reader([line], delimiter=delim, quoting=quoting), [])
-    names = [n.strip() for n in names]
+    written = next(csv.reader([line], delimiter=delim, quoting=quoting), [])
+    names = [n.strip() for n in written]
     if not any(names):
         raise ValueError(f"corpus {corpus.name!r}: file {path} is empty or has an empty header line")
+    # Two columns of one name would leave one per record unread and every line one field too long.
+    repeated = next((n for n in names if n and names.count(n) > 1), None)
+    if repeated is not None:
+        spellings = ", ".join(repr(w.rstrip("\r\n")) for w, n in zip(written, names) if n == repeated)
+        raise ValueError(f"corpus {corpus.name!r}: file {path}: the header names column {repeated!r} "
+                         f"{names.count(repeated)} times ({spellings}); rename or remove all but one")
     return names
 
 
