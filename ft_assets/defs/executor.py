@@ -17,7 +17,6 @@ from __future__ import annotations
 import dagster as dg
 
 
-
 class OneStepInProcessExecutor(dg.Executor):
     def __init__(self, in_process: dg.Executor, multiprocess: dg.Executor):
         self._in_process, self._multiprocess = in_process, multiprocess

@@ -607,7 +607,7 @@ def expanded_size(value, _sizes: dict | None = None) -> int:
 
 
 def _quoted(value) -> str:
-    text = repr(value) if expanded_size(value) <= MAX_CONFIG_VALUES else f"<{type(value).__name__}>"
+    text = repr(value)  # the whole file is within MAX_CONFIG_VALUES by now
     return text if len(text) <= MAX_QUOTED_CHARS else text[:MAX_QUOTED_CHARS] + f"... ({len(text):,} chars)"
 
 

@@ -81,10 +81,11 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
                      if not summary.label_counts.get(split, {}).get(label)]
         trained_labels = sorted(label for label, rows in summary.label_counts.get("train", {}).items() if rows)
+        two_labels = len(trained_labels) >= 2
         label_results = [
             dg.AssetCheckResult(
-                check_name="two_labels", passed=len(trained_labels) >= 2,
-                description=None if len(trained_labels) >= 2 else
+                check_name="two_labels", passed=two_labels,
+                description=None if two_labels else
                 f"the train split has rows of {len(trained_labels)} label(s) only ({', '.join(trained_labels)}): "
                 "a classifier needs two or more",
                 metadata={"train_labels": dg.MetadataValue.json(trained_labels)},
