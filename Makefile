@@ -15,11 +15,13 @@ export TOKENIZERS_PARALLELISM := false
 
 setup: $(VENV)/.installed
 
+# pip installs torch (it finds the CPU wheel where this machine keeps one), uv the rest: the same
+# packages, in a tenth of pip's time. uv keeps the torch that is there, which satisfies pyproject's range.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet uv
+	UV_SYSTEM_CERTS=1 $(BIN)/uv pip install --python $(BIN)/python --quiet -e '.[test]'
 	touch $@
 
 demo: setup

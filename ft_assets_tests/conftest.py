@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import random
 import re
 from pathlib import Path
@@ -13,6 +14,14 @@ import yaml
 from ft_assets_tests.s3_server import s3_endpoint  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Each of `make test`'s workers (pytest-xdist) trains with its share of the cores, and so do the processes
+# it starts (training, dagster dev), which inherit this. Two workers each running torch on both cores of a
+# 2-core machine made every step wait on a descheduled thread: a MiniLM step took 5-27 s instead of 3.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+
 LABELS = ["billing", "shipping", "access"]
 KEYWORDS = {
     "billing": ["invoice", "charged", "refund", "payment", "card"],
@@ -105,6 +114,75 @@ def write_project(tmp_path: Path, model_dir: Path, *, recipes: list[dict] | None
     return path
 
 
+# Read-only tests of these files share one materialized project (ticket_project), and run on one worker.
+SHARE_THE_TICKET_PROJECT = ("test_materialize.py", "test_verify.py", "test_champion.py")
+# Six epochs at 3e-3 is what it takes the random tiny BERT to learn the tickets in full.
+LEARNING_TRAINING = {"epochs": 6, "batch_size": 16, "max_length": 16, "log_every_steps": 5}
+
+
+class MaterializedProject:
+    """A project folder (project.yaml, data/, dagster_home/) materialized whole, and what its run returned."""
+
+    def __init__(self, folder: Path, instance, result, raw_hashes: dict):
+        self.folder, self.instance, self.result, self.raw_hashes = folder, instance, result, raw_hashes
+
+    @property
+    def config(self):
+        from ft_assets.lib.config import load_config
+
+        return load_config(self.folder / "project.yaml")
+
+    def copy(self, destination: Path) -> MaterializedProject:
+        """A copy of the project folder and its Dagster instance, for a test that changes them. Its
+        materializations still name the original's checkpoint folders, which the copy's assets only read."""
+        import shutil
+
+        import dagster as dg
+
+        shutil.copytree(self.folder, destination)
+        return MaterializedProject(destination, dg.DagsterInstance.local_temp(str(destination / "dagster_home")),
+                                   self.result, self.raw_hashes)
+
+
+@pytest.fixture(scope="session")
+def ticket_project(tmp_path_factory, tiny_model_dir) -> MaterializedProject:
+    """The ticket project with general text for forgetting and a few bad rows, materialized whole once.
+
+    tiny_full learns the tickets and passes its gates (the forgetting ceiling too), so it is champion;
+    tiny_lora is a LoRA that its min_margin gate (beat the baselines by a whole point of accuracy) keeps
+    out; tiny_head, a head on the random encoder at head_only's default rate, does not beat the majority
+    class. tiny_head is also exactly the base_head_only baseline of the other two (the same training,
+    the base's own rates). Tests that change the project take a copy (MaterializedProject.copy).
+    """
+    import dagster as dg
+
+    from ft_assets.defs import build_definitions
+    from ft_assets.lib.config import load_config
+    from ft_assets.lib.storage import sha256_file
+    from ft_assets_tests.helpers import materialize_all
+
+    folder = tmp_path_factory.mktemp("ticket_project")
+    model = str(tiny_model_dir)
+    config_path = write_project(folder, tiny_model_dir, forgetting=True, n_per_label=60, recipes=[
+        {"name": "tiny_full", "dataset": "tickets", "base_model": model, "method": "full",
+         "training": {**LEARNING_TRAINING, "learning_rate": 3e-3, "head_learning_rate": 3e-3},
+         "gates": {"max_forgetting": 1.5}},
+        {"name": "tiny_lora", "dataset": "tickets", "base_model": model, "method": "lora",
+         "method_args": {"r": 4, "alpha": 8}, "training": {**LEARNING_TRAINING, "learning_rate": 5e-3},
+         "gates": {"min_margin": 1.0}},
+        {"name": "tiny_head", "dataset": "tickets", "base_model": model, "method": "head_only",
+         "training": LEARNING_TRAINING},
+    ])
+    # A few bad rows, so quarantine and duplicates have something to hold.
+    write_csv(folder / "data" / "raw" / "tickets" / "part3.csv",
+              [("billing", "   "), ("biling", "typo in the label"), ticket_rows(60)[0]])
+    raw_hashes = {p: sha256_file(p) for p in (folder / "data" / "raw" / "tickets").iterdir()}
+    (folder / "dagster_home").mkdir()
+    instance = dg.DagsterInstance.local_temp(str(folder / "dagster_home"))
+    result = materialize_all(build_definitions(load_config(config_path)), instance)
+    return MaterializedProject(folder, instance, result, raw_hashes)
+
+
 def pytest_addoption(parser):
     parser.addoption("--snapshot-update", action="store_true", help="rewrite the definitions snapshot")
 
@@ -113,6 +191,23 @@ def pytest_addoption(parser):
 # shares files between workers (pytest-xdist, --dist loadfile), and one started last would run alone.
 LONGEST_FIRST = ("test_device_kit.py", "test_ui_browser.py", "test_automation_e2e.py", "test_engine.py",
                  "test_kubernetes.py", "test_ui.py", "test_cli.py", "test_component.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` as xdist does it, but in the order collected (the longest files first, where xdist
+    would order files by their number of tests) and with the SHARE_THE_TICKET_PROJECT files together on one
+    worker, which materializes that project once."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class LongestFirstSharingTheProject(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "ticket_project" if Path(path).name in SHARE_THE_TICKET_PROJECT else path
+
+    config.option.loadscopereorder = False
+    return LongestFirstSharingTheProject(config, log)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -25,7 +25,7 @@ import yaml
 
 from ft_assets.defs import build_definitions
 from ft_assets.lib.config import RecipeConfig, load_config
-from ft_assets_tests.conftest import LABELS, REPO, ticket_rows, write_project
+from ft_assets_tests.conftest import LABELS, LEARNING_TRAINING, REPO, ticket_rows, write_project
 
 
 def materialize_all(defs: dg.Definitions, instance: dg.DagsterInstance, selection=None, raise_on_error=True):
@@ -47,14 +47,9 @@ def write_config(tmp_path: Path, payload: dict) -> Path:
     return path
 
 
-# Six epochs at 3e-3 is what it takes the random tiny BERT to learn the tickets in full; its head
-# alone on random features stays at or below the majority class, so it fails beats_baselines.
-LEARNING_TRAINING = {"epochs": 6, "batch_size": 16, "max_length": 16, "log_every_steps": 5}
-
-
 def learning_recipes(model_dir, full_gates: dict | None = None) -> list[dict]:
     """tiny_full, which learns (gates: `full_gates`, else a forgetting ceiling it meets), and tiny_head,
-    which does not."""
+    which does not: a head alone on random features stays at or below the majority class."""
     return [
         {"name": "tiny_full", "dataset": "tickets", "base_model": str(model_dir), "method": "full",
          "training": {**LEARNING_TRAINING, "learning_rate": 3e-3, "head_learning_rate": 3e-3},

@@ -62,11 +62,16 @@ def test_a_conversation_whose_prompt_fills_max_length_is_dropped_and_counted(tin
 @pytest.mark.parametrize("model_fixture,attention", [("tiny_llama_dir", "sdpa"), ("tiny_gpt2_dir", "sdpa"),
                                                      ("tiny_llama_dir", "flex_attention")])
 def test_packed_and_unpacked_losses_agree(model_fixture, attention, request, monkeypatch):
-    from torch.nn.attention.flex_attention import flex_attention
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    from transformers import masking_utils
     from transformers.integrations import flex_attention as hf_flex
 
     monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention",
                         lambda query, key, value, training=False, **kwargs: flex_attention(query, key, value, **kwargs))
+    # The same block mask from the same mask function, built eagerly: compiling its builder took two minutes
+    # of this test on the CPU.
+    monkeypatch.setattr(masking_utils, "create_block_mask",
+                        lambda *args, _compile=False, **kwargs: create_block_mask(*args, _compile=False, **kwargs))
     model, tokenizer = load_causal_lm(str(request.getfixturevalue(model_fixture)))
     model.set_attn_implementation(attention)
     assert model.config._attn_implementation == attention

@@ -50,13 +50,11 @@ def test_perplexity_ranks_lower_first_and_nobody_passing_is_said_plainly():
 
 
 @pytest.fixture(scope="module")
-def promoted(tmp_path_factory, tiny_model_dir):
-    tmp = tmp_path_factory.mktemp("champion")
-    config_path = write_project(tmp, tiny_model_dir, forgetting=True, n_per_label=60,
-                                recipes=learning_recipes(tiny_model_dir))
-    instance = dg.DagsterInstance.ephemeral()
-    result = materialize_all(build_definitions(load_config(config_path)), instance)
-    return config_path, instance, result
+def promoted(ticket_project, tmp_path_factory):
+    """A copy of the shared ticket project (conftest.ticket_project), whose gates these tests change: (its
+    YAML, its instance, the shared run)."""
+    copy = ticket_project.copy(tmp_path_factory.mktemp("champion") / "project")
+    return copy.folder / "project.yaml", copy.instance, copy.result
 
 
 REEVALUATE = [dg.AssetKey(["reports", "tiny_full"]), dg.AssetKey(["models", "tickets", "champion"])]
@@ -79,6 +77,9 @@ def test_failed_gates_are_checks_with_their_numbers(promoted):
     assert not head.passed and head.severity == dg.AssetCheckSeverity.WARN
     assert "does not beat the best baseline (majority" in head.description
     assert {"accuracy", "best_baseline_accuracy", "improvement", "why"} <= set(head.metadata)
+    # An accuracy a whole point above the best baseline cannot be had: the margin alone keeps tiny_lora out.
+    lora = checks[("reports/tiny_lora", "beats_baselines")]
+    assert not lora.passed and "by the required margin 1: improvement" in lora.description
 
 
 def test_the_champion_is_the_passing_recipe_published_whole(promoted):
@@ -90,7 +91,8 @@ def test_the_champion_is_the_passing_recipe_published_whole(promoted):
     champion_dir = config.root / "models" / "tickets" / "champion"
     record = json.loads((champion_dir / CHAMPION_FILE).read_text())
     assert record["checkpoint"] == meta["checkpoint_path"] and record["recipe"] == "tiny_full"
-    assert {r["recipe"]: r["eligible"] for r in record["ranking"]} == {"tiny_full": True, "tiny_head": False}
+    assert {r["recipe"]: r["eligible"] for r in record["ranking"]} == {"tiny_full": True, "tiny_lora": False,
+                                                                         "tiny_head": False}
     for name in ("model.safetensors", "manifest.json", "tokenizer.json", "labels.json"):
         assert (champion_dir / name).read_bytes() == (Path(meta["checkpoint_path"]) / name).read_bytes()
     assert "## Champion of `tickets`" in (champion_dir / "README.md").read_text()

@@ -127,6 +127,41 @@ def test_the_cosine_schedule_warms_up_then_decays_to_zero(tiny_model_dir):
     assert rates[-1] == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_the_schedules_are_transformers_own_to_the_last_bit(name):
+    import transformers
+
+    from ft_assets.lib.training.loop import _schedule
+
+    theirs = {"linear": transformers.get_linear_schedule_with_warmup,
+              "cosine": transformers.get_cosine_schedule_with_warmup}[name]
+    for warmup, total in [(0, 1), (0, 37), (3, 10), (25, 100), (7, 7)]:
+        ours_lr, theirs_lr = [], []
+        for build, rates in ((lambda o: _schedule(name, o, warmup, total), ours_lr),
+                             (lambda o: theirs(o, warmup, total), theirs_lr)):
+            optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=3e-4)
+            scheduler = build(optimizer)
+            for _ in range(total + 2):
+                rates.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                scheduler.step()
+        assert ours_lr == theirs_lr, (warmup, total)
+
+
+def test_a_full_fine_tuning_process_imports_neither_peft_nor_bitsandbytes(tmp_path, tiny_model_dir):
+    # Importing peft (and through it bitsandbytes and torch's compiler) costs seconds of every training
+    # process; only the PEFT methods need it.
+    from ft_assets_tests.helpers import write_spec
+
+    spec = write_spec(tmp_path, "full", tiny_model_dir, epochs=1)
+    code = ("import runpy, sys; sys.argv = ['ft_assets.lib.training', sys.argv[1]]\n"
+            "try:\n    runpy.run_module('ft_assets.lib.training', run_name='__main__')\n"
+            "finally:\n    print('IMPORTED', sorted(m for m in ('peft', 'bitsandbytes') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code, str(spec)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "IMPORTED []" in done.stdout, done.stdout[-2000:]
+
+
 def test_torch_compile_trains_to_the_same_weights_as_eager(no_dropout_model_dir):
     eager = fit(classification_recipe(no_dropout_model_dir, "full", epochs=1, compile=False), LABELS,
                 classification_rows(10), None, device="cpu")
@@ -222,7 +257,7 @@ def test_a_killed_run_resumes_from_its_last_saved_step_to_the_weights_of_an_unin
 
     key = dg.AssetKey(["checkpoints", "resumable"])
     recipe_ = {"name": "resumable", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
-               "training": {"epochs": 12, "batch_size": 4, "max_length": 16, "save_every_steps": 5}}
+               "training": {"epochs": 3, "batch_size": 4, "max_length": 16, "save_every_steps": 5}}
 
     def checkpoint_run(folder: Path, kill: bool):
         folder.mkdir()
@@ -270,9 +305,9 @@ def test_more_cuda_processes_than_gpus_are_refused_before_torchrun_starts(tmp_pa
                 "gpu.device to cpu or auto to train 2 CPU processes" in step_failure(result))
 
 
-# instruction in bf16: the combination a GPU runs by default (compiled, bf16 autocast, packed rows).
-@pytest.mark.parametrize("task,precision", [("instruction", "fp32"), ("language_modeling", "fp32"),
-                                            ("instruction", "bf16")])
+# instruction in bf16: the combination a GPU runs by default (compiled, bf16 autocast, packed rows); text
+# blocks in fp32. Each case compiles its own graphs, a minute or more of this machine's CPU.
+@pytest.mark.parametrize("task,precision", [("language_modeling", "fp32"), ("instruction", "bf16")])
 def test_a_compiled_checkpointed_causal_lm_trains_like_the_eager_one(tiny_llama_dir, task, precision):
     from ft_assets_tests.conftest import qa_conversations, story_lines
 

@@ -359,7 +359,7 @@ def test_a_preempted_training_pod_resumes_in_the_next_pod_from_its_step_state_in
     fs = s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False)
     key = dg.AssetKey(["checkpoints", "preempted"])
     _, defs, instance = pod_project(tmp_path, tiny_model_dir, "spot", {
-        "name": "preempted", "training": {"epochs": 12, "batch_size": 4, "max_length": 16, "save_every_steps": 5}})
+        "name": "preempted", "training": {"epochs": 3, "batch_size": 4, "max_length": 16, "save_every_steps": 5}})
     resume_prefix = "spot/project/checkpoints/preempted/.resume"
     PreemptedCluster(tmp_path / "pod", resume_prefix).install(monkeypatch)
     assert not materialize_all(defs, instance, selection=[key], raise_on_error=False).success

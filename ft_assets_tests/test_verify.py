@@ -10,28 +10,18 @@ import dagster as dg
 import pytest
 
 from ft_assets.cli import main
-from ft_assets.defs import build_definitions
-from ft_assets.lib.config import load_config
 from ft_assets.lib.lineage import verify_checkpoint
-from ft_assets_tests.conftest import write_project
-from ft_assets_tests.helpers import materialize_all
 
 ADAPTER = "adapter_model.safetensors"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_model_dir):
-    """One LoRA checkpoint of the tiny ticket project: (its directory, the ticket corpus' landing folder)."""
-    tmp = tmp_path_factory.mktemp("verify_project")
-    recipe = {"name": "tiny_lora", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "lora",
-              "method_args": {"r": 4, "alpha": 8},
-              "training": {"epochs": 1, "batch_size": 16, "max_length": 16, "learning_rate": 5e-3}}
-    instance = dg.DagsterInstance.ephemeral()
-    result = materialize_all(build_definitions(load_config(write_project(tmp, tiny_model_dir, recipes=[recipe]))),
-                             instance, selection="*checkpoints/tiny_lora")
-    assert result.success
-    event = instance.get_latest_materialization_event(dg.AssetKey(["checkpoints", "tiny_lora"]))
-    return Path(event.asset_materialization.metadata["checkpoint_path"].value), tmp / "data" / "raw" / "tickets"
+def project(ticket_project):
+    """The shared ticket project's LoRA checkpoint (conftest.ticket_project): (its directory, the ticket corpus'
+    landing folder)."""
+    event = ticket_project.instance.get_latest_materialization_event(dg.AssetKey(["checkpoints", "tiny_lora"]))
+    return (Path(event.asset_materialization.metadata["checkpoint_path"].value),
+            ticket_project.folder / "data" / "raw" / "tickets")
 
 
 @pytest.fixture
@@ -127,7 +117,7 @@ def test_a_changed_raw_file_is_drift(project, raw_dir, capsys):
     code, result = verify_json(checkpoint, capsys)
     assert code == 1
     assert {f["uri"]: f["status"] for f in result["raw_files"]} == {
-        changed.resolve().as_uri(): "drift", (raw_dir / "part2.csv").resolve().as_uri(): "ok"}
+        p.resolve().as_uri(): "drift" if p == changed else "ok" for p in raw_dir.iterdir()}
     assert {f["status"] for f in result["files"]} == {"ok"}
 
 
@@ -139,7 +129,7 @@ def test_a_deleted_raw_file_is_listed_missing_and_the_weights_still_verify(proje
     assert any(line.startswith("missing") and line.endswith("part2.csv") for line in table.splitlines()), table
     result = verify_checkpoint(checkpoint)
     assert {f["uri"].rsplit("/", 1)[1]: f["status"] for f in result["raw_files"]} == {
-        "part1.csv": "ok", "part2.csv": "missing"}
+        "part1.csv": "ok", "part2.csv": "missing", "part3.csv": "ok"}
 
 
 def test_a_remote_raw_file_is_listed_as_not_checked(checkpoint_copy):

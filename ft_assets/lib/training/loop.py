@@ -102,7 +102,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     accumulation = cfg.gradient_accumulation_steps
     steps_per_epoch = math.ceil(len(loader) / accumulation)
     total_steps = cfg.epochs * steps_per_epoch
-    scheduler = _schedule(cfg.schedule)(optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
+    scheduler = _schedule(cfg.schedule, optimizer, int(cfg.warmup_fraction * total_steps), total_steps)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda", enabled=precision == "fp16")
     compiled = compiles(cfg, device)
@@ -330,9 +330,21 @@ def compile_blocks(model, *, dynamic: bool) -> None:
         block.compile(dynamic=dynamic)
 
 
-def _schedule(name: str):
-    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+def _schedule(name: str, optimizer, warmup_steps: int, total_steps: int):
+    """The learning rate's factor: linear warmup from 0, then a linear or cosine decay to 0 at total_steps.
 
-    return {"linear": get_linear_schedule_with_warmup, "cosine": get_cosine_schedule_with_warmup}[name]
+    The formulas of transformers' get_{linear,cosine}_schedule_with_warmup, to the last bit. They are written
+    here because importing transformers.optimization also imports peft and, where it is installed,
+    bitsandbytes and torch's compiler: seconds at the start of every training process.
+    """
+    from torch.optim.lr_scheduler import LambdaLR
 
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return step / max(1, warmup_steps)
+        if name == "linear":
+            return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
+    return LambdaLR(optimizer, factor)
