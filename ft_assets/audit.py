@@ -159,7 +159,9 @@ def _checkpoint_chain(history: _History, record) -> dict:
 
 def _dataset_version(history: _History, lineage: dict, before: float) -> dict:
     """The dataset materialization the checkpoint trained on: its version, split sizes and quarantine."""
-    found = {"name": lineage["name"], "version": lineage["version"], "config_hash": lineage["config_hash"]}
+    found = {"name": lineage["name"], "version": lineage["version"], "config_hash": lineage["config_hash"],
+             # The files it read; absent from manifests older than dataset snapshots.
+             "snapshot": lineage.get("snapshot")}
     for record in reversed(history.records(history.key("datasets", lineage["name"]))):
         meta = _meta(record)
         if record.timestamp <= before and meta.get("dataset_version") == lineage["version"]:
@@ -324,6 +326,8 @@ def format_chain(chain: dict, indent: str = "") -> str:
             f"quarantined {ds['quarantined']}" + (f" ({reasons})" if reasons else "")
             + f"; duplicates {ds['duplicates']}; cleaning code version {ds['cleaning_code_version'] or ds['code_version']}",
         ]
+        if ds["snapshot"]:
+            lines.append(f"{indent}    snapshot read: {ds['snapshot']['uri'] or ds['snapshot']['path']}")
     else:
         lines.append(f"{indent}  dataset datasets/{ds['name']} version {ds['version'][:16]}: {ds['note']}")
     lines.append(f"{indent}  raw files ({len(chain['raw_files'])})")

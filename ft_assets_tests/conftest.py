@@ -190,7 +190,7 @@ def pytest_addoption(parser):
 # The files that take longest (dagster dev, whole graphs, killed and resumed trainings) run first: `make test`
 # shares files between workers (pytest-xdist, --dist loadfile), and one started last would run alone.
 LONGEST_FIRST = ("test_device_kit.py", "test_ui_browser.py", "test_automation_e2e.py", "test_engine.py",
-                 "test_kubernetes.py", "test_ui.py", "test_cli.py", "test_component.py")
+                 "test_kubernetes.py", "test_ui.py", "test_kill_points.py", "test_cli.py", "test_component.py")
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -336,7 +336,7 @@ def test_a_checkpoint_trains_in_a_pod_that_reads_and_publishes_through_s3(tmp_pa
 def test_a_training_pod_that_fails_fails_the_asset_with_the_reason_it_left_in_s3(tmp_path, monkeypatch,
                                                                                 tiny_model_dir, s3_endpoint):
     # The pod is asked for CUDA and has none (as a pod scheduled without its GPUs would): it fails in
-    # setup, after the spec and the splits were staged.
+    # setup, after the spec was staged.
     _, defs, instance = pod_project(tmp_path, tiny_model_dir, "failing", {"name": "no_gpu", "training": {"epochs": 1}},
                                     gpu={"device": "cuda"})
     cluster = TrainingCluster(tmp_path / "pod")
@@ -451,6 +451,10 @@ def test_the_readme_helm_values_have_what_the_dagster_chart_reads():
 
     assert values["runLauncher"]["type"] == "K8sRunLauncher"
     assert values["dagsterDaemon"]["runCoordinator"]["type"] == "QueuedRunCoordinator"
+    # The chart renders these three into run_monitoring unconditionally once it is enabled.
+    monitoring = values["dagsterDaemon"]["runMonitoring"]
+    assert monitoring["enabled"] is True and monitoring["freeSlotsAfterRunEndSeconds"] > 0
+    assert {"startTimeoutSeconds", "pollIntervalSeconds"} <= set(monitoring)
     assert values["concurrency"]["enabled"] is True and values["concurrency"]["pools"]["defaultLimit"] == 1
     postgres = values["postgresql"]
     assert postgres["enabled"] is True

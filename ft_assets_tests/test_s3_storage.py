@@ -1,5 +1,5 @@
 """`storage.root: s3://...` on a real local S3 endpoint: everything the graph publishes lands in the bucket,
-and a machine without the local copy evaluates the checkpoint from it."""
+and a machine without the local copies evaluates the checkpoint on the dataset snapshot it trained on from it."""
 
 import json
 import os
@@ -58,24 +58,31 @@ def test_checkpoints_reports_champions_and_dataset_exports_are_published(on_s3):
 
     dataset = instance.get_latest_materialization_event(dg.AssetKey(["datasets", "tickets"])).asset_materialization
     export = dataset.metadata["published_uri"].value
-    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(export)) == ["test.parquet", "train.parquet", "validation.parquet"]
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.find(export)) == [
+        "dataset.json", "test.parquet", "train.parquet", "validation.parquet"]
     rows = duckdb.sql(f"SELECT count(*) FROM read_parquet('{config.root}/datasets/tickets/*/*.parquet')").fetchall()
     assert rows == [(dataset.metadata["dagster/row_count"].value,)]
     # The warehouse is a local file: DuckDB takes one writer per file, which an object store cannot host.
     assert config.warehouse_path.is_file() and not fs.exists("artifacts/project/warehouse.duckdb")
 
 
-def test_a_machine_without_the_local_checkpoint_evaluates_the_published_one(on_s3, tmp_path, monkeypatch):
+def test_a_machine_without_the_local_checkpoint_and_dataset_evaluates_the_published_ones(on_s3, tmp_path, monkeypatch):
     config, instance, _ = on_s3
     monkeypatch.setenv("FT_ASSETS_MODEL_CACHE", str(tmp_path / "cache"))
-    checkpoints = config.root / "checkpoints"
-    aside = tmp_path / "elsewhere"
-    shutil.move(checkpoints, aside)  # as on a machine that did not train it
+    checkpoints, snapshots = config.root / "checkpoints", config.root / "datasets"
+    # As on a machine that neither trained the checkpoint nor built the dataset.
+    shutil.move(checkpoints, tmp_path / "checkpoints")
+    shutil.move(snapshots, tmp_path / "datasets")
     try:
         result = materialize_all(build_definitions(config), instance, selection="reports/tiny_full")
+        # The snapshot the checkpoint trained on, fetched whole from its published copy.
+        fetched = {p.relative_to(snapshots): p.read_bytes() for p in snapshots.rglob("*") if p.is_file()}
     finally:
-        shutil.move(aside, checkpoints)
+        shutil.move(tmp_path / "checkpoints", checkpoints)
+        shutil.rmtree(snapshots, ignore_errors=True)
+        shutil.move(tmp_path / "datasets", snapshots)
     assert result.success
+    assert fetched == {p.relative_to(snapshots): p.read_bytes() for p in snapshots.rglob("*") if p.is_file()}
     meta = result.asset_materializations_for_node("reports__tiny_full")[0].metadata
     assert meta["checkpoint_path"].value.startswith(str(checkpoints))  # lineage names the real checkpoint
     assert meta["accuracy"].value > 0.5

@@ -2,16 +2,22 @@
 
 The webserver, the daemon and the code location are started the way `make ui` starts them, over a
 tiny project; then, through GraphQL as the UI does: the asset graph shows the five stage groups with
-a description on every asset, and raw/tickets + datasets/tickets materialize and re-materialize.
+a description on every asset, and raw/tickets + datasets/tickets materialize and re-materialize; a run
+whose process is killed fails and frees its pool slot.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
+import dagster as dg
 import pytest
 import yaml
 
 from ft_assets_tests.conftest import write_project
-from ft_assets_tests.helpers import dagster_dev, materialize_from_ui, selected_nodes, wait_for_run
+from ft_assets_tests.helpers import dagster_dev, materialize_from_ui, selected_nodes, wait_for, wait_for_run
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +56,7 @@ def test_materialize_and_rematerialize_from_the_ui(server):
         for node in selected_nodes(server, selection):
             assert [m["runId"] for m in node["assetMaterializations"]] == [run_id], (attempt, node)
             executions = [c["executionForLatestMaterialization"] for c in node["assetChecksOrError"]["checks"]]
+            assert executions, f"{node['assetKey']} carries asset checks"
             assert executions == [{"runId": run_id, "status": "SUCCEEDED"}] * len(executions), (attempt, node)
         run_ids.append(run_id)
     assert len(set(run_ids)) == 2
@@ -63,3 +70,27 @@ def test_two_runs_over_the_same_warehouse_at_once_both_succeed(server):
     statuses = [wait_for_run(server, run_id) for run_id in run_ids]
     assert statuses == ["SUCCESS", "SUCCESS"], f"{statuses}\n{server.log_tail()}"
     assert "Could not set lock" not in server.log.read_text(errors="replace")
+
+
+def test_a_run_whose_process_is_killed_fails_and_gives_its_pool_slot_back(server):
+    # The training step holds the gpu pool's one slot; SIGKILL its process (the run's, one step runs in
+    # it) and the slot would stay claimed, so no training would ever start again, without the shipped
+    # instance's run monitoring (free_slots_after_run_end_seconds).
+    assert wait_for_run(server, materialize_from_ui(server, [["raw", "tickets"], ["datasets", "tickets"]])) == "SUCCESS"
+    instance = dg.DagsterInstance.from_config(str(server.home))
+    assert instance.run_monitoring_enabled
+    run_id = materialize_from_ui(server, [["checkpoints", "tiny_head"]])
+
+    def step_started_with_the_slot():
+        starts = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+        claimed = [s.run_id for s in instance.event_log_storage.get_concurrency_info("gpu").claimed_slots]
+        return starts[0].dagster_event.pid if starts and run_id in claimed else None
+
+    os.kill(wait_for(step_started_with_the_slot, 120, "the training step to claim the gpu slot", server),
+            signal.SIGKILL)
+    assert wait_for_run(server, run_id) == "FAILURE"
+    ended = time.monotonic()
+    wait_for(lambda: not instance.event_log_storage.get_concurrency_info("gpu").claimed_slots, 90,
+             "the killed run's gpu slot to be freed", server)
+    # Within the monitoring daemon's poll interval and free_slots_after_run_end_seconds (15 s each).
+    assert time.monotonic() - ended < 60

@@ -12,6 +12,7 @@ from pydantic import Field
 
 from ft_assets.lib.config import Device, Precision, ProjectConfig
 from ft_assets.lib.storage import require_storage_root, require_writable
+from ft_assets.lib.warehouse import Commit, last_commit
 
 # DuckDB allows one writing process per file: assets that write the warehouse queue on this pool.
 WAREHOUSE_POOL = "duckdb_warehouse"
@@ -95,3 +96,21 @@ def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
     if event is None or event.asset_materialization is None:
         return {}
     return metadata_values(event.asset_materialization)
+
+
+def unrecorded_commit(conn, instance: dg.DagsterInstance, key: dg.AssetKey, table: str) -> Commit | None:
+    """The warehouse's last commit of `table` when Dagster holds no record of it: the run that committed
+    it is not the run of `key`'s latest materialization (killed between its COMMIT and that record, or
+    not a Dagster run at all). None when the record and the warehouse agree, or the warehouse predates
+    commit records."""
+    commit = last_commit(conn, table)
+    if commit is None:
+        return None
+    event = instance.get_latest_materialization_event(key)
+    return None if event is not None and event.run_id == commit.run_id else commit
+
+
+def describe_commit(commit: Commit) -> str:
+    """`run 1a2b3c4d at 2026-12-01 10:20:00+00:00` (or `outside Dagster`), for log lines and errors."""
+    who = f"run {commit.run_id[:8]}" if commit.run_id else "outside Dagster"
+    return f"{who} at {commit.committed_at:%Y-%m-%d %H:%M:%S %Z}".rstrip()

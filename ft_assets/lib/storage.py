@@ -103,6 +103,16 @@ def atomic_directory(final: Path, *, replace: bool = False) -> Iterator[Path]:
         shutil.rmtree(retired, ignore_errors=True)
 
 
+def remove_partials(folder: Path) -> list[Path]:
+    """Deletes the staging directories that atomic_directory left in `folder` when its process was
+    killed (never renamed into place, so never read); returns them. Call it where one writer works at
+    a time (the runs of one asset queue on its pool)."""
+    partials = sorted(folder.glob(".*.partial-*")) if folder.is_dir() else []
+    for partial in partials:
+        shutil.rmtree(partial, ignore_errors=True)
+    return partials
+
+
 def require_storage_root(root: Path) -> None:
     """Raises NotADirectoryError when the local storage root, or a folder above it, is a file."""
     if blocking := next((p for p in (root, *root.parents) if p.exists() and not p.is_dir()), None):

@@ -5,11 +5,15 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import rebuild_after_upstream
-from ft_assets.defs.resources import WAREHOUSE_POOL, asset_key, latest_metadata, project_resource, resource_keys
-from ft_assets.lib.storage import publish
-from ft_assets.lib.datasets.cleaning import (
-    DatasetSummary, build_dataset, dataset_labels, export_splits, quarantine_markdown, quarantined, read_table,
+from ft_assets.defs.resources import (
+    WAREHOUSE_POOL, asset_key, describe_commit, latest_metadata, project_resource, resource_keys, unrecorded_commit,
 )
+from ft_assets.lib.storage import publish, remove_partials
+from ft_assets.lib.datasets.cleaning import (
+    DatasetSummary, build_dataset, content_version, dataset_labels, quarantine_markdown, quarantined, read_table,
+)
+from ft_assets.lib.datasets.snapshot import SNAPSHOT_FILE, SPLITS, write_snapshot
+from ft_assets.lib.warehouse import Commit
 from ft_assets.lib.config import DatasetConfig, ProjectConfig
 from ft_assets.lib.lineage import code_version, dataset_files, source_hash
 
@@ -54,16 +58,28 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             f"{', '.join(corpora)}: unicode normalised; empty, over-long ({dataset.max_chars} chars), "
             + ("mislabelled" if classification else "unanswered") + " rows quarantined with a reason in "
             f"`datasets.{dataset.name}__quarantine`, duplicates dropped into `datasets.{dataset.name}__duplicates`, "
-            f"hash-split ({split_rule}); each version exported as parquet to "
-            f"`{config.remote_root or config.root}/datasets/{dataset.name}/<version>/`."
+            f"hash-split ({split_rule}); each version written whole, before it is recorded, as a snapshot "
+            f"(train/validation/test parquet and dataset.json) to "
+            f"`{config.remote_root or config.root}/datasets/{dataset.name}/<version>/`: what training and "
+            "evaluation read."
         ),
         check_specs=checks,
         required_resource_keys=resource_keys(config, "warehouse"),
     )
     def cleaned_dataset(context: dg.AssetExecutionContext):
         warehouse: DuckDBResource = project_resource(context, config, "warehouse")
+        snapshots = config.root / "datasets" / dataset.name
+        for partial in remove_partials(snapshots):
+            context.log.warning(f"datasets/{dataset.name}: removed {partial}, a snapshot left half-written by an "
+                                "interrupted run")
         with warehouse.get_connection() as conn:
-            summary = build_dataset(conn, dataset)
+            _require_recorded_raw(context, conn, config, dataset.name, corpora)
+            unrecorded = unrecorded_commit(conn, context.instance, key, f"datasets.{dataset.name}")
+            # What the warehouse holds that Dagster never recorded, to say below what became of it.
+            unrecorded_version = content_version(conn, f'datasets."{dataset.name}"') if unrecorded else None
+            summary = build_dataset(conn, dataset, context.run_id)
+            if unrecorded is not None:
+                context.log.warning(_roll_forward_message(dataset.name, unrecorded, unrecorded_version, summary.version))
             if summary.clean_rows == 0:
                 raise dg.Failure(
                     f"datasets/{dataset.name}: 0 clean rows of {summary.raw_records} raw records: "
@@ -76,8 +92,13 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             labels = dataset_labels(conn, dataset)
             raw_files = dataset_files(conn, dataset.name, corpora)
             quarantine_sample = quarantined(conn, dataset.name, per_reason=3)
-            export_dir = config.root / "datasets" / dataset.name / summary.version[:16]
-            export_splits(conn, dataset.name, export_dir)
+            # Complete (and published) before Dagster records the materialization that names it.
+            export_dir = snapshots / summary.version[:16]
+            write_snapshot(conn, dataset.name, export_dir, {
+                "dataset": dataset.name, "version": summary.version,
+                "rows": {split: summary.rows_by_split.get(split, 0) for split in SPLITS},
+                "labels": labels, "raw_files": raw_files, "config_hash": config.dataset_hash(dataset),
+            }, in_file_order=dataset.task == "language_modeling")
         uncovered = [f"{label} has no {split} rows" for label in labels for split in ("train", "test")
                      if not summary.label_counts.get(split, {}).get(label)]
         trained_labels = sorted(label for label, rows in summary.label_counts.get("train", {}).items() if rows)
@@ -108,7 +129,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                 **{f"redacted_{rule}": rows for rule, rows in summary.redacted.items()},
                 "raw_files": dg.MetadataValue.json(raw_files),
                 "export_path": dg.MetadataValue.path(str(export_dir)),
-                **publish(config, export_dir, last="test.parquet"),
+                **publish(config, export_dir, last=SNAPSHOT_FILE),
                 "raw_file_changes": dg.MetadataValue.md(_file_changes(context.instance, key, raw_files)),
                 "cleaning_code_version": cleaning_source,
                 "dataset_config_hash": config.dataset_hash(dataset),
@@ -132,6 +153,27 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         )
 
     return cleaned_dataset
+
+
+def _require_recorded_raw(context: dg.AssetExecutionContext, conn, config: ProjectConfig, name: str,
+                          corpora: list[str]) -> None:
+    """Fails when a raw table holds content Dagster never recorded: a dataset built from it would name,
+    as its upstream, a raw materialization that does not describe its rows."""
+    for corpus in corpora:
+        unrecorded = unrecorded_commit(conn, context.instance, asset_key(config, "raw", corpus), f"raw.{corpus}")
+        if unrecorded is not None:
+            raise dg.Failure(
+                f"datasets/{name}: raw.{corpus} holds content committed by {describe_commit(unrecorded)}, which "
+                f"Dagster never recorded (the run ended between its commit and its materialization). Materialize "
+                f"raw/{corpus} first: it adopts that content or rolls it forward, and records it.")
+
+
+def _roll_forward_message(name: str, unrecorded: Commit, unrecorded_version: str, version: str) -> str:
+    verdict = ("adopted: this run built the same version and records it" if version == unrecorded_version else
+               f"rolled forward: this run built version {version[:16]} from the raw tables and records that")
+    return (f"datasets/{name}: datasets.{name} held version {unrecorded_version[:16]}, committed by "
+            f"{describe_commit(unrecorded)}, which Dagster never recorded (the run ended between its commit "
+            f"and its materialization); {verdict}")
 
 
 def _file_changes(instance: dg.DagsterInstance, key: dg.AssetKey, raw_files: list[dict]) -> str:

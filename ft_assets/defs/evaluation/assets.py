@@ -6,11 +6,12 @@ from pathlib import Path
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
+from ft_assets.defs.datasets.snapshots import recorded_snapshot, snapshot_of
 from ft_assets.defs.resources import GPU_POOL, asset_key, latest_metadata, project_resource, resource_keys
 from ft_assets.lib.config import (
     LOWER_IS_BETTER, TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash,
 )
-from ft_assets.lib.datasets.cleaning import read_split
+from ft_assets.lib.datasets.snapshot import SPLITS
 from ft_assets.lib.evaluation.leaderboard import forgetting_figure, write_leaderboard
 from ft_assets.lib.evaluation.report import evaluate_checkpoint
 from ft_assets.lib.ingest.readers import read_texts
@@ -32,6 +33,7 @@ TASK_SCORES = {
 def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.AssetsDefinition:
     key = asset_key(config, "reports", recipe.name)
     checkpoint_key = asset_key(config, "checkpoints", recipe.name)
+    dataset_key = asset_key(config, "datasets", recipe.dataset)
     out_dir = config.root / "reports" / recipe.name
     task = config.dataset(recipe.dataset).task
     metric = TASK_METRICS[task][0]
@@ -65,11 +67,21 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
             raise dg.Failure(description=f"reports/{recipe.name}: checkpoints/{recipe.name} has no materialization yet")
         # Trained on another machine: evaluate its copy from the S3 root.
         checkpoint_dir = local_copy(checkpoint_path, meta.get("published_uri"))
-        with warehouse.get_connection() as conn:
-            splits = {s: read_split(conn, recipe.dataset, s, in_file_order=task == "language_modeling").to_pydict()
-                      for s in ("train", "validation", "test")}
-            general = (read_texts(conn, recipe.forgetting.corpus, recipe.forgetting.max_texts)
-                       if recipe.forgetting else None)
+        # The test split of the very version the checkpoint trained on, whatever the dataset holds now.
+        trained_on = (meta.get("manifest") or {}).get("dataset", {})
+        if "snapshot" in trained_on:
+            data = snapshot_of(context, dataset_key, trained_on["snapshot"]["path"], trained_on["snapshot"]["uri"],
+                               trained_on["version"])
+        else:
+            context.log.warning(f"checkpoints/{recipe.name} predates dataset snapshots in manifests: evaluating on "
+                                f"the latest recorded version of datasets/{recipe.dataset}")
+            data = recorded_snapshot(context, dataset_key)
+        splits = {s: data.read_split(s).to_pydict() for s in SPLITS}
+        if recipe.forgetting:
+            with warehouse.get_connection() as conn:
+                general = read_texts(conn, recipe.forgetting.corpus, recipe.forgetting.max_texts)
+        else:
+            general = None
         if not splits["test"]["text"]:
             raise dg.Failure(description=f"reports/{recipe.name}: datasets/{recipe.dataset} has an empty test split")
         result = evaluate_checkpoint(recipe, checkpoint_dir, splits, out_dir,

@@ -4,11 +4,14 @@
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from ft_assets.defs.resources import WAREHOUSE_POOL, asset_key, project_resource, resource_keys
+from ft_assets.defs.resources import (
+    WAREHOUSE_POOL, asset_key, describe_commit, latest_metadata, project_resource, resource_keys, unrecorded_commit,
+)
 from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
-from ft_assets.lib.ingest.readers import read_corpus, write_raw
+from ft_assets.lib.ingest.readers import RawCorpus, committed_files, read_corpus, write_raw
 from ft_assets.lib.lineage import code_version
 from ft_assets.lib.storage import require_storage_root
+from ft_assets.lib.warehouse import Commit
 
 
 def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.AssetsDefinition:
@@ -44,7 +47,14 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
             raise dg.Failure(description=f"raw/{corpus.name}: {e}") from e
         config.root.mkdir(parents=True, exist_ok=True)
         with warehouse.get_connection() as conn:
-            changes = write_raw(conn, corpus.name, raw, context.run_id)
+            unrecorded = unrecorded_commit(conn, context.instance, key, f"raw.{corpus.name}")
+            recorded = None
+            if unrecorded is not None:
+                recorded = {f["source_uri"]: {"sha256": f["file_sha256"]}
+                            for f in latest_metadata(context.instance, key).get("raw_files") or []}
+                context.log.warning(_roll_forward_message(corpus.name, unrecorded, committed_files(conn, corpus.name),
+                                                          raw, recorded))
+            changes = write_raw(conn, corpus.name, raw, context.run_id, unrecorded=unrecorded, recorded_files=recorded)
             frame = conn.sql(f'SELECT * FROM raw."{corpus.name}"').df()
         from ft_assets.lib.schemas import RawRows, validate  # pandera: in the step, not at load
 
@@ -76,6 +86,19 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         )
 
     return raw_corpus
+
+
+def _roll_forward_message(name: str, unrecorded: Commit, committed: dict[str, dict], raw: RawCorpus,
+                          recorded: dict[str, dict]) -> str:
+    """What this run does with raw tables that Dagster never recorded: adopts them (it read the same
+    files) or rolls them forward (it read others); either way it records what it read, with its file
+    changes counted from the last recorded materialization."""
+    reading = {f["source_uri"]: {"sha256": f["file_sha256"]} for f in raw.files.to_pylist()}
+    verdict = ("adopted: this run read the same files and records them" if reading == committed else
+               f"rolled forward: this run read {len(reading)} file(s), which replace them")
+    return (f"raw/{name}: raw.{name} holds {len(committed)} file(s) committed by {describe_commit(unrecorded)}, "
+            f"which Dagster never recorded (the run ended between its commit and its materialization); {verdict}, "
+            f"with the file changes counted from the last recorded materialization ({len(recorded)} file(s))")
 
 
 def _files_markdown(files: list[dict]) -> str:

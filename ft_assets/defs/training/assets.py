@@ -2,23 +2,19 @@
 
 
 import json
-import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
-from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.automation import retraining
-from ft_assets.defs.resources import (
-    GPU_POOL, GpuResource, asset_key, latest_metadata, project_resource, resource_keys,
-)
+from ft_assets.defs.datasets.snapshots import recorded_snapshot
+from ft_assets.defs.resources import GPU_POOL, GpuResource, asset_key, latest_metadata, project_resource, resource_keys
 from ft_assets.defs.training.launcher import TrainingLauncher
 from ft_assets.lib.config import ProjectConfig, RecipeConfig
-from ft_assets.lib.datasets.cleaning import dataset_labels, read_split
-from ft_assets.lib.lineage import code_version, dataset_files, git_state
-from ft_assets.lib.storage import publish
+from ft_assets.lib.lineage import code_version, git_state
+from ft_assets.lib.storage import publish, remove_partials
 from ft_assets.lib.training.checkpoint import MANIFEST_FILE, MERGED_DIR
 from ft_assets.lib.training.model_cache import local_copy
 from ft_assets.lib.training.spec import TrainingSpec, training_error_path
@@ -45,46 +41,40 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.training.__main__"),
         automation_condition=None if recipe.retrain == "manual" else retraining(recipe.retrain),
         description=(
-            f"`{recipe.method}` {'training' if recipe.scratch else 'fine-tuning'} of {base} on datasets/{dataset.name} "
-            f"({dataset.task.replace('_', ' ')}, "
+            f"`{recipe.method}` {'training' if recipe.scratch else 'fine-tuning'} of {base} on the snapshot of "
+            f"datasets/{dataset.name} that Dagster recorded last ({dataset.task.replace('_', ' ')}, "
             f"{recipe.training.epochs} epochs, lr {recipe.learning_rate:g}, batch {recipe.training.batch_size}). "
             f"Writes a save_pretrained directory under `{recipe_dir}/<version>/` with manifest.json: raw files "
             "and their sha256, dataset version, recipe hash, the base model's sha256, library versions, git SHA, run id."
         ),
         metadata={"recipe": dg.MetadataValue.json(recipe.model_dump(mode="json"))},
-        required_resource_keys=resource_keys(config, "warehouse", "gpu", "launcher"),
+        required_resource_keys=resource_keys(config, "gpu", "launcher"),
     )
     def checkpoint(context: dg.AssetExecutionContext):
-        warehouse: DuckDBResource = project_resource(context, config, "warehouse")
         gpu: GpuResource = project_resource(context, config, "gpu")
         launcher: TrainingLauncher = project_resource(context, config, "launcher")
         kube = launcher.require_kubernetes(config)
-        _remove_partials(context, recipe_dir)
+        for partial in remove_partials(recipe_dir):
+            context.log.warning(f"removed {partial}, left by an interrupted run")
         version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"
         output_dir = recipe_dir / version
         base_model_path = _base_checkpoint_path(context, base_key, in_pod=kube is not None) if base_key else None
+        # The rows and the version recorded together, from the snapshot Dagster's record names: never the
+        # warehouse, which a run killed after its commit leaves ahead of that record.
+        data = recorded_snapshot(context, dataset_key)
+        if data.rows("train") == 0:
+            raise dg.Failure(description=f"checkpoints/{recipe.name}: datasets/{dataset.name} version "
+                                         f"{data.version[:16]} has no train rows; add data and materialize it again")
+        # A pod reads the snapshot's s3:// copy; a local process, the folder.
+        split_location = data.split_uri if kube else (lambda split: str(data.split_path(split)))
         with tempfile.TemporaryDirectory(prefix=f"ft_assets_{recipe.name}_") as tmp:
-            with warehouse.get_connection() as conn:
-                splits = {s: read_split(conn, dataset.name, s, in_file_order=dataset.task == "language_modeling")
-                          for s in ("train", "validation")}
-                labels = dataset_labels(conn, dataset)
-                files = dataset_files(conn, dataset.name, [c.name for c in config.dataset_corpora(dataset)])
-            if splits["train"].num_rows == 0:
-                raise dg.Failure(description=f"checkpoints/{recipe.name}: datasets/{dataset.name} has no train rows; "
-                                             "materialize it first or add data")
-            import pyarrow.parquet as pq
-
-            paths = {}
-            for split, table in splits.items():
-                paths[split] = str(Path(tmp) / f"{split}.parquet")
-                pq.write_table(table, paths[split])
             spec = TrainingSpec(
                 recipe=recipe,
                 task=dataset.task,
-                labels=labels,
+                labels=data.record["labels"],
                 base_model_path=base_model_path,
-                train_path=paths["train"],
-                validation_path=paths["validation"] if splits["validation"].num_rows else None,
+                train_path=split_location("train"),
+                validation_path=split_location("validation") if data.rows("validation") else None,
                 output_dir=str(output_dir),
                 resume_dir=str(recipe_dir / RESUME_DIR),
                 device=gpu.device,
@@ -92,9 +82,11 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
                 lineage={
                     "dataset": {
                         "name": dataset.name,
-                        "version": latest_metadata(context.instance, dataset_key).get("dataset_version"),
-                        "config_hash": config.dataset_hash(dataset),
-                        "raw_files": files,
+                        "version": data.version,
+                        "config_hash": data.record["config_hash"],
+                        "rows": data.record["rows"],
+                        "snapshot": {"path": str(data.folder), "uri": data.uri},
+                        "raw_files": data.record["raw_files"],
                     },
                     "code": {"git": git_state(PROJECT_DIR), "config_file": str(config.source)},
                     "dagster": {"run_id": context.run_id, "asset_key": context.asset_key.to_user_string()},
@@ -102,8 +94,9 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
             )
             spec_path = Path(tmp) / "spec.json"
             spec.write(str(spec_path))
-            context.log.info(f"training {recipe.name} ({recipe.method}) on {splits['train'].num_rows} rows "
-                             f"into {output_dir}" + (f" in a pod with {gpu.processes} GPU(s)" if kube else ""))
+            context.log.info(f"training {recipe.name} ({recipe.method}) on {data.rows('train')} rows of "
+                             f"datasets/{dataset.name} version {data.version[:16]} into {output_dir}"
+                             + (f" in a pod with {gpu.processes} GPU(s)" if kube else ""))
             spec_location = _stage_for_pod(config, context, spec, output_dir) if kube else str(spec_path)
             error_file = training_error_path(spec_location)
             try:
@@ -159,22 +152,16 @@ def _base_checkpoint_path(context: dg.AssetExecutionContext, base_key: dg.AssetK
 
 def _stage_for_pod(config: ProjectConfig, context: dg.AssetExecutionContext, spec: TrainingSpec,
                    output_dir: Path) -> str:
-    """Copies the splits and the spec under <root>/runs/<run id>/<recipe>/ for a pod; the spec's URI.
+    """Writes the spec under <root>/runs/<run id>/<recipe>/ for a pod; the spec's URI.
 
-    The pod writes the checkpoint on its own disk and publishes it where a local run would
-    (publish_uri). Its step states go to the bucket, where a local run keeps them on disk: a pod's
-    disk is gone with the pod, and the rerun's pod resumes from them.
+    The pod reads its splits from the dataset snapshot's s3:// copy (the spec names it), writes the
+    checkpoint on its own disk and publishes it where a local run would (publish_uri). Its step
+    states go to the bucket, where a local run keeps them on disk: a pod's disk is gone with the
+    pod, and the rerun's pod resumes from them.
     """
-    from ft_assets.lib.storage import publish_file
-
     stage = f"{config.remote_root}/runs/{context.run_id}/{output_dir.parent.name}"
     staged = {"output_dir": f"/tmp/ft_assets/{output_dir.name}", "publish_uri": config.remote_uri(output_dir),
               "resume_dir": config.remote_uri(output_dir.parent / RESUME_DIR)}
-    for split in ("train_path", "validation_path"):
-        local = getattr(spec, split)
-        if local is not None:
-            staged[split] = f"{stage}/{Path(local).name}"
-            publish_file(Path(local), staged[split])
     spec.model_copy(update=staged).write(f"{stage}/spec.json")
     return f"{stage}/spec.json"
 
@@ -188,10 +175,3 @@ def _read_text(path_or_uri: str) -> str | None:
             return f.read()
     except FileNotFoundError:
         return None
-
-
-def _remove_partials(context: dg.AssetExecutionContext, recipe_dir: Path) -> None:
-    """Staging directories left by a killed run: never registered, safe to delete (runs of a recipe queue)."""
-    for partial in recipe_dir.glob(".*.partial-*") if recipe_dir.exists() else []:
-        context.log.warning(f"removing {partial}, left by an interrupted run")
-        shutil.rmtree(partial, ignore_errors=True)

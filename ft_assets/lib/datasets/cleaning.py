@@ -29,14 +29,15 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ft_assets.lib.config import DatasetConfig
 from ft_assets.lib.ingest.readers import FILE_REJECTED
 from ft_assets.lib.datasets.redaction import RULES, redact
-from ft_assets.lib.storage import atomic_directory
+from ft_assets.lib.warehouse import record_commit
 
 LM_SEGMENT_LINES = 20
+# How language modelling reads a split: the lines as they stand in their files.
+FILE_ORDER = "source_uri, row_number"
 
 # RE2 `\s` is ASCII only; \p{Z} adds no-break and other unicode spaces, \p{Cc} control characters.
 _NORMALISE = {
@@ -78,8 +79,9 @@ class DatasetSummary:
         return ", ".join(parts) or "the raw corpora hold no records"
 
 
-def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> DatasetSummary:
-    """Replaces the dataset's three tables from raw.<corpus> (and raw.<test_corpus>), in one transaction."""
+def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_id: str | None = None) -> DatasetSummary:
+    """Replaces the dataset's three tables from raw.<corpus> (and raw.<test_corpus>), in one transaction
+    that also records `run_id` as their last commit (lineage.commits)."""
     name = dataset.name
     sources = [(dataset.corpus, "main")] + ([(dataset.test_corpus, "test")] if dataset.test_corpus else [])
     rows_union = " UNION ALL ".join(
@@ -184,6 +186,7 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> Da
                    text, label, source_uri, file_sha256, row_number
             FROM kept ORDER BY source_uri, row_number
         """, [dataset.split_salt])
+        record_commit(conn, f"datasets.{name}", run_id)
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")
@@ -244,14 +247,8 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
         FROM raw FULL JOIN placed USING (source_uri)
         WHERE coalesce(raw.n, 0) <> coalesce(placed.n, 0) ORDER BY source_uri
     """).fetchall()
-    # Content hash of what a trainer sees: any change to a row, label or split changes it.
-    version = conn.sql(
-        f"""SELECT coalesce(sha256(string_agg(row_id || ':' || split || ':' || coalesce(label, '') || ':' || md5(text), chr(10)
-                                              ORDER BY row_id)), sha256(''))
-            FROM datasets."{name}" """
-    ).fetchall()[0][0]
     return DatasetSummary(
-        version=version,
+        version=content_version(conn, f'datasets."{name}"'),
         rows_by_split=rows_by_split,
         label_counts=label_counts,
         quarantine_by_reason=quarantine,
@@ -263,6 +260,17 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
         unbalanced_files=[{"source_uri": uri, "raw_records": n_raw, "placed": n_placed}
                           for uri, n_raw, n_placed in unbalanced],
     )
+
+
+def content_version(conn: duckdb.DuckDBPyConnection, rows: str) -> str:
+    """The dataset version: a content hash of what a trainer sees (any change to a row, label or split
+    changes it), over `rows`, a relation with row_id, split, label and text: the warehouse table, or a
+    snapshot's parquet files (read_parquet([...]))."""
+    return conn.sql(
+        f"""SELECT coalesce(sha256(string_agg(row_id || ':' || split || ':' || coalesce(label, '') || ':' || md5(text), chr(10)
+                                              ORDER BY row_id)), sha256(''))
+            FROM {rows}"""
+    ).fetchall()[0][0]
 
 
 def dataset_labels(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> list[str]:
@@ -278,21 +286,10 @@ def dataset_labels(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> l
 def read_split(conn: duckdb.DuckDBPyConnection, dataset_name: str, split: str, *, in_file_order: bool = False) -> pa.Table:
     """One split as Arrow (row_id, text, label), in a fixed order: by row_id, or as the lines stand in
     their files (language modelling reads running text)."""
-    order = "source_uri, row_number" if in_file_order else "row_id"
+    order = FILE_ORDER if in_file_order else "row_id"
     return conn.sql(
         f'SELECT row_id, text, label FROM datasets."{dataset_name}" WHERE split = ? ORDER BY {order}', params=[split]
     ).to_arrow_table()
-
-
-def export_splits(conn: duckdb.DuckDBPyConnection, dataset_name: str, out_dir: Path) -> None:
-    """Writes every clean row, with its provenance, as <split>.parquet (train, validation, test) into a
-    new directory that appears whole or not at all; an existing export of the same version is kept."""
-    if out_dir.exists():
-        return
-    with atomic_directory(out_dir) as staging:
-        for split in ("train", "validation", "test"):
-            pq.write_table(conn.sql(f'SELECT * FROM datasets."{dataset_name}" WHERE split = ? ORDER BY row_id',
-                                    params=[split]).to_arrow_table(), staging / f"{split}.parquet")
 
 
 def quarantined(conn: duckdb.DuckDBPyConnection, dataset_name: str, *, reason: str | None = None,

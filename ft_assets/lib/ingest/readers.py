@@ -30,6 +30,7 @@ import pyarrow as pa
 from ft_assets.lib.config import CorpusConfig
 from ft_assets.lib.ingest.landing import landing_changes, local_copies
 from ft_assets.lib.storage import sha256_file
+from ft_assets.lib.warehouse import Commit, record_commit, table_exists
 
 ROW_SCHEMA = pa.schema(
     [("source_uri", pa.string()), ("file_sha256", pa.string()), ("row_number", pa.int64()),
@@ -101,17 +102,23 @@ def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], refused: li
 
 
 def write_raw(conn: duckdb.DuckDBPyConnection, corpus_name: str, raw: RawCorpus,
-              run_id: str | None = None) -> dict[str, list[dict]]:
-    """Replaces the corpus' three raw tables and appends what changed to its file log, in one transaction.
+              run_id: str | None = None, *, unrecorded: Commit | None = None,
+              recorded_files: dict[str, dict] | None = None) -> dict[str, list[dict]]:
+    """Replaces the corpus' three raw tables and appends what changed to its file log, in one transaction
+    that also records `run_id` as the tables' last commit (lineage.commits).
 
     raw.<corpus>__file_log keeps every file version the corpus ever read: one row when content
     arrives (or arrives under a known name: changed), one when it is withdrawn from the landing,
     with the run that saw it. Returns the changes (see landing.landing_changes).
+
+    `unrecorded`: the commit of a run that ended before its materialization was recorded. Its
+    file-log rows go, and the changes are counted from `recorded_files` ({uri: {"sha256"}}, what the
+    latest recorded materialization read), so the log and the changes follow the recorded history.
     """
     conn.execute("CREATE SCHEMA IF NOT EXISTS raw")
     conn.execute(f"""CREATE TABLE IF NOT EXISTS raw."{corpus_name}__file_log" (
         source_uri VARCHAR, file_sha256 VARCHAR, event VARCHAR, run_id VARCHAR, logged_at TIMESTAMPTZ)""")
-    previous = _previous_files(conn, corpus_name)
+    previous = committed_files(conn, corpus_name) if unrecorded is None else (recorded_files or {})
     current = {f["source_uri"]: {"sha256": f["file_sha256"]} for f in raw.files.to_pylist()}
     changes = landing_changes(previous, current)
     events = [(c["uri"], c["sha256"], kind) for kind in ("arrived", "changed", "moved", "withdrawn")
@@ -122,9 +129,13 @@ def write_raw(conn: duckdb.DuckDBPyConnection, corpus_name: str, raw: RawCorpus,
             conn.register("_incoming", table)
             conn.execute(f'CREATE OR REPLACE TABLE raw."{corpus_name}{suffix}" AS SELECT * FROM _incoming')
             conn.unregister("_incoming")
+        if unrecorded is not None:
+            conn.execute(f'DELETE FROM raw."{corpus_name}__file_log" WHERE run_id IS NOT DISTINCT FROM ?',
+                         [unrecorded.run_id])
         for uri, sha, kind in events:
             conn.execute(f'INSERT INTO raw."{corpus_name}__file_log" VALUES (?, ?, ?, ?, now())',
                          [uri, sha, kind, run_id])
+        record_commit(conn, f"raw.{corpus_name}", run_id)
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")
@@ -132,10 +143,9 @@ def write_raw(conn: duckdb.DuckDBPyConnection, corpus_name: str, raw: RawCorpus,
     return changes
 
 
-def _previous_files(conn: duckdb.DuckDBPyConnection, corpus_name: str) -> dict[str, dict]:
-    exists = conn.sql("SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'raw' AND table_name = ?",
-                      params=[f"{corpus_name}__files"]).fetchall()[0][0]
-    if not exists:
+def committed_files(conn: duckdb.DuckDBPyConnection, corpus_name: str) -> dict[str, dict]:
+    """The files raw.<corpus> holds now: {uri: {"sha256"}} (empty before the first ingest)."""
+    if not table_exists(conn, f"raw.{corpus_name}__files"):
         return {}
     return {uri: {"sha256": sha} for uri, sha in
             conn.sql(f'SELECT source_uri, file_sha256 FROM raw."{corpus_name}__files"').fetchall()}
