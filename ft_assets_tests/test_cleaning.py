@@ -1,10 +1,10 @@
 import duckdb
 import pytest
 
-from ft_assets.lib.datasets.cleaning import LM_SEGMENT_LINES, build_dataset, read_split, read_table
+from ft_assets.lib.datasets.cleaning import LM_SEGMENT_LINES, build_dataset, read_split
 from ft_assets.lib.config import CorpusConfig, DatasetConfig
 from ft_assets.lib.ingest.readers import read_corpus, write_raw
-from ft_assets.lib.schemas import clean_rows_schema, validate
+from ft_assets.lib.schemas import check, clean_rows_contract
 from ft_assets_tests.conftest import ticket_rows, write_csv
 
 
@@ -93,7 +93,7 @@ def test_every_raw_record_is_accounted_for_and_the_contract_holds(warehouse, tmp
     assert summary.accounted
     assert summary.raw_records == len(rows) == summary.clean_rows + summary.quarantined + summary.duplicates
     assert summary.duplicates == 1 and summary.quarantined == 2
-    assert validate(clean_rows_schema(d), warehouse.sql('SELECT * FROM datasets."d"').df()) == []
+    assert check(warehouse, "datasets.d", clean_rows_contract(d)) == []
 
 
 def test_split_is_deterministic_and_follows_the_fractions(warehouse, tmp_path):
@@ -126,18 +126,20 @@ def test_a_fixed_test_corpus_keeps_its_own_repeats(warehouse, tmp_path):
     d = dataset(test_corpus="t", validation_fraction=0.0)
     summary = build_dataset(warehouse, d)
     assert summary.rows_by_split == {"test": 3, "train": 2} and summary.duplicates == 0 and summary.accounted
-    assert validate(clean_rows_schema(d), warehouse.sql('SELECT * FROM datasets."d"').df()) == []
+    assert check(warehouse, "datasets.d", clean_rows_contract(d)) == []
 
 
 def test_the_contract_catches_a_train_text_that_leaks_into_test(warehouse, tmp_path):
     load(warehouse, tmp_path, ticket_rows(10))
     d = dataset(labels=None)
     build_dataset(warehouse, d)
-    frame = warehouse.sql('SELECT * FROM datasets."d"').df()
-    test_text = frame.loc[frame["split"] == "test", "text"].iloc[0]
-    frame.loc[frame.index[frame["split"] == "train"][0], "text"] = test_text
-    problems = validate(clean_rows_schema(d), frame)
-    assert any("repeats" in p for p in problems), problems
+    [(test_text,)] = warehouse.sql("""SELECT text FROM datasets."d" WHERE split = 'test' ORDER BY row_id LIMIT 1""").fetchall()
+    [(row,)] = warehouse.execute("""UPDATE datasets."d" SET text = ? WHERE row_id = (
+                                        SELECT min(row_id) FROM datasets."d" WHERE split = 'train') RETURNING row_number""",
+                                 [test_text]).fetchall()
+    (failure,) = check(warehouse, "datasets.d", clean_rows_contract(d))
+    assert "repeats" in failure.requirement and failure.rows == 1
+    assert failure.sample == [{"source_uri": (tmp_path / "c" / "a.csv").as_uri(), "row_number": row, "value": test_text}]
 
 
 def load_conversations(conn, tmp_path, lines: list[str]):
@@ -173,8 +175,7 @@ def test_instruction_records_become_conversations_and_unanswered_ones_are_quaran
     assert {"role": "user", "content": "Name thing 0.\n\nContext."} in (m for t in texts for m in t)
     # Whitespace inside an answer survives cleaning: it can be code or a list.
     assert any(m["content"] == "Hello.\n  Indented line." for t in texts for m in t)
-    assert not validate(clean_rows_schema(DatasetConfig(name="d", corpus="qa", task="instruction")),
-                        read_table(warehouse, "datasets.d"))
+    assert not check(warehouse, "datasets.d", clean_rows_contract(DatasetConfig(name="d", corpus="qa", task="instruction")))
 
 
 def test_language_modeling_keeps_repeated_lines_and_splits_runs_of_lines(warehouse, tmp_path):
@@ -192,7 +193,7 @@ def test_language_modeling_keeps_repeated_lines_and_splits_runs_of_lines(warehou
     segments = warehouse.sql(f'SELECT row_number // {LM_SEGMENT_LINES}, count(DISTINCT split) FROM datasets."d" '
                              'GROUP BY 1').fetchall()
     assert all(n == 1 for _, n in segments) and len(segments) == 1000 // LM_SEGMENT_LINES + 1
-    assert not validate(clean_rows_schema(config), read_table(warehouse, "datasets.d"))
+    assert not check(warehouse, "datasets.d", clean_rows_contract(config))
     train_segments = {seg for seg, in warehouse.sql(
         f'SELECT DISTINCT row_number // {LM_SEGMENT_LINES} FROM datasets."d" WHERE split = \'train\'').fetchall()}
     expected = [line for i, line in enumerate(lines) if (i + 1) // LM_SEGMENT_LINES in train_segments]
@@ -256,3 +257,28 @@ def test_the_accounting_names_a_file_whose_rows_went_missing(warehouse, tmp_path
     assert not summary.accounted
     assert summary.unbalanced_files == [{"source_uri": (tmp_path / "c" / "a.csv").as_uri(), "raw_records": 15,
                                          "placed": 14}]
+
+
+def test_the_version_is_the_hash_of_every_rows_line_in_row_id_order(warehouse, tmp_path):
+    load(warehouse, tmp_path, ticket_rows(300))
+    summary = build_dataset(warehouse, dataset(labels=None))
+    # The formula the version always had, computed by DuckDB at once: the streamed hash must equal it.
+    [(whole,)] = warehouse.sql("""
+        SELECT sha256(string_agg(row_id || ':' || split || ':' || coalesce(label, '') || ':' || md5(text), chr(10)
+                                 ORDER BY row_id)) FROM datasets."d" """).fetchall()
+    assert summary.version == whole
+
+
+def test_the_snapshot_holds_each_split_in_row_id_order_as_the_trainer_reads_it(warehouse, tmp_path):
+    import pyarrow.parquet as pq
+
+    from ft_assets.lib.datasets.snapshot import open_snapshot, write_snapshot
+
+    load(warehouse, tmp_path, ticket_rows(300))
+    summary = build_dataset(warehouse, dataset(labels=None))
+    write_snapshot(warehouse, "d", tmp_path / "export", {"version": summary.version})
+    assert open_snapshot(tmp_path / "export").version == summary.version  # its rows hash to the version
+    for split in ("train", "validation", "test"):
+        exported = pq.read_table(tmp_path / "export" / f"{split}.parquet")
+        assert exported.column("row_id").to_pylist() == read_split(warehouse, "d", split).column("row_id").to_pylist()
+        assert exported.column_names == ["row_id", "split", "text", "label", "source_uri", "file_sha256", "row_number"]

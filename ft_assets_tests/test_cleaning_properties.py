@@ -8,7 +8,7 @@ import duckdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ft_assets.lib.datasets.cleaning import build_dataset
+from ft_assets.lib.datasets.cleaning import SPACE_RUN, build_dataset
 from ft_assets.lib.config import CorpusConfig, DatasetConfig
 from ft_assets.lib.ingest.readers import read_corpus, write_raw
 
@@ -78,3 +78,17 @@ def test_a_texts_split_does_not_depend_on_file_order_or_neighbours(rows, random)
     splits = dict(conn.sql('SELECT text, split FROM datasets."d"').fetchall())
     other_splits = dict(other.sql('SELECT text, split FROM datasets."d"').fetchall())
     assert splits == other_splits
+
+
+SPACES = st.text(alphabet=st.sampled_from(list("ab \t\n\r\x0b\x0c\x85\x00\x1f\u00a0\u1680\u2000\u2028\u2029\u202f\u3000")),
+                 max_size=16)
+
+
+@PROPERTY
+@given(st.lists(SPACES, min_size=1, max_size=20))
+def test_collapsing_only_the_runs_that_change_gives_the_text_every_run_collapsed_gives(texts):
+    conn = duckdb.connect()
+    every_run = r"[\s\p{Z}\p{Cc}]+"
+    rows = conn.execute(f"SELECT regexp_replace(t, '{SPACE_RUN}', ' ', 'g'), regexp_replace(t, '{every_run}', ' ', 'g') "
+                        "FROM unnest(?) AS u(t)", [texts]).fetchall()
+    assert all(fast == plain for fast, plain in rows), rows

@@ -168,8 +168,8 @@ def test_an_s3_key_with_dot_dot_segments_is_refused_and_recorded(tmp_path, tiny_
     s3.put_object(Bucket="dotdot", Key="tickets/sub/../../escape.csv", Body=body)  # a literal key, as S3 allows
     corpus = load_config(write_project(tmp_path, tiny_model_dir, recipes=[])).corpora[0]
     raw = read_corpus(corpus, "s3://dotdot/tickets/")
-    assert set(raw.rows.column("source_uri").to_pylist()) == {"s3://dotdot/tickets/a.csv"}
-    (reject,) = raw.rejects.to_pylist()
+    assert set(raw.rows.to_table().column("source_uri").to_pylist()) == {"s3://dotdot/tickets/a.csv"}
+    (reject,) = raw.rejects.to_table().to_pylist()
     assert reject["source_uri"] == "s3://dotdot/tickets/sub/../../escape.csv"
     assert reject["error"] == "file rejected: key with '..' or empty path segments"
 

@@ -23,7 +23,8 @@ GPU_POOL = "gpu"
 class WarehouseResource(DuckDBResource):
     """The project's DuckDB file. DuckDBResource retries a failed connect for about 100 s, which waits
     out another run's lock; a file or folder that cannot be written, or a storage root that is a file,
-    fails at once, naming it."""
+    fails at once, naming it. `connection_config` carries storage.warehouse_memory as DuckDB's
+    memory_limit: what a step may hold, past which DuckDB spills to <database>.tmp/."""
 
     @contextmanager
     def get_connection(self):
@@ -31,6 +32,8 @@ class WarehouseResource(DuckDBResource):
         require_storage_root(database.parent)
         require_writable(database)
         with super().get_connection() as conn:
+            # A long query would draw a progress bar into the step's log, one line per update.
+            conn.execute("SET enable_progress_bar = false")
             yield conn
 
 
@@ -63,7 +66,9 @@ def build_resources(config: ProjectConfig) -> dict:
     from ft_assets.defs.training.launcher import default_launcher
 
     return {
-        config.qualified_name("warehouse"): WarehouseResource(database=str(config.warehouse_path)),
+        config.qualified_name("warehouse"): WarehouseResource(
+            database=str(config.warehouse_path),
+            connection_config={"memory_limit": config.storage.warehouse_memory}),
         config.qualified_name("gpu"): GpuResource(**config.gpu.model_dump()),
         # A kubernetes launcher finds its cluster when a run starts, not when this loads.
         config.qualified_name("launcher"): default_launcher(),
@@ -88,6 +93,14 @@ def asset_key(config: ProjectConfig, *parts: str) -> dg.AssetKey:
 def metadata_values(materialization: dg.AssetMaterialization) -> dict:
     """A materialization's metadata as plain values (the path, the JSON, the number)."""
     return {name: entry.value for name, entry in materialization.metadata.items()}
+
+
+def contract_metadata(failures: list) -> dict:
+    """A contract check's metadata (lib/schemas.py): a line per broken rule, and each with its count and
+    its first failing rows (file, row, value)."""
+    return {"problems": dg.MetadataValue.md("\n".join(f"- {f.line()}" for f in failures) or "none"),
+            "failures": dg.MetadataValue.json([{"column": f.column, "requirement": f.requirement, "rows": f.rows,
+                                                "sample": f.sample} for f in failures])}
 
 
 def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:

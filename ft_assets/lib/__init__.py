@@ -5,6 +5,6 @@
   training/    the training loop, task setups, methods, base models, checkpoints, several processes, resume
   evaluation/  metrics, baselines, forgetting, gates, reports, leaderboards, plots
   models/      the champion of each dataset and the model cards
-Shared by the stages: config (the project YAML's schema), schemas (the pandera contracts of raw and clean
-rows), storage (atomic and published folders, hashes) and lineage (what produced what, code versions).
+Shared by the stages: config (the project YAML's schema), schemas (the contracts of raw and clean rows,
+checked in DuckDB), storage (atomic and published folders, hashes) and lineage (what produced what, code versions).
 """

@@ -38,6 +38,10 @@ class StorageConfig(_Strict):
     # With an s3:// root, the local working folder: the DuckDB warehouse (a file, so it stays on
     # local disk or a volume) and the working copies of what is published to the root.
     local: str = "data"
+    # The memory DuckDB may use in a warehouse step (DuckDB's memory_limit: 512MB, 4GB, ...). Past it,
+    # sorts, joins and working tables spill to <warehouse>.duckdb.tmp/, so what a build holds does
+    # not grow with the corpus; more memory makes large builds faster (bench/RESULTS.md).
+    warehouse_memory: str = Field("512MB", pattern=r"^[0-9]+(\.[0-9]+)? ?([KMGT]i?B)$")
 
 
 class InstructionFields(_Strict):

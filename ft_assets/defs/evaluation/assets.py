@@ -11,7 +11,6 @@ from ft_assets.defs.resources import GPU_POOL, asset_key, latest_metadata, proje
 from ft_assets.lib.config import (
     LOWER_IS_BETTER, TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash,
 )
-from ft_assets.lib.datasets.snapshot import SPLITS
 from ft_assets.lib.evaluation.leaderboard import forgetting_figure, write_leaderboard
 from ft_assets.lib.evaluation.report import evaluate_checkpoint
 from ft_assets.lib.ingest.readers import read_texts
@@ -76,7 +75,9 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
             context.log.warning(f"checkpoints/{recipe.name} predates dataset snapshots in manifests: evaluating on "
                                 f"the latest recorded version of datasets/{recipe.dataset}")
             data = recorded_snapshot(context, dataset_key)
-        splits = {s: data.read_split(s).to_pydict() for s in SPLITS}
+        # Only the splits the report reads: the test split, and the train split a classifier's baselines
+        # learn from.
+        splits = {s: data.read_split(s).to_pydict() for s in (("train", "test") if task == "classification" else ("test",))}
         if recipe.forgetting:
             with warehouse.get_connection() as conn:
                 general = read_texts(conn, recipe.forgetting.corpus, recipe.forgetting.max_texts)

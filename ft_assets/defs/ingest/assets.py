@@ -5,11 +5,13 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from ft_assets.defs.resources import (
-    WAREHOUSE_POOL, asset_key, describe_commit, latest_metadata, project_resource, resource_keys, unrecorded_commit,
+    WAREHOUSE_POOL, asset_key, contract_metadata, describe_commit, latest_metadata, project_resource, resource_keys,
+    unrecorded_commit,
 )
 from ft_assets.lib.config import CorpusConfig, ProjectConfig, stable_hash
 from ft_assets.lib.ingest.readers import RawCorpus, committed_files, read_corpus, write_raw
 from ft_assets.lib.lineage import code_version
+from ft_assets.lib.schemas import RAW_ROWS, check
 from ft_assets.lib.storage import require_storage_root
 from ft_assets.lib.warehouse import Commit
 
@@ -35,7 +37,8 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         ),
         metadata={"landing": dg.MetadataValue.path(landing), "format": corpus.format},
         check_specs=[dg.AssetCheckSpec("raw_contract", asset=key, blocking=True,
-                                       description="pandera RawRows: provenance present, sha256 well-formed, rows unique")],
+                                       description="the raw rows' contract, checked in DuckDB: exact columns and types, provenance "
+                                                   "present, sha256 well-formed, (file, row) unique")],
         required_resource_keys=resource_keys(config, "warehouse"),
     )
     def raw_corpus(context: dg.AssetExecutionContext):
@@ -46,7 +49,8 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
         except (FileNotFoundError, NotADirectoryError, ValueError) as e:
             raise dg.Failure(description=f"raw/{corpus.name}: {e}") from e
         config.root.mkdir(parents=True, exist_ok=True)
-        with warehouse.get_connection() as conn:
+        with raw, warehouse.get_connection() as conn:
+            rows, rejects = raw.rows.count_rows(), raw.rejects.count_rows()
             unrecorded = unrecorded_commit(conn, context.instance, key, f"raw.{corpus.name}")
             recorded = None
             if unrecorded is not None:
@@ -55,21 +59,18 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
                 context.log.warning(_roll_forward_message(corpus.name, unrecorded, committed_files(conn, corpus.name),
                                                           raw, recorded))
             changes = write_raw(conn, corpus.name, raw, context.run_id, unrecorded=unrecorded, recorded_files=recorded)
-            frame = conn.sql(f'SELECT * FROM raw."{corpus.name}"').df()
-        from ft_assets.lib.schemas import RawRows, validate  # pandera: in the step, not at load
-
-        problems = validate(RawRows, frame)
+            failures = check(conn, f"raw.{corpus.name}", RAW_ROWS)
         files = raw.files.to_pylist()
-        if raw.rejects.num_rows:
-            context.log.warning(f"raw/{corpus.name}: {raw.rejects.num_rows} record(s) did not parse; "
+        if rejects:
+            context.log.warning(f"raw/{corpus.name}: {rejects} record(s) did not parse; "
                                 f"see raw.{corpus.name}__rejects")
         return dg.MaterializeResult(
             metadata={
                 "files": len(files),
-                "rows": raw.rows.num_rows,
-                "rejects": raw.rejects.num_rows,
+                "rows": rows,
+                "rejects": rejects,
                 "bytes": sum(f["bytes"] for f in files),
-                "dagster/row_count": raw.rows.num_rows,
+                "dagster/row_count": rows,
                 "file_table": dg.MetadataValue.md(_files_markdown(files)),
                 **{f"files_{kind}": len(entries) for kind, entries in changes.items()},
                 "file_changes": dg.MetadataValue.json(changes),
@@ -79,10 +80,8 @@ def build_raw_corpus_asset(corpus: CorpusConfig, config: ProjectConfig) -> dg.As
             },
             # The corpus changes exactly when the set of file contents changes.
             data_version=dg.DataVersion(stable_hash(sorted(f["file_sha256"] for f in files))[:16]),
-            check_results=[dg.AssetCheckResult(
-                check_name="raw_contract", passed=not problems,
-                metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none")},
-            )],
+            check_results=[dg.AssetCheckResult(check_name="raw_contract", passed=not failures,
+                                               metadata=contract_metadata(failures))],
         )
 
     return raw_corpus

@@ -24,8 +24,8 @@ By task:
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
@@ -40,8 +40,13 @@ LM_SEGMENT_LINES = 20
 FILE_ORDER = "source_uri, row_number"
 
 # RE2 `\s` is ASCII only; \p{Z} adds no-break and other unicode spaces, \p{Cc} control characters.
+# Every run of them becomes one space. The pattern matches only the runs that change (a space and more,
+# or one of the others and more): a single space between two words is left alone, which makes the
+# replace five times faster than matching every run, for the same text.
+_SPACE = r"[\s\p{Z}\p{Cc}]"
+SPACE_RUN = rf" {_SPACE}+|(?:\p{{Cc}}|[^\P{{Z}} ]){_SPACE}*"
 _NORMALISE = {
-    "classification": r"trim(regexp_replace(nfc_normalize(coalesce(text, '')), '[\s\p{Z}\p{Cc}]+', ' ', 'g'))",
+    "classification": f"trim(regexp_replace(nfc_normalize(coalesce(text, '')), '{SPACE_RUN}', ' ', 'g'))",
     "instruction": "nfc_normalize(coalesce(text, ''))",
     "language_modeling": "rtrim(nfc_normalize(coalesce(text, '')))",
 }
@@ -98,8 +103,10 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
     conn.execute("CREATE SCHEMA IF NOT EXISTS datasets")
     conn.execute("BEGIN TRANSACTION")
     try:
+        # A view, read once by _checked, unless redaction rewrites its texts in place.
+        normalised = "TABLE" if dataset.redact else "VIEW"
         conn.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _normalised AS
+            CREATE OR REPLACE TEMP {normalised} _normalised AS
             SELECT source_uri, file_sha256, row_number, role,
                    text AS raw_text, label AS raw_label,
                    {_NORMALISE[task]} AS text,
@@ -113,6 +120,11 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
             conn.execute(f'INSERT INTO datasets."{name}__redactions" VALUES (?, ?)', [rule, rows])
         conn.execute(f"""
             CREATE OR REPLACE TEMP TABLE _checked AS
+            -- What was read is kept where it differs from the clean text: a valid row always has a text
+            -- (coalesce(raw_text, text) gives it back), and most rows are clean as they come.
+            SELECT * REPLACE (CASE WHEN reason IS NULL AND raw_text = text THEN NULL ELSE raw_text END AS raw_text),
+                   hash(text) AS text_hash
+            FROM (
             SELECT *,
                    CASE WHEN contains(coalesce(raw_text, ''), chr(0)) THEN 'nul_byte'
                         WHEN trim(text) = '' THEN 'empty_text'
@@ -131,16 +143,29 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
                         WHEN label IS NOT NULL AND ? AND NOT list_contains(?, label)
                             THEN 'label ' || label || ' is not one of the dataset labels'
                    END AS detail
-            FROM _normalised
+            FROM _normalised)
         """, [labels is not None, labels or [], labels is not None, labels or []])
-        # Identical texts with different labels: no way to tell which label is right.
-        conn.execute("""
-            CREATE OR REPLACE TEMP TABLE _conflicts AS
-            SELECT text, string_agg(DISTINCT label, ', ' ORDER BY label) AS labels
-            FROM _checked WHERE reason IS NULL GROUP BY text HAVING count(DISTINCT label) > 1
-        """)
-        # Repeated lines are part of running text: language modelling keeps them all.
+        # Texts that two or more valid rows share: the only ones that can have duplicates or conflicting
+        # labels, a few percent of the rows, gathered with what deciding them takes. Per text: its labels
+        # when they differ (no way to tell which label is right: all its rows are quarantined), and the
+        # row that stays (a test row first, then the first by file and row); the others are duplicates,
+        # except in language modelling, which keeps repeated lines (they are part of a text).
         dedupe = task != "language_modeling"
+        # A 64-bit hash of the text finds the candidates (an aggregate of integers, not of texts); the
+        # texts themselves then decide which repeat.
+        conn.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _repeats AS
+            WITH candidates AS (SELECT text_hash FROM _checked WHERE reason IS NULL GROUP BY ALL HAVING count(*) > 1),
+                 shared AS MATERIALIZED (SELECT * EXCLUDE (text_hash) FROM _checked SEMI JOIN candidates USING (text_hash)
+                                         WHERE reason IS NULL),
+                 texts AS (SELECT text, arg_min(row_id, (role <> 'test', source_uri, row_number)) AS first_id,
+                                  CASE WHEN min(label) <> max(label)
+                                       THEN string_agg(DISTINCT label, ', ' ORDER BY label) END AS conflicting_labels
+                           FROM shared GROUP BY text HAVING count(*) > 1)
+            SELECT shared.*, first_id, conflicting_labels,
+                   {dedupe} AND conflicting_labels IS NULL AND row_id <> first_id AND role <> 'test' AS duplicate
+            FROM shared JOIN texts USING (text)
+        """)
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}__quarantine" AS
             SELECT source_uri, file_sha256, NULL::BIGINT AS row_number, line, raw_line AS text,
@@ -153,39 +178,36 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
             SELECT source_uri, file_sha256, row_number, NULL, raw_text, raw_label, reason, detail
             FROM _checked WHERE reason IS NOT NULL
             UNION ALL
-            SELECT c.source_uri, c.file_sha256, c.row_number, NULL, c.raw_text, c.raw_label,
-                   'conflicting_labels', 'the same text is labelled ' || k.labels
-            FROM _checked c JOIN _conflicts k USING (text) WHERE c.reason IS NULL
+            SELECT source_uri, file_sha256, row_number, NULL, coalesce(raw_text, text), raw_label,
+                   'conflicting_labels', 'the same text is labelled ' || conflicting_labels
+            FROM _repeats WHERE conflicting_labels IS NOT NULL
             ORDER BY source_uri, coalesce(row_number, 0), line
-        """)
-        conn.execute(f"""
-            CREATE OR REPLACE TEMP TABLE _ranked AS
-            SELECT *,
-                   first_value(row_id) OVER w AS first_id,
-                   row_number() OVER w AS rank_in_text
-            FROM _checked
-            WHERE reason IS NULL AND text NOT IN (SELECT text FROM _conflicts)
-            WINDOW w AS (PARTITION BY CASE WHEN {dedupe} THEN text ELSE row_id END
-                         ORDER BY role = 'test' DESC, source_uri, row_number)
         """)
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}__duplicates" AS
             SELECT row_id, source_uri, file_sha256, row_number, first_id AS duplicate_of
-            FROM _ranked WHERE rank_in_text > 1 AND role <> 'test' ORDER BY source_uri, row_number
+            FROM _repeats WHERE duplicate ORDER BY source_uri, row_number
         """)
         conn.execute(f"""
             CREATE OR REPLACE TABLE datasets."{name}" AS
             WITH kept AS (
                 SELECT *, ('0x' || substr(md5(? || {split_key}), 1, 8))::BIGINT / 4294967296.0 AS u
-                FROM _ranked WHERE rank_in_text = 1 OR role = 'test'
+                FROM _checked ANTI JOIN (SELECT row_id FROM _repeats WHERE conflicting_labels IS NOT NULL OR duplicate)
+                                        USING (row_id)
+                WHERE reason IS NULL
             )
             SELECT row_id,
                    CASE WHEN role = 'test' OR u < {test_share} THEN 'test'
                         WHEN u < {test_share + dataset.validation_fraction} THEN 'validation'
                         ELSE 'train' END AS split,
                    text, label, source_uri, file_sha256, row_number
-            FROM kept ORDER BY source_uri, row_number
+            -- In the order the version and the export read it (a table scan keeps insertion order).
+            FROM kept ORDER BY row_id
         """, [dataset.split_salt])
+        # The working tables hold a copy of every row: gone before the checks and the export run.
+        for table in ("_checked", "_repeats"):
+            conn.execute(f"DROP TABLE {table}")
+        conn.execute(f"DROP {normalised} _normalised")
         record_commit(conn, f"datasets.{name}", run_id)
         conn.execute("COMMIT")
     except Exception:
@@ -263,14 +285,22 @@ def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -
 
 
 def content_version(conn: duckdb.DuckDBPyConnection, rows: str) -> str:
-    """The dataset version: a content hash of what a trainer sees (any change to a row, label or split
-    changes it), over `rows`, a relation with row_id, split, label and text: the warehouse table, or a
-    snapshot's parquet files (read_parquet([...]))."""
-    return conn.sql(
-        f"""SELECT coalesce(sha256(string_agg(row_id || ':' || split || ':' || coalesce(label, '') || ':' || md5(text), chr(10)
-                                              ORDER BY row_id)), sha256(''))
-            FROM {rows}"""
-    ).fetchall()[0][0]
+    """The dataset version, what a trainer sees hashed: sha256 of one line per clean row,
+    `row_id:split:label:md5(text)`, in row_id order, joined by newlines. Any change to a row, label or
+    split changes it. `rows` is a relation with those columns: the warehouse table, or a snapshot's
+    parquet files.
+
+    Streamed a batch at a time, so neither the rows nor the joined text is ever held whole (the same
+    value as sha256(string_agg(... ORDER BY row_id))).
+    """
+    digest, separator = hashlib.sha256(), b""
+    for batch in conn.sql(f"""
+        SELECT row_id || ':' || split || ':' || coalesce(label, '') || ':' || md5(text) FROM {rows} ORDER BY row_id
+    """).fetch_record_batch(100_000):
+        if batch.num_rows:
+            digest.update(separator + "\n".join(batch.column(0).to_pylist()).encode())
+            separator = b"\n"
+    return digest.hexdigest()
 
 
 def dataset_labels(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> list[str]:
@@ -297,14 +327,14 @@ def quarantined(conn: duckdb.DuckDBPyConnection, dataset_name: str, *, reason: s
     """Quarantined rows (file, row or line, reason, detail, text), by reason then file order;
     `per_reason` keeps the first N of each reason (a sample for the UI)."""
     rows = conn.sql(f"""
-        SELECT source_uri, coalesce(row_number, line) AS position, reason, detail, text,
-               row_number() OVER (PARTITION BY reason ORDER BY source_uri, coalesce(row_number, line)) AS nth
+        SELECT source_uri, coalesce(row_number, line) AS position, reason, detail, text
         FROM datasets."{dataset_name}__quarantine"
         WHERE ? IS NULL OR reason = ?
+        QUALIFY ? IS NULL OR row_number() OVER (PARTITION BY reason ORDER BY source_uri, position) <= ?
         ORDER BY reason, source_uri, position
-    """, params=[reason, reason]).fetchall()
+    """, params=[reason, reason, per_reason, per_reason]).fetchall()
     return [{"source_uri": uri, "position": position, "reason": why, "detail": detail, "text": text}
-            for uri, position, why, detail, text, nth in rows if per_reason is None or nth <= per_reason]
+            for uri, position, why, detail, text in rows]
 
 
 def quarantine_markdown(by_reason: dict[str, int], sample: list[dict]) -> str:
@@ -318,9 +348,3 @@ def quarantine_markdown(by_reason: dict[str, int], sample: list[dict]) -> str:
         lines.append(f"| {row['reason']} | {row['source_uri'].rsplit('/', 1)[-1]} | {row['position'] or ''} | "
                      f"{(row['detail'] or '').replace('|', '/')} | {text[:80] + ('…' if len(text) > 80 else '')} |")
     return "\n".join(lines)
-
-
-def read_table(conn: duckdb.DuckDBPyConnection, table: str):
-    """A whole table as a pandas DataFrame, e.g. for contract checks."""
-    schema, name = table.split(".", 1)
-    return conn.sql(f'SELECT * FROM {schema}."{name}"').df()

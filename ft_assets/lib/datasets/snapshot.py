@@ -68,8 +68,10 @@ def write_snapshot(conn: duckdb.DuckDBPyConnection, dataset_name: str, folder: P
     order = FILE_ORDER if in_file_order else "row_id"
     with atomic_directory(folder, replace=True) as staging:
         for split in SPLITS:
-            pq.write_table(conn.sql(f'SELECT * FROM datasets."{dataset_name}" WHERE split = ? ORDER BY {order}',
-                                    params=[split]).to_arrow_table(), staging / f"{split}.parquet")
+            # DuckDB writes the split itself: no split passes through Python, whatever its size.
+            target = str(staging / f"{split}.parquet").replace("'", "''")
+            conn.execute(f"""COPY (SELECT * FROM datasets."{dataset_name}" WHERE split = '{split}' ORDER BY {order})
+                             TO '{target}' (FORMAT parquet)""")
         (staging / SNAPSHOT_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 

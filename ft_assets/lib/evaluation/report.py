@@ -34,8 +34,8 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     """Scores the checkpoint on splits["test"] and compares it with the baselines.
 
     Args:
-        splits: "train", "validation", "test" -> {"text": [...], "label": [...]} (for
-            language_modeling, rows in file order).
+        splits: "test", and for classification "train" (its baselines learn from it) ->
+            {"text": [...], "label": [...]} (for language_modeling, rows in file order).
         baseline_cache: a folder of baseline results keyed by everything they depend on, so
             recipes that share a dataset, base model and settings compute them once.
 

@@ -7,6 +7,9 @@ Each corpus becomes three tables in the `raw` schema of the warehouse:
   raw.<corpus>__rejects  source_uri, file_sha256, line, error, raw_line   (records that did not parse)
   raw.<corpus>__files    source_uri, file_sha256, bytes, rows, rejects
 and raw.<corpus>__file_log keeps every file version ever read or withdrawn (see write_raw).
+Reading stages each file's rows and rejects as parquet in a temporary folder (DuckDB streams CSV, TSV
+and parquet there; the jsonl and txt readers write BATCH_ROWS records at a time), and write_raw has
+DuckDB load them: no corpus is ever held whole in Python, whatever its size.
 Files are only read, never moved or rewritten. A record that cannot be parsed (bad bytes, wrong
 column count, bad JSON) is a reject with its line and the parser's message; a file the corpus
 cannot use at all (a required column missing) raises ValueError naming the file and the column.
@@ -21,11 +24,14 @@ from __future__ import annotations
 
 import csv
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from ft_assets.lib.config import CorpusConfig
 from ft_assets.lib.ingest.landing import landing_changes, local_copies
@@ -50,11 +56,36 @@ FILE_SCHEMA = pa.schema(
 FILE_REJECTED = "file rejected: "
 
 
-@dataclass(frozen=True)
+# Records a Python reader (jsonl, txt, parquet conversations) holds before writing them to its staging file.
+BATCH_ROWS = 50_000
+
+
+@dataclass
 class RawCorpus:
-    rows: pa.Table
-    rejects: pa.Table
-    files: pa.Table
+    """A corpus' files, read: their rows and rejects staged as parquet in a temporary folder, so that memory
+    stays bounded whatever the corpus' size, until write_raw loads them; the file table in memory (one row
+    per file). The folder is removed on leaving `with read_corpus(...) as raw:`, or with the object."""
+
+    rows: ds.Dataset      # ROW_SCHEMA: the files in URI order, each file's records in order
+    rejects: ds.Dataset   # REJECT_SCHEMA: the same, then the files rejected whole
+    files: pa.Table       # FILE_SCHEMA
+    staging: tempfile.TemporaryDirectory
+
+    def __enter__(self) -> RawCorpus:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.staging.cleanup()
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """Where one file's rows and rejects are written, and the provenance each of them carries."""
+
+    uri: str
+    sha256: str
+    rows: Path
+    rejects: Path
 
 
 def read_corpus(corpus: CorpusConfig, location: str | Path) -> RawCorpus:
@@ -64,40 +95,48 @@ def read_corpus(corpus: CorpusConfig, location: str | Path) -> RawCorpus:
         FileNotFoundError: the landing location is missing.
         ValueError: it has no files, or a file lacks a required column (named by its URI).
     """
-    with local_copies(str(location)) as (files, refused):
-        return _read_files(corpus, files, refused, str(location))
+    staging = tempfile.TemporaryDirectory(prefix="ft_assets_raw_")
+    try:
+        with local_copies(str(location)) as (files, refused):
+            return _read_files(corpus, files, refused, str(location), staging)
+    except BaseException:
+        staging.cleanup()
+        raise
 
 
 def _read_files(corpus: CorpusConfig, files: list[tuple[str, Path]], refused: list[tuple[str, str]],
-                location: str) -> RawCorpus:
+                location: str, staging: tempfile.TemporaryDirectory) -> RawCorpus:
     if not files:
         raise ValueError(f"corpus {corpus.name!r}: landing location {location} has no files")
-    row_parts, reject_parts, file_rows = [], [], []
+    folder = Path(staging.name)
+    staged, file_rows = [], []
     # A file the corpus cannot use at all (a required column missing, not parquet, an empty header)
     # is rejected whole and recorded, so one bad upload does not hold back the others.
     rejected = [(uri, reason, None) for uri, reason in refused]  # (uri, reason, sha256 if read)
-    for uri, path in files:
-        sha = sha256_file(path)
+    for i, (uri, path) in enumerate(files):
+        out = _Staged(uri, sha256_file(path), folder / f"{i:06d}.rows.parquet", folder / f"{i:06d}.rejects.parquet")
         try:
-            rows, rejects = _READERS[corpus.format](corpus, path)
+            _READERS[corpus.format](corpus, path, out)
         except ValueError as e:
             # An S3 object is read from a temporary copy: name the object, not the copy.
-            rejected.append((uri, str(e).replace(str(path), uri), sha))
+            rejected.append((uri, str(e).replace(str(path), uri), out.sha256))
             continue
-        row_parts.append(_with_provenance(rows, uri, sha, ROW_SCHEMA))
-        reject_parts.append(_with_provenance(rejects, uri, sha, REJECT_SCHEMA))
-        file_rows.append({"source_uri": uri, "file_sha256": sha, "bytes": path.stat().st_size,
-                          "rows": rows.num_rows, "rejects": rejects.num_rows})
+        staged.append(out)
+        file_rows.append({"source_uri": uri, "file_sha256": out.sha256, "bytes": path.stat().st_size,
+                          "rows": pq.read_metadata(out.rows).num_rows, "rejects": pq.read_metadata(out.rejects).num_rows})
     if not file_rows:
         raise ValueError(f"corpus {corpus.name!r}: no file in {location} could be read:\n"
                          + "\n".join(f"  - {reason}" for _, reason, _ in rejected))
-    reject_parts.append(pa.Table.from_pylist(
+    whole_files = folder / "rejected_files.parquet"
+    pq.write_table(pa.Table.from_pylist(
         [{"source_uri": uri, "file_sha256": sha, "line": None, "error": f"{FILE_REJECTED}{reason}", "raw_line": None}
-         for uri, reason, sha in rejected], schema=REJECT_SCHEMA))
+         for uri, reason, sha in rejected], schema=REJECT_SCHEMA), whole_files)
     return RawCorpus(
-        rows=pa.concat_tables(row_parts),
-        rejects=pa.concat_tables(reject_parts),
+        rows=ds.dataset([str(s.rows) for s in staged], schema=ROW_SCHEMA, format="parquet"),
+        rejects=ds.dataset([str(s.rejects) for s in staged] + [str(whole_files)], schema=REJECT_SCHEMA,
+                           format="parquet"),
         files=pa.Table.from_pylist(file_rows, schema=FILE_SCHEMA),
+        staging=staging,
     )
 
 
@@ -125,10 +164,13 @@ def write_raw(conn: duckdb.DuckDBPyConnection, corpus_name: str, raw: RawCorpus,
               for c in changes[kind]]
     conn.execute("BEGIN TRANSACTION")
     try:
-        for suffix, table in (("", raw.rows), ("__rejects", raw.rejects), ("__files", raw.files)):
-            conn.register("_incoming", table)
-            conn.execute(f'CREATE OR REPLACE TABLE raw."{corpus_name}{suffix}" AS SELECT * FROM _incoming')
-            conn.unregister("_incoming")
+        # DuckDB reads the staged parquet itself, in file order, spilling to disk as it needs.
+        for suffix, staged in (("", raw.rows), ("__rejects", raw.rejects)):
+            conn.execute(f'CREATE OR REPLACE TABLE raw."{corpus_name}{suffix}" AS SELECT * FROM read_parquet(?)',
+                         [staged.files])
+        conn.register("_incoming", raw.files)
+        conn.execute(f'CREATE OR REPLACE TABLE raw."{corpus_name}__files" AS SELECT * FROM _incoming')
+        conn.unregister("_incoming")
         if unrecorded is not None:
             conn.execute(f'DELETE FROM raw."{corpus_name}__file_log" WHERE run_id IS NOT DISTINCT FROM ?',
                          [unrecorded.run_id])
@@ -149,13 +191,6 @@ def committed_files(conn: duckdb.DuckDBPyConnection, corpus_name: str) -> dict[s
         return {}
     return {uri: {"sha256": sha} for uri, sha in
             conn.sql(f'SELECT source_uri, file_sha256 FROM raw."{corpus_name}__files"').fetchall()}
-
-
-def _with_provenance(table: pa.Table, uri: str, sha: str, schema: pa.Schema) -> pa.Table:
-    n = table.num_rows
-    table = table.append_column("source_uri", pa.array([uri] * n, pa.string()))
-    table = table.append_column("file_sha256", pa.array([sha] * n, pa.string()))
-    return table.select(schema.names).cast(schema)
 
 
 def _required_fields(corpus: CorpusConfig) -> list[str]:
@@ -202,7 +237,7 @@ def _missing_column_error(corpus: CorpusConfig, path: Path, missing: list[str], 
     )
 
 
-def _read_delimited(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
+def _read_delimited(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
     delim = "\t" if corpus.format == "tsv" else ","
     if corpus.columns is not None:
         names, header = corpus.columns, False
@@ -213,23 +248,62 @@ def _read_delimited(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Tabl
         raise _missing_column_error(corpus, path, missing, names)
     # TSV has no quoting convention: a `"` inside a text is just a character.
     quote = "" if corpus.format == "tsv" else '"'
-    conn = duckdb.connect()
+    conn = _file_connection(path)
     # One thread keeps the scan in file order, so row_number() is the record's position.
     conn.execute("SET threads = 1")
-    label = f'"{corpus.label_field}"' if corpus.label_field else "NULL"
-    rows = conn.sql(
-        f"""
+    for name, value in (("header", header), ("delim", delim), ("quote", quote), ("columns", {n: "VARCHAR" for n in names})):
+        conn.execute(f"SET VARIABLE {name} = ?", [value])
+    label = f'"{corpus.label_field}"' if corpus.label_field else "NULL::VARCHAR"
+    _copy(conn, f"""
         SELECT row_number() OVER () AS row_number, "{corpus.text_field}" AS text, {label} AS label
-        FROM read_csv(?, header = ?, delim = ?, quote = ?, escape = ?, columns = ?,
+        FROM read_csv(getvariable('path'), header = getvariable('header'), delim = getvariable('delim'),
+                      quote = getvariable('quote'), escape = getvariable('quote'), columns = getvariable('columns'),
                       auto_detect = false, store_rejects = true,
                       rejects_table = 'rejects', rejects_scan = 'reject_scans')
-        """,
-        params=[str(path), header, delim, quote, quote, {n: "VARCHAR" for n in names}],
-    ).to_arrow_table()
-    rejects = conn.sql(
-        "SELECT line, error_type || ': ' || error_message AS error, csv_line AS raw_line FROM rejects ORDER BY line"
-    ).to_arrow_table()
-    return rows, rejects
+    """, out.rows, out)
+    _copy(conn, "SELECT line::BIGINT AS line, error_type || ': ' || error_message AS error, csv_line AS raw_line "
+                "FROM rejects ORDER BY line", out.rejects, out)
+
+
+def _file_connection(path: Path) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB that reads one landing file, named by the variable `path`."""
+    conn = duckdb.connect()
+    conn.execute("SET VARIABLE path = ?", [str(path)])
+    return conn
+
+
+def _copy(conn: duckdb.DuckDBPyConnection, query: str, target: Path, out: _Staged) -> None:
+    """Streams the query's records, each with the file's provenance first, into the parquet file `target`."""
+    conn.execute("SET VARIABLE source_uri = ?", [out.uri])
+    conn.execute("SET VARIABLE file_sha256 = ?", [out.sha256])
+    conn.execute(f"""COPY (SELECT getvariable('source_uri') AS source_uri, getvariable('file_sha256') AS file_sha256, *
+                           FROM ({query})) TO '{str(target).replace("'", "''")}' (FORMAT parquet)""")
+
+
+class _ParquetRecords:
+    """A Python reader's records, written to parquet BATCH_ROWS at a time with the file's provenance: the
+    reader holds one batch, never a whole file."""
+
+    def __init__(self, target: Path, schema: pa.Schema, out: _Staged):
+        self._schema, self._writer, self._batch = schema, pq.ParquetWriter(target, schema), []
+        self._provenance = {"source_uri": out.uri, "file_sha256": out.sha256}
+
+    def append(self, record: dict) -> None:
+        self._batch.append({**self._provenance, **record})
+        if len(self._batch) >= BATCH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._writer.write_table(pa.Table.from_pylist(self._batch, schema=self._schema))
+        self._batch = []
+
+    def __enter__(self) -> _ParquetRecords:
+        return self
+
+    def __exit__(self, error_type, *exc) -> None:
+        if error_type is None and self._batch:
+            self._flush()
+        self._writer.close()
 
 
 def _header(corpus: CorpusConfig, path: Path, delim: str) -> list[str]:
@@ -253,9 +327,9 @@ def _header(corpus: CorpusConfig, path: Path, delim: str) -> list[str]:
     return names
 
 
-def _read_jsonl(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
-    rows, rejects = [], []
-    with open(path, "rb") as f:
+def _read_jsonl(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
+    with (open(path, "rb") as f, _ParquetRecords(out.rows, ROW_SCHEMA, out) as rows,
+          _ParquetRecords(out.rejects, REJECT_SCHEMA, out) as rejects):
         for line_no, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
@@ -274,12 +348,11 @@ def _read_jsonl(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
                 continue
             label = record.get(corpus.label_field) if corpus.label_field else None
             rows.append({"row_number": line_no, "text": text, "label": _as_text(label)})
-    return _table(rows, ROW_SCHEMA), _table(rejects, REJECT_SCHEMA)
 
 
-def _read_txt(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
-    rows, rejects = [], []
-    with open(path, "rb") as f:
+def _read_txt(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
+    with (open(path, "rb") as f, _ParquetRecords(out.rows, ROW_SCHEMA, out) as rows,
+          _ParquetRecords(out.rejects, REJECT_SCHEMA, out) as rejects):
         for line_no, raw in enumerate(f, start=1):
             try:
                 text = raw.decode("utf-8-sig" if line_no == 1 else "utf-8").rstrip("\r\n")
@@ -289,49 +362,44 @@ def _read_txt(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
                 continue
             if text.strip():
                 rows.append({"row_number": line_no, "text": text, "label": None})
-    return _table(rows, ROW_SCHEMA), _table(rejects, REJECT_SCHEMA)
 
 
-def _read_parquet(corpus: CorpusConfig, path: Path) -> tuple[pa.Table, pa.Table]:
-    conn = duckdb.connect()
+def _read_parquet(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
+    conn = _file_connection(path)
     try:
-        found = [r[0] for r in conn.sql("DESCRIBE SELECT * FROM read_parquet(?)", params=[str(path)]).fetchall()]
+        found = [r[0] for r in conn.sql("DESCRIBE SELECT * FROM read_parquet(getvariable('path'))").fetchall()]
     except duckdb.Error as e:
         raise ValueError(f"corpus {corpus.name!r}: file {path} is not a readable parquet file: {e}") from e
     missing = [f for f in _required_fields(corpus) if f not in found]
     if missing:
         raise _missing_column_error(corpus, path, missing, found)
     if corpus.record == "instruction":
-        return _parquet_conversations(corpus, conn, path)
-    label = f'CAST("{corpus.label_field}" AS VARCHAR)' if corpus.label_field else "NULL"
-    rows = conn.sql(
-        f"""SELECT file_row_number + 1 AS row_number, CAST("{corpus.text_field}" AS VARCHAR) AS text, {label} AS label
-            FROM read_parquet(?, file_row_number = true) ORDER BY file_row_number""",
-        params=[str(path)],
-    ).to_arrow_table()
-    return rows, _table([], REJECT_SCHEMA)
+        return _parquet_conversations(corpus, conn, out)
+    label = f'CAST("{corpus.label_field}" AS VARCHAR)' if corpus.label_field else "NULL::VARCHAR"
+    # The scan keeps the file's order (DuckDB preserves insertion order), so no sort is needed.
+    _copy(conn, f"""SELECT file_row_number + 1 AS row_number, CAST("{corpus.text_field}" AS VARCHAR) AS text,
+                           {label} AS label
+                    FROM read_parquet(getvariable('path'), file_row_number = true)""", out.rows, out)
+    with _ParquetRecords(out.rejects, REJECT_SCHEMA, out):
+        pass  # a parquet record always parses
 
 
-def _parquet_conversations(corpus: CorpusConfig, conn: duckdb.DuckDBPyConnection, path: Path) -> tuple[pa.Table, pa.Table]:
-    records = conn.sql("SELECT * FROM read_parquet(?)", params=[str(path)]).to_arrow_table().to_pylist()
-    rows, rejects = [], []
-    for row_number, record in enumerate(records, start=1):
-        try:
-            rows.append({"row_number": row_number, "text": _conversation(corpus, record), "label": None})
-        except ValueError as e:
-            rejects.append({"line": row_number, "error": f"ValueError: {e}", "raw_line": json.dumps(record, default=str)})
-    return _table(rows, ROW_SCHEMA), _table(rejects, REJECT_SCHEMA)
+def _parquet_conversations(corpus: CorpusConfig, conn: duckdb.DuckDBPyConnection, out: _Staged) -> None:
+    batches = conn.sql("SELECT * FROM read_parquet(getvariable('path'))").fetch_record_batch(BATCH_ROWS)
+    with _ParquetRecords(out.rows, ROW_SCHEMA, out) as rows, _ParquetRecords(out.rejects, REJECT_SCHEMA, out) as rejects:
+        records = (record for batch in batches for record in batch.to_pylist())
+        for row_number, record in enumerate(records, start=1):
+            try:
+                rows.append({"row_number": row_number, "text": _conversation(corpus, record), "label": None})
+            except ValueError as e:
+                rejects.append({"line": row_number, "error": f"ValueError: {e}",
+                                "raw_line": json.dumps(record, default=str)})
 
 
 def _as_text(value: object) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-
-
-def _table(records: list[dict], schema: pa.Schema) -> pa.Table:
-    fields = [f for f in schema if f.name not in ("source_uri", "file_sha256")]
-    return pa.Table.from_pylist(records, schema=pa.schema(fields))
 
 
 _READERS = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl,
