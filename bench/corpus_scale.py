@@ -11,7 +11,9 @@ raw/scale,datasets/scale` in a subprocess with its own DAGSTER_HOME and storage 
 the resident memory of its whole process tree (the CLI and every process under it) is read from
 /proc every 0.1 s: `peak_tree_rss` is the largest sum of their resident sets, `peak_tree_pss` of their
 proportional sets (a page that forked processes share counted once), `peak_process_rss` the largest
-single process. The machine is shared: every row records the load average at its start
+single process; `processes_at_peak` lists each process' resident set at the tree's peak. Disk: the
+largest size of the raw step's parquet staging ($TMPDIR) and of DuckDB's spill folder, sampled every
+second, and the warehouse file's size at the end. The machine is shared: every row records the load average at its start
 and end. One JSON line per run in bench/results/corpus_scale-<machine>-<date>.jsonl.
 """
 
@@ -129,28 +131,55 @@ def tree_sample(root_pid: int) -> tuple[dict[str, int], dict[int, float]]:
         pid = todo.pop()
         tree.append(pid)
         todo += [child for child, parent in parents.items() if parent == pid]
-    rss, pss = [], []
+    rss, pss, who = [], [], []
     for pid in tree:
         try:
             with open(f"/proc/{pid}/smaps_rollup") as f:
                 fields = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f if line.split(":")[0] in ("Rss", "Pss")}
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except (OSError, IndexError, ValueError):
             continue
         rss.append(fields.get("Rss", 0))
         pss.append(fields.get("Pss", 0))
+        who.append((command, fields.get("Rss", 0)))
     memory = {"tree_rss": sum(rss), "tree_pss": sum(pss), "process_rss": max(rss, default=0)}
-    return memory, {pid: cpu[pid] for pid in tree if pid in cpu}
+    return memory, {pid: cpu[pid] for pid in tree if pid in cpu}, who
 
 
-def measure(command: list[str], env: dict) -> dict:
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for path, _, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(path, name)).st_size
+            except OSError:
+                pass  # removed while we walked
+    return total
+
+
+def measure(command: list[str], env: dict, disk: dict[str, Path]) -> dict:
+    """Runs the command, sampling its process tree's memory and the size of each `disk` folder."""
     peak = {"tree_rss": 0, "tree_pss": 0, "process_rss": 0}
+    peak_disk = dict.fromkeys(disk, 0)
+    at_peak: list[tuple[str, int]] = []  # each process' resident set when the tree's was largest
     cpu: dict[int, float] = {}
     started = time.perf_counter()
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
+    def sample_disk():
+        while process.poll() is None:
+            for name, folder in disk.items():
+                peak_disk[name] = max(peak_disk[name], folder_bytes(folder))
+            time.sleep(1)
+
+    threading.Thread(target=sample_disk, daemon=True).start()
+
     def sample():
         while process.poll() is None:
-            memory, seconds = tree_sample(process.pid)
+            memory, seconds, who = tree_sample(process.pid)
+            if memory["tree_rss"] > peak["tree_rss"]:
+                at_peak[:] = who
             for name, value in memory.items():
                 peak[name] = max(peak[name], value)
             cpu.update(seconds)
@@ -168,6 +197,8 @@ def measure(command: list[str], env: dict) -> dict:
             # on a shared machine it moves less than the wall time does.
             "cpu_s": round(sum(cpu.values()), 1),
             **{f"peak_{name}_mb": round(value / 2**20) for name, value in peak.items()},
+            **{f"peak_{name}_mb": round(value / 2**20) for name, value in peak_disk.items()},
+            "processes_at_peak": [{"command": command[:120], "rss_mb": round(value / 2**20)} for command, value in at_peak],
             "output": output}
 
 
@@ -203,19 +234,23 @@ def run(rows: int, args) -> dict:
     shutil.rmtree(work, ignore_errors=True)
     (work / "dagster").mkdir(parents=True)
     shutil.copy(REPO / "data" / "dagster" / "dagster.yaml", work / "dagster" / "dagster.yaml")
+    (work / "tmp").mkdir()
     env = {**os.environ, "FT_ASSETS_CONFIG": str(project_yaml(landing, work, args.warehouse_memory)), "DAGSTER_HOME": str(work / "dagster"),
-           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "TMPDIR": str(work / "tmp")}  # where the raw step stages its parquet
     env.pop("FT_ASSETS_ROOT", None)
     dagster = str(Path(sys.executable).with_name("dagster"))
     load_before = open("/proc/loadavg").read().split()[:3]
     result = measure([dagster, "asset", "materialize", "-m", "ft_assets.definitions",
-                      "--select", "raw/scale,datasets/scale"], env)
+                      "--select", "raw/scale,datasets/scale"], env,
+                     disk={"staging_disk": work / "tmp", "spill_disk": work / "warehouse.duckdb.tmp"})
     load_after = open("/proc/loadavg").read().split()[:3]
     output = result.pop("output")
     row = {"rows": rows, "files": len(list(landing.glob("*.csv"))), "csv_mb": round(csv_bytes / 2**20), **result,
            "step_s": {step: seconds(duration) for step, duration in
                       re.findall(r'Finished execution of step "([^"]+)" in ([0-9.hms]+?)\.?\s', output)},
            **table_rows(work / "warehouse.duckdb"),
+           "warehouse_mb": round((work / "warehouse.duckdb").stat().st_size / 2**20),
            "load_before": " ".join(load_before), "load_after": " ".join(load_after),
            "cpus": os.cpu_count(), "machine": cpu_name(), "code": git_commit(),
            "warehouse_memory": args.warehouse_memory or "default", "note": args.label, "run": datetime.now(timezone.utc).isoformat(timespec="seconds")}

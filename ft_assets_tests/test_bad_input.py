@@ -63,6 +63,16 @@ CASES = {
     "parquet_missing_column": ("parquet", parquet_bytes(pa.table({"body": ["x"], "label": ["billing"]})),
                                {"rejected_file": 1}),
     "parquet_number_as_text": ("parquet", parquet_bytes(pa.table({"text": [12345], "label": ["billing"]})), {}),
+    # A number or a boolean is read as text (here a label outside the set); an object or a list never is.
+    "jsonl_label_a_number": ("jsonl", b'{"label": 1, "text": "a number for a label"}\n', {"unknown_label": 1}),
+    "jsonl_label_a_list": ("jsonl", b'{"label": ["billing"], "text": "a list for a label"}\n', {"wrong_type": 1}),
+    "jsonl_text_an_object": ("jsonl", b'{"label": "billing", "text": {"body": "an object for a text"}}\n',
+                             {"wrong_type": 1}),
+    "parquet_label_a_list": ("parquet", parquet_bytes(pa.table({"text": ["a list for a label", "fine"],
+                                                                "label": [["billing"], None]})),
+                             {"wrong_type": 1, "missing_label": 1}),
+    "parquet_text_a_struct": ("parquet", parquet_bytes(pa.table({"text": [{"body": "an object for a text"}],
+                                                                 "label": ["billing"]})), {"wrong_type": 1}),
 }
 
 
@@ -110,7 +120,7 @@ def test_a_bad_file_is_read_accounted_for_and_explained(case, tmp_path):
     assert good == 2  # the good file beside it is untouched by the bad one
 
 
-def ticket_dataset(tmp_path, tiny_model_dir, rows: list[tuple[str, str]]):
+def ticket_dataset(tmp_path, tiny_model_dir, rows: list[tuple[str, str]], dataset: dict | None = None):
     """The tiny ticket project with `rows` as its only landing file: its Definitions and checkpoint key."""
     import dagster as dg
 
@@ -120,7 +130,7 @@ def ticket_dataset(tmp_path, tiny_model_dir, rows: list[tuple[str, str]]):
 
     recipe = {"name": "head", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
               "training": {"epochs": 1, "batch_size": 16, "max_length": 16}}
-    config_path = write_project(tmp_path, tiny_model_dir, recipes=[recipe])
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[recipe], dataset=dataset)
     landing = tmp_path / "data" / "raw" / "tickets"
     for old in landing.iterdir():
         old.unlink()
@@ -188,3 +198,79 @@ def test_a_header_naming_a_column_twice_rejects_the_file_naming_the_column(tmp_p
     [(error,)] = conn.sql('SELECT error FROM raw."c__rejects"').fetchall()
     assert error == (f"file rejected: corpus 'c': file {(landing / 'twice.csv').as_uri()}: the header names column "
                      "'text' 2 times ('text', ' text '); rename or remove all but one")
+
+
+def test_a_label_or_text_of_the_wrong_json_type_is_quarantined_naming_the_field(tmp_path):
+    """A JSON list label once became a class of its own (`["ham"]` beside ham and spam), an object text
+    the JSON of the object."""
+    landing = tmp_path / "c"
+    landing.mkdir()
+    (landing / "sms.jsonl").write_text(
+        '{"label": "ham", "text": "see you at six"}\n{"label": "spam", "text": "you won a prize"}\n'
+        '{"label": ["ham"], "text": "running late"}\n{"label": "ham", "text": {"body": "call me"}}\n')
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    write_raw(conn, "c", read_corpus(CorpusConfig(name="c", path="c", format="jsonl", label_field="label"), landing))
+    summary = build_dataset(conn, DatasetConfig(name="d", corpus="c", test_fraction=0.5))
+    assert summary.accounted
+    assert sorted(conn.sql('SELECT DISTINCT label FROM datasets."d"').fetchall()) == [("ham",), ("spam",)]
+    assert conn.sql('SELECT line, reason, detail, text FROM datasets."d__quarantine" ORDER BY line').fetchall() == [
+        (3, "wrong_type", "wrong_type: field 'label' holds a JSON list, not text",
+         '{"label": ["ham"], "text": "running late"}'),
+        (4, "wrong_type", "wrong_type: field 'text' holds a JSON object, not text",
+         '{"label": "ham", "text": {"body": "call me"}}'),
+    ]
+
+
+def test_an_instruction_field_of_the_wrong_type_is_quarantined_in_jsonl_and_parquet(tmp_path):
+    import json
+
+    good = [{"instruction": f"Name thing {i}.", "response": f"Thing {i}."} for i in range(4)]
+    wrong = [{"instruction": {"q": "Name a colour."}, "response": "Blue."},
+             {"instruction": "Name a shape.", "response": ["Square."]},
+             {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": ["Hello."]}]}]
+    (tmp_path / "qa_jsonl").mkdir()
+    (tmp_path / "qa_jsonl" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in good + wrong))
+    (tmp_path / "qa_parquet").mkdir()
+    pq.write_table(pa.table({"instruction": ["Name a tree.", "Name a fish."], "response": [["Oak."], None]}),
+                   tmp_path / "qa_parquet" / "b.parquet")
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    for fmt in ("jsonl", "parquet"):
+        write_raw(conn, f"qa_{fmt}", read_corpus(CorpusConfig(name=f"qa_{fmt}", path=f"qa_{fmt}", format=fmt,
+                                                              record="instruction"), tmp_path / f"qa_{fmt}"))
+    details = {}
+    for fmt in ("jsonl", "parquet"):
+        summary = build_dataset(conn, DatasetConfig(name=f"d_{fmt}", corpus=f"qa_{fmt}", task="instruction"))
+        assert summary.accounted
+        details[fmt] = conn.sql(f'SELECT line, reason, detail FROM datasets."d_{fmt}__quarantine" ORDER BY line').fetchall()
+    assert details["jsonl"] == [
+        (5, "wrong_type", "wrong_type: field 'instruction' holds a JSON object, not text"),
+        (6, "wrong_type", "wrong_type: field 'response' holds a JSON list, not text"),
+        (7, "wrong_type", "wrong_type: field 'messages'[1].content holds a JSON list, not text"),
+    ]
+    assert details["parquet"] == [(1, "wrong_type", "wrong_type: field 'response' holds a JSON list, not text"),
+                                  (2, "unparseable", "ValueError: missing field(s) 'response' (and no 'messages')")]
+
+
+def test_label_variants_of_whitespace_are_one_label_and_of_case_or_number_format_a_warning(tmp_path, tiny_model_dir):
+    import dagster as dg
+
+    from ft_assets_tests.helpers import materialize_all
+
+    spellings = ["Billing ", "billing", "billing\t", "\u00a0billing", "1", "1.0", "01", "True", "shipping"]
+    defs, _ = ticket_dataset(tmp_path, tiny_model_dir,
+                             [(label, f"ticket {i} of {label.strip()}") for label in spellings for i in range(6)],
+                             dataset={"labels": None})  # every label seen is a class
+    instance = dg.DagsterInstance.ephemeral()
+    result = materialize_all(defs, instance, selection="*datasets/tickets")
+    warehouse = duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True)
+    labels = [label for (label,) in warehouse.sql('SELECT DISTINCT label FROM datasets."tickets" ORDER BY 1').fetchall()]
+    # Every unicode space trimmed, the tab and the no-break space included: four spellings, two labels.
+    assert labels == ["01", "1", "1.0", "Billing", "True", "billing", "shipping"]
+    [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "label_variants"]
+    assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+    assert check.description == (
+        "datasets/tickets: labels that differ only by case, whitespace or number format are separate classes: "
+        "'01' / '1' / '1.0'; 'Billing' / 'billing'. If each group is one class, correct the raw files, or declare "
+        "the dataset's `labels:` in the project YAML: rows whose label is not one of them are quarantined as "
+        "unknown_label")
+    assert check.metadata["variants"].value == [["01", "1", "1.0"], ["Billing", "billing"]]

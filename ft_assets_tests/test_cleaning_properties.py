@@ -16,12 +16,13 @@ LABELS = ["billing", "shipping"]
 # Texts from a small alphabet with blanks, case and unicode forms, so duplicates, whitespace-only
 # texts and NFC/NFKC look-alikes come up often; labels include unknown, blank and missing ones.
 TEXT = st.text(alphabet=st.sampled_from(list("ab  \t\ncé\u0065\u0301\u00a0Z")), max_size=12)
-LABEL = st.one_of(st.sampled_from(LABELS + ["biling", "", " billing "]), st.none())
+LABEL = st.one_of(st.sampled_from(LABELS + ["biling", "", " billing ", "billing\t", "\u00a0shipping", 1, ["billing"]]),
+                  st.none())
 ROWS = st.lists(st.tuples(LABEL, TEXT), max_size=40)
 PROPERTY = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def build(rows: list[tuple[str | None, str]], files: int = 2, **dataset) -> tuple[duckdb.DuckDBPyConnection, object]:
+def build(rows: list[tuple[object, str]], files: int = 2, **dataset) -> tuple[duckdb.DuckDBPyConnection, object]:
     """The rows as jsonl spread over `files` files, ingested and cleaned in a fresh warehouse."""
     tmp = Path(tempfile.mkdtemp(prefix="ft_props_"))
     landing = tmp / "c"
@@ -64,8 +65,9 @@ def test_clean_rows_obey_the_rules(rows):
     assert all(text.strip() and label in LABELS and split in ("train", "validation", "test")
                for text, label, split in clean)
     reasons = {r for (r,) in conn.sql('SELECT DISTINCT reason FROM datasets."d__quarantine"').fetchall()}
-    # A jsonl record without its label key does not parse: a reject, quarantined as unparseable.
-    assert reasons <= {"unparseable", "empty_text", "missing_label", "unknown_label", "conflicting_labels"}
+    # A jsonl record without its label key does not parse: a reject, quarantined as unparseable; a list
+    # label is wrong_type.
+    assert reasons <= {"unparseable", "wrong_type", "empty_text", "missing_label", "unknown_label", "conflicting_labels"}
 
 
 @PROPERTY

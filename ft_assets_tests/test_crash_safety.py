@@ -172,3 +172,19 @@ def test_an_unwritable_storage_root_fails_naming_it_and_corrupts_nothing(tmp_pat
         assert str(config.warehouse_path) in message and "Read-only file system" in message
         with duckdb.connect(str(config.warehouse_path), read_only=True) as conn:
             assert conn.sql('SELECT * FROM datasets."tickets" ORDER BY row_id').fetchall() == before
+
+
+def test_a_warehouse_step_out_of_memory_fails_naming_the_setting_and_keeps_the_tables(tmp_path):
+    from ft_assets.defs.resources import WarehouseResource
+
+    warehouse = WarehouseResource(database=str(tmp_path / "warehouse.duckdb"), connection_config={"memory_limit": "2MB"})
+    with warehouse.get_connection() as conn:
+        conn.execute("CREATE TABLE kept AS SELECT 1 AS x")
+    with pytest.raises(dg.Failure) as failure, warehouse.get_connection() as conn:
+        conn.execute("CREATE OR REPLACE TABLE kept AS SELECT i, repeat('x', 100) || i::VARCHAR AS s "
+                     "FROM range(200000) t(i) ORDER BY s")
+    assert failure.value.description.startswith(
+        "the warehouse ran out of memory: DuckDB may hold 2MB (storage.warehouse_memory in the project YAML) and "
+        "this step needed more than that even after spilling to disk. Raise storage.warehouse_memory")
+    with warehouse.get_connection() as conn:
+        assert conn.sql("SELECT * FROM kept").fetchall() == [(1,)]

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
+import duckdb
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
@@ -34,7 +35,15 @@ class WarehouseResource(DuckDBResource):
         with super().get_connection() as conn:
             # A long query would draw a progress bar into the step's log, one line per update.
             conn.execute("SET enable_progress_bar = false")
-            yield conn
+            try:
+                yield conn
+            except duckdb.OutOfMemoryException as e:
+                limit = (self.connection_config or {}).get("memory_limit", "DuckDB's default")
+                raise dg.Failure(
+                    f"the warehouse ran out of memory: DuckDB may hold {limit} (storage.warehouse_memory in the "
+                    "project YAML) and this step needed more than that even after spilling to disk. Raise "
+                    "storage.warehouse_memory (the default 512MB builds 10 million rows of short texts; "
+                    f"see docs/configuration.md). DuckDB said: {str(e).splitlines()[0]}") from e
 
 
 class GpuResource(dg.ConfigurableResource):

@@ -11,7 +11,7 @@ from ft_assets.defs.resources import (
 )
 from ft_assets.lib.storage import publish, remove_partials
 from ft_assets.lib.datasets.cleaning import (
-    DatasetSummary, build_dataset, content_version, dataset_labels, quarantine_markdown, quarantined,
+    DatasetSummary, build_dataset, content_version, dataset_labels, label_variants, quarantine_markdown, quarantined,
 )
 from ft_assets.lib.datasets.snapshot import SNAPSHOT_FILE, SPLITS, write_snapshot
 from ft_assets.lib.warehouse import Commit
@@ -46,6 +46,9 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                               description="the train split has rows of at least two labels"),
             dg.AssetCheckSpec("label_coverage", asset=key,
                               description="every label has rows in the train and the test split"),
+            dg.AssetCheckSpec("label_variants", asset=key,
+                              description="no two labels differ only by case, whitespace or number format "
+                                          "(`Billing` / `billing`, `1` / `1.0` / `01`): each would be a class"),
         ]
 
     @dg.asset(
@@ -103,6 +106,7 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                      if not summary.label_counts.get(split, {}).get(label)]
         trained_labels = sorted(label for label, rows in summary.label_counts.get("train", {}).items() if rows)
         two_labels = len(trained_labels) >= 2
+        variants = label_variants(sorted({label for counts in summary.label_counts.values() for label in counts}))
         label_results = [
             dg.AssetCheckResult(
                 check_name="two_labels", passed=two_labels,
@@ -114,6 +118,11 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
             dg.AssetCheckResult(
                 check_name="label_coverage", passed=not uncovered, severity=dg.AssetCheckSeverity.WARN,
                 metadata={"missing": dg.MetadataValue.md("\n".join(f"- {u}" for u in uncovered) or "none")},
+            ),
+            dg.AssetCheckResult(
+                check_name="label_variants", passed=not variants, severity=dg.AssetCheckSeverity.WARN,
+                description=None if not variants else _variants_message(dataset.name, variants),
+                metadata={"variants": dg.MetadataValue.json(variants)},
             ),
         ] if classification else []
         return dg.MaterializeResult(
@@ -150,6 +159,13 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         )
 
     return cleaned_dataset
+
+
+def _variants_message(name: str, variants: list[list[str]]) -> str:
+    groups = "; ".join(" / ".join(repr(label) for label in group) for group in variants)
+    return (f"datasets/{name}: labels that differ only by case, whitespace or number format are separate classes: "
+            f"{groups}. If each group is one class, correct the raw files, or declare the dataset's `labels:` "
+            "in the project YAML: rows whose label is not one of them are quarantined as unknown_label")
 
 
 def _require_recorded_raw(context: dg.AssetExecutionContext, conn, config: ProjectConfig, name: str,

@@ -4,9 +4,10 @@ Every raw record ends in exactly one of three tables of the `datasets` schema:
   datasets.<name>               row_id, split, text, label, source_uri, file_sha256, row_number
   datasets.<name>__quarantine   source_uri, file_sha256, row_number, line, text, label, reason, detail
   datasets.<name>__duplicates   row_id, source_uri, file_sha256, row_number, duplicate_of
-Rules, in order: unicode NFC and whitespace normalisation; records the parser rejected, empty
-texts, over-long texts, missing and unknown labels, and identical texts with different labels go
-to quarantine; identical texts after normalisation keep one row, and a text that is in the test
+Rules, in order: unicode NFC and whitespace normalisation (of labels too: see _LABEL); records the
+parser rejected, fields of the wrong type (an object or list where text belongs), empty texts,
+over-long texts, missing and unknown labels, and identical texts with different labels go to
+quarantine; identical texts after normalisation keep one row, and a text that is in the test
 split never also sits in train or validation; the rest is split by a hash of the text, so a text
 lands in the same split in every run and on every machine. A fixed `test_corpus` is a benchmark
 as published: its own repeated texts all stay in the test split.
@@ -31,7 +32,7 @@ import duckdb
 import pyarrow as pa
 
 from ft_assets.lib.config import DatasetConfig
-from ft_assets.lib.ingest.readers import FILE_REJECTED
+from ft_assets.lib.ingest.readers import FILE_REJECTED, WRONG_TYPE
 from ft_assets.lib.datasets.redaction import RULES, redact
 from ft_assets.lib.warehouse import record_commit
 
@@ -50,6 +51,9 @@ _NORMALISE = {
     "instruction": "nfc_normalize(coalesce(text, ''))",
     "language_modeling": "rtrim(nfc_normalize(coalesce(text, '')))",
 }
+# A label is normalised as a classification text is (NFC, every run of unicode whitespace one space,
+# none at either end): `billing\t`, `\u00a0billing` and `billing` are one label; blank is no label.
+_LABEL = f"nullif(trim(regexp_replace(nfc_normalize(label), '{SPACE_RUN}', ' ', 'g')), '')"
 # The last message of a conversation, for the instruction rules.
 _LAST_ROLE = "json_extract_string(text, '$[#-1].role')"
 _LAST_CONTENT = "json_extract_string(text, '$[#-1].content')"
@@ -110,7 +114,7 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
             SELECT source_uri, file_sha256, row_number, role,
                    text AS raw_text, label AS raw_label,
                    {_NORMALISE[task]} AS text,
-                   nullif(trim(label), '') AS label,
+                   {_LABEL} AS label,
                    substr(sha256(file_sha256 || ':' || row_number::VARCHAR), 1, 16) AS row_id
             FROM ({rows_union})
         """)
@@ -171,7 +175,9 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
             SELECT source_uri, file_sha256, NULL::BIGINT AS row_number, line, raw_line AS text,
                    NULL::VARCHAR AS label,
                    -- a whole file: unusable, or never read (a symlink out of the landing folder)
-                   CASE WHEN starts_with(error, '{FILE_REJECTED}') THEN 'rejected_file' ELSE 'unparseable' END AS reason,
+                   CASE WHEN starts_with(error, '{FILE_REJECTED}') THEN 'rejected_file'
+                        WHEN starts_with(error, '{WRONG_TYPE}') THEN 'wrong_type'  -- an object or list where text belongs
+                        ELSE 'unparseable' END AS reason,
                    error AS detail
             FROM ({rejects_union})
             UNION ALL
@@ -301,6 +307,22 @@ def content_version(conn: duckdb.DuckDBPyConnection, rows: str) -> str:
             digest.update(separator + "\n".join(batch.column(0).to_pylist()).encode())
             separator = b"\n"
     return digest.hexdigest()
+
+
+def label_variants(labels: list[str]) -> list[list[str]]:
+    """Groups of labels that differ only by case, whitespace or the spelling of a number (`Billing` and
+    `billing`, `credit card` and `creditcard`, `1`, `1.0` and `01`, `True` and `true`): most likely one
+    class written in several ways, which a classifier would learn as different classes. Each group
+    sorted; the groups in the order of their first label."""
+    groups: dict[object, list[str]] = {}
+    for label in sorted(labels):
+        key: object = "".join(label.split()).casefold()
+        try:
+            key = float(key)
+        except ValueError:
+            pass
+        groups.setdefault(key, []).append(label)
+    return [group for group in groups.values() if len(group) > 1]
 
 
 def dataset_labels(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> list[str]:

@@ -18,6 +18,12 @@ An instruction corpus (`record: instruction`) stores each record as its conversa
 the JSON list of chat messages ({"role", "content"}), built from the record's `messages`, or from
 instruction / optional input / response as one user turn and one assistant turn; `label` is null.
 Whether a conversation ends in a non-empty answer is a cleaning rule, not a parse error.
+
+Field types. A text, label or instruction field is read as text when it holds a string, a number or
+a boolean (numbers and booleans as JSON spells them: a label `1` is "1", `true` is "true"); a JSON
+object or list, or a parquet column of a nested type (list, struct, map), never is: such a record
+is a reject whose error starts with WRONG_TYPE and names the field, which cleaning quarantines as
+`wrong_type`. CSV and TSV fields are always text.
 """
 
 from __future__ import annotations
@@ -54,6 +60,14 @@ FILE_SCHEMA = pa.schema(
 
 # The error prefix of a reject that stands for a whole file (never read, or unusable).
 FILE_REJECTED = "file rejected: "
+
+
+# The error prefix of a record with a field that is not text (see the module docstring).
+WRONG_TYPE = "wrong_type: "
+
+
+class WrongType(ValueError):
+    """A record's field holds a value that is never read as text (an object, a list)."""
 
 
 # Records a Python reader (jsonl, txt, parquet conversations) holds before writing them to its staging file.
@@ -214,18 +228,21 @@ def _conversation(corpus: CorpusConfig, record: dict) -> str:
         if not isinstance(messages, list) or not messages:
             raise ValueError(f"field {fields.messages!r} must be a non-empty list of messages")
         for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or "content" not in m:
                 raise ValueError(f"field {fields.messages!r}[{i}] must be {{'role': one of {ROLES}, 'content': text}}")
+            if not isinstance(m["content"], str):
+                raise WrongType(f"{WRONG_TYPE}field {fields.messages!r}[{i}].content holds "
+                                f"{_json_kind(m['content'])}, not text")
         messages = [{"role": m["role"], "content": m["content"]} for m in messages]
     else:
         missing = [f for f in (fields.instruction, fields.response) if record.get(f) is None]
         if missing:
             raise ValueError(f"missing field(s) {', '.join(map(repr, missing))} (and no {fields.messages!r})")
-        prompt = _as_text(record[fields.instruction])
-        context = _as_text(record.get(fields.input))
+        prompt = _as_text(record[fields.instruction], fields.instruction)
+        context = _as_text(record.get(fields.input), fields.input)
         if context and context.strip():
             prompt = f"{prompt}\n\n{context}"
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _as_text(record[fields.response])}]
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _as_text(record[fields.response], fields.response)}]
     return json.dumps(messages, ensure_ascii=False)
 
 
@@ -341,13 +358,14 @@ def _read_jsonl(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
                 missing = [k for k in _required_fields(corpus) if k not in record]
                 if missing:
                     raise ValueError(f"missing field(s) {', '.join(map(repr, missing))}")
-                text = _conversation(corpus, record) if corpus.record == "instruction" else _as_text(record[corpus.text_field])
+                text = (_conversation(corpus, record) if corpus.record == "instruction"
+                        else _as_text(record[corpus.text_field], corpus.text_field))
+                label = _as_text(record.get(corpus.label_field), corpus.label_field) if corpus.label_field else None
             except (UnicodeDecodeError, ValueError) as e:
-                rejects.append({"line": line_no, "error": f"{type(e).__name__}: {e}",
+                rejects.append({"line": line_no, "error": _reject_error(e),
                                 "raw_line": raw.decode("utf-8", errors="replace").rstrip("\n")})
                 continue
-            label = record.get(corpus.label_field) if corpus.label_field else None
-            rows.append({"row_number": line_no, "text": text, "label": _as_text(label)})
+            rows.append({"row_number": line_no, "text": text, "label": label})
 
 
 def _read_txt(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
@@ -367,21 +385,30 @@ def _read_txt(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
 def _read_parquet(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
     conn = _file_connection(path)
     try:
-        found = [r[0] for r in conn.sql("DESCRIBE SELECT * FROM read_parquet(getvariable('path'))").fetchall()]
+        types = {name: kind for name, kind, *_ in
+                 conn.sql("DESCRIBE SELECT * FROM read_parquet(getvariable('path'))").fetchall()}
     except duckdb.Error as e:
         raise ValueError(f"corpus {corpus.name!r}: file {path} is not a readable parquet file: {e}") from e
-    missing = [f for f in _required_fields(corpus) if f not in found]
+    missing = [f for f in _required_fields(corpus) if f not in types]
     if missing:
-        raise _missing_column_error(corpus, path, missing, found)
+        raise _missing_column_error(corpus, path, missing, list(types))
     if corpus.record == "instruction":
         return _parquet_conversations(corpus, conn, out)
     label = f'CAST("{corpus.label_field}" AS VARCHAR)' if corpus.label_field else "NULL::VARCHAR"
+    # A record whose text or label column is of a nested type is a wrong_type reject, unless the value is null.
+    nested = [f for f in (corpus.text_field, corpus.label_field) if f and _is_nested(types[f])]
+    wrong = " OR ".join(f'"{f}" IS NOT NULL' for f in nested) or "false"
+    error = "CASE " + " ".join(f'WHEN "{f}" IS NOT NULL THEN ' + _sql_text(f"{WRONG_TYPE}field {f!r} holds a parquet "
+                                                                        f"{types[f]}, not text")
+                               for f in nested) + " END" if nested else "NULL::VARCHAR"
+    scan = "read_parquet(getvariable('path'), file_row_number = true)"
     # The scan keeps the file's order (DuckDB preserves insertion order), so no sort is needed.
     _copy(conn, f"""SELECT file_row_number + 1 AS row_number, CAST("{corpus.text_field}" AS VARCHAR) AS text,
                            {label} AS label
-                    FROM read_parquet(getvariable('path'), file_row_number = true)""", out.rows, out)
-    with _ParquetRecords(out.rejects, REJECT_SCHEMA, out):
-        pass  # a parquet record always parses
+                    FROM {scan} WHERE NOT ({wrong})""", out.rows, out)
+    _copy(conn, f"""SELECT file_row_number + 1 AS line, {error} AS error,
+                           to_json(struct_pack({", ".join(f'"{f}"' for f in nested) or "none := NULL"}))::VARCHAR AS raw_line
+                    FROM {scan} WHERE {wrong}""", out.rejects, out)
 
 
 def _parquet_conversations(corpus: CorpusConfig, conn: duckdb.DuckDBPyConnection, out: _Staged) -> None:
@@ -392,14 +419,41 @@ def _parquet_conversations(corpus: CorpusConfig, conn: duckdb.DuckDBPyConnection
             try:
                 rows.append({"row_number": row_number, "text": _conversation(corpus, record), "label": None})
             except ValueError as e:
-                rejects.append({"line": row_number, "error": f"ValueError: {e}",
+                rejects.append({"line": row_number, "error": _reject_error(e),
                                 "raw_line": json.dumps(record, default=str)})
 
 
-def _as_text(value: object) -> str | None:
+def _as_text(value: object, field: str) -> str | None:
+    """A field's value as text, None as None (see the module docstring).
+
+    Raises:
+        WrongType: the value is an object or a list, naming `field`.
+    """
     if value is None or isinstance(value, str):
         return value
-    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    if isinstance(value, (bool, int, float)):
+        return json.dumps(value)
+    if isinstance(value, (dict, list, tuple)):
+        raise WrongType(f"{WRONG_TYPE}field {field!r} holds {_json_kind(value)}, not text")
+    return str(value)  # a parquet scalar read through Python: a date, a decimal
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _json_kind(value: object) -> str:
+    return {dict: "a JSON object", list: "a JSON list", tuple: "a JSON list", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _is_nested(duckdb_type: str) -> bool:
+    return duckdb_type.endswith("]") or duckdb_type.startswith(("STRUCT", "MAP", "UNION"))
+
+
+def _reject_error(error: ValueError) -> str:
+    """A reject's error: a wrong_type error as it is (it starts with WRONG_TYPE), others after their kind."""
+    return str(error) if isinstance(error, WrongType) else f"{type(error).__name__}: {error}"
 
 
 _READERS = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl,
