@@ -106,7 +106,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                      if not summary.label_counts.get(split, {}).get(label)]
         trained_labels = sorted(label for label, rows in summary.label_counts.get("train", {}).items() if rows)
         two_labels = len(trained_labels) >= 2
-        variants = label_variants(sorted({label for counts in summary.label_counts.values() for label in counts}))
+        variants = label_variants(sorted({label for counts in summary.label_counts.values() for label in counts
+                                          if label is not None}))
         label_results = [
             dg.AssetCheckResult(
                 check_name="two_labels", passed=two_labels,
