@@ -110,6 +110,10 @@ def test_a_4bit_classifier_keeps_its_head_in_full_precision_and_trains_it(tiny_m
     assert not any(isinstance(linears[name], bnb.nn.Linear4bit) for name in ("bert.pooler.dense", "classifier"))
 
     model = apply_method(model, "qlora", {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["query", "value"]})
+    # In training mode, as the loop trains it. In eval mode, on a CPU with AVX512-BF16, bitsandbytes
+    # 0.50 repacks 4-bit weights for its CPU kernel and fails on layers narrower than its 64-value
+    # block (`shape '[32, 0]' is invalid`): this tiny BERT's 32, never a real model's.
+    model.train()
     texts, targets = rows()["text"][:6], torch.tensor([0, 1, 2, 0, 1, 2])
     logits = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
     torch.nn.functional.cross_entropy(logits.float(), targets).backward()
