@@ -433,3 +433,44 @@ def _descendants(root: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
+
+
+def test_the_quiet_message_reader_hands_on_every_message_whole_and_in_order(tmp_path):
+    """What the training process writes reaches Dagster's handler (stood in for by a list here) once,
+    whole and in order: a line written in two halves, a poll apart, arrives once it is complete, and
+    what is written just before the session closes still arrives."""
+    import time
+
+    from ft_assets.defs.training.launcher import QuietFileMessageReader
+
+    class Handler:
+        def __init__(self):
+            self.messages = []
+
+        def handle_message(self, message):
+            self.messages.append(message)
+
+        def report_pipes_framework_exception(self, origin, exc_info):
+            raise AssertionError(f"{origin}: {exc_info[1]!r}")
+
+    def arrived(expected) -> bool:
+        deadline = time.monotonic() + 30  # a loaded CI machine may be slow to schedule the reader
+        while handler.messages != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return handler.messages == expected
+
+    handler, path = Handler(), tmp_path / "messages"
+    with QuietFileMessageReader(str(path)).read_messages(handler):
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps({"n": 1}) + "\n")
+            out.flush()
+            assert arrived([{"n": 1}])
+            out.write('{"n":')
+            out.flush()
+            time.sleep(3 * QuietFileMessageReader.POLL_SECONDS)  # a few polls see the half line
+            out.write(" 2}\n")
+            out.flush()
+            assert arrived([{"n": 1}, {"n": 2}])  # once whole, within a poll: not only at the end
+            out.write(json.dumps({"n": 3}) + "\n")
+    assert handler.messages == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert not path.exists()  # removed with the session

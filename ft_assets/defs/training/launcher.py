@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
+import threading
 from typing import Literal
 
 import dagster as dg
@@ -52,8 +55,9 @@ class TrainingLauncher(dg.ConfigurableResource):
               kube: KubernetesConfig | None) -> dg.PipesClientCompletedInvocation:
         """Runs the training command on SPEC (a local path, or an s3:// URI for a pod) and waits for it."""
         if kube is None:
-            return dg.PipesSubprocessClient().run(command=gpu.training_command(sys.executable, spec),
-                                                  context=context)
+            with tempfile.TemporaryDirectory(prefix="ft_assets_pipes_") as folder:
+                client = dg.PipesSubprocessClient(message_reader=QuietFileMessageReader(os.path.join(folder, "messages")))
+                return client.run(command=gpu.training_command(sys.executable, spec), context=context)
         # dagster_k8s and the Kubernetes client load here, not with the code location (most runs are local).
         from dagster_k8s import PipesK8sClient
 
@@ -62,6 +66,34 @@ class TrainingLauncher(dg.ConfigurableResource):
         # The image's python, not this machine's interpreter path.
         client = PipesK8sClient(kubeconfig_file=self.kubeconfig_file, kube_context=self.kube_context)
         return run_in_pod(context, client, kube, gpu.training_command("python", spec), gpus=gpu.processes)
+
+
+class QuietFileMessageReader(dg.PipesFileMessageReader):
+    """Dagster's file message reader, looking for new messages every POLL_SECONDS where Dagster's looks
+    every 10 ms: 100 wake-ups a second of the step's process while the model trains, on a CPU machine
+    taken from the threads it trains on (the step process used 0.47 s of CPU per 40 s of training
+    with Dagster's reader, 0.07 s with this one; bench/RESULTS.md has the whole-run overhead). The end
+    of the session wakes it at once, and a line the training process has not finished writing is read
+    once it is whole (Dagster's would hand the half line to json.loads)."""
+
+    POLL_SECONDS = 0.25
+
+    def _reader_thread(self, handler, is_resource_complete: threading.Event) -> None:
+        try:
+            with open(self._path, encoding="utf-8") as messages:
+                while True:
+                    start = messages.tell()
+                    line = messages.readline()
+                    if line.endswith("\n") or (line and is_resource_complete.is_set()):
+                        handler.handle_message(json.loads(line))
+                    elif is_resource_complete.is_set():
+                        return
+                    else:
+                        messages.seek(start)
+                        is_resource_complete.wait(self.POLL_SECONDS)
+        except Exception:
+            handler.report_pipes_framework_exception(f"{self.__class__.__name__} reader thread", sys.exc_info())
+            raise
 
 
 def default_launcher() -> TrainingLauncher:
