@@ -106,8 +106,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
                      if not summary.label_counts.get(split, {}).get(label)]
         trained_labels = sorted(label for label, rows in summary.label_counts.get("train", {}).items() if rows)
         two_labels = len(trained_labels) >= 2
-        variants = label_variants(sorted({label for counts in summary.label_counts.values() for label in counts
-                                          if label is not None}))
+        clean_labels = {label for counts in summary.label_counts.values() for label in counts}
+        variants = label_variants(clean_labels) if classification else []  # causal rows have no label
         label_results = [
             dg.AssetCheckResult(
                 check_name="two_labels", passed=two_labels,

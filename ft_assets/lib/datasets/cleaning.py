@@ -26,6 +26,7 @@ By task:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import duckdb
@@ -46,14 +47,21 @@ FILE_ORDER = "source_uri, row_number"
 # replace five times faster than matching every run, for the same text.
 _SPACE = r"[\s\p{Z}\p{Cc}]"
 SPACE_RUN = rf" {_SPACE}+|(?:\p{{Cc}}|[^\P{{Z}} ]){_SPACE}*"
+
+
+def _words(column: str) -> str:
+    """SQL for the column in NFC, every run of unicode whitespace one space, none at either end."""
+    return f"trim(regexp_replace(nfc_normalize({column}), '{SPACE_RUN}', ' ', 'g'))"
+
+
 _NORMALISE = {
-    "classification": f"trim(regexp_replace(nfc_normalize(coalesce(text, '')), '{SPACE_RUN}', ' ', 'g'))",
+    "classification": _words("coalesce(text, '')"),
     "instruction": "nfc_normalize(coalesce(text, ''))",
     "language_modeling": "rtrim(nfc_normalize(coalesce(text, '')))",
 }
-# A label is normalised as a classification text is (NFC, every run of unicode whitespace one space,
-# none at either end): `billing\t`, `\u00a0billing` and `billing` are one label; blank is no label.
-_LABEL = f"nullif(trim(regexp_replace(nfc_normalize(label), '{SPACE_RUN}', ' ', 'g')), '')"
+# A label is normalised as a classification text is: `billing\t`, `\u00a0billing` and `billing` are one
+# label; blank is no label.
+_LABEL = f"nullif({_words('label')}, '')"
 # The last message of a conversation, for the instruction rules.
 _LAST_ROLE = "json_extract_string(text, '$[#-1].role')"
 _LAST_CONTENT = "json_extract_string(text, '$[#-1].content')"
@@ -309,7 +317,7 @@ def content_version(conn: duckdb.DuckDBPyConnection, rows: str) -> str:
     return digest.hexdigest()
 
 
-def label_variants(labels: list[str]) -> list[list[str]]:
+def label_variants(labels: Iterable[str]) -> list[list[str]]:
     """Groups of labels that differ only by case, whitespace or the spelling of a number (`Billing` and
     `billing`, `credit card` and `creditcard`, `1`, `1.0` and `01`, `True` and `true`): most likely one
     class written in several ways, which a classifier would learn as different classes. Each group

@@ -294,7 +294,7 @@ def _copy(conn: duckdb.DuckDBPyConnection, query: str, target: Path, out: _Stage
     conn.execute("SET VARIABLE source_uri = ?", [out.uri])
     conn.execute("SET VARIABLE file_sha256 = ?", [out.sha256])
     conn.execute(f"""COPY (SELECT getvariable('source_uri') AS source_uri, getvariable('file_sha256') AS file_sha256, *
-                           FROM ({query})) TO '{str(target).replace("'", "''")}' (FORMAT parquet)""")
+                           FROM ({query})) TO {_sql_text(str(target))} (FORMAT parquet)""")
 
 
 class _ParquetRecords:
@@ -398,16 +398,19 @@ def _read_parquet(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
     # A record whose text or label column is of a nested type is a wrong_type reject, unless the value is null.
     nested = [f for f in (corpus.text_field, corpus.label_field) if f and _is_nested(types[f])]
     wrong = " OR ".join(f'"{f}" IS NOT NULL' for f in nested) or "false"
-    error = "CASE " + " ".join(f'WHEN "{f}" IS NOT NULL THEN ' + _sql_text(f"{WRONG_TYPE}field {f!r} holds a parquet "
-                                                                        f"{types[f]}, not text")
-                               for f in nested) + " END" if nested else "NULL::VARCHAR"
     scan = "read_parquet(getvariable('path'), file_row_number = true)"
     # The scan keeps the file's order (DuckDB preserves insertion order), so no sort is needed.
     _copy(conn, f"""SELECT file_row_number + 1 AS row_number, CAST("{corpus.text_field}" AS VARCHAR) AS text,
                            {label} AS label
                     FROM {scan} WHERE NOT ({wrong})""", out.rows, out)
-    _copy(conn, f"""SELECT file_row_number + 1 AS line, {error} AS error,
-                           to_json(struct_pack({", ".join(f'"{f}"' for f in nested) or "none := NULL"}))::VARCHAR AS raw_line
+    if not nested:
+        with _ParquetRecords(out.rejects, REJECT_SCHEMA, out):
+            pass  # a record of scalar columns always reads: no rejects
+        return
+    error = " ".join(f'WHEN "{f}" IS NOT NULL THEN {_sql_text(f"{WRONG_TYPE}field {f!r} holds a parquet {types[f]}, not text")}'
+                     for f in nested)
+    _copy(conn, f"""SELECT file_row_number + 1 AS line, CASE {error} END AS error,
+                           to_json(struct_pack({", ".join(f'"{f}"' for f in nested)}))::VARCHAR AS raw_line
                     FROM {scan} WHERE {wrong}""", out.rejects, out)
 
 
