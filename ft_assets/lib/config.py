@@ -106,7 +106,7 @@ class DatasetConfig(_Strict):
     corpus: Name
     # classification: text -> one label; instruction: conversations for supervised fine-tuning of a
     # causal LM; language_modeling: raw text for (continued) pretraining, chunked into blocks.
-    task: Literal["classification", "instruction", "language_modeling"] = "classification"
+    task: Literal["classification", "instruction", "language_modeling", "preference"] = "classification"
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     # A corpus whose cleaned rows are the fixed test split instead of a hashed share.
@@ -287,6 +287,63 @@ class GatesConfig(_Strict):
     blocking: bool = False
 
 
+class SftArgs(_Strict):
+    pass
+
+
+class DpoArgs(_Strict):
+    # How far the policy may move from the reference: small beta, far (DPO paper: 0.1..0.5).
+    beta: float = Field(0.1, gt=0)
+    # cDPO: the share of pairs assumed to be labelled the wrong way round.
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    # Score every training pair with the frozen reference once, before the first step, and keep the
+    # log-probabilities (keyed by the data and the reference weights), instead of a reference forward
+    # pass per batch: less compute and, for a full recipe, no second model in memory while training.
+    precompute_reference: bool = False
+
+
+class IpoArgs(_Strict):
+    # IPO's tau: the regularisation towards the reference (the margin it aims for is 1 / (2 beta)).
+    beta: float = Field(0.1, gt=0)
+    precompute_reference: bool = False
+
+
+class SimpoArgs(_Strict):
+    # SimPO paper defaults for small models: beta 2.0, gamma / beta 0.5.
+    beta: float = Field(2.0, gt=0)
+    gamma_beta_ratio: float = Field(0.5, ge=0.0)
+
+
+class OrpoArgs(_Strict):
+    # The weight of the odds-ratio term beside the SFT term on the preferred answers (ORPO's lambda).
+    beta: float = Field(0.1, gt=0)
+
+
+class RewardArgs(_Strict):
+    pass
+
+
+OBJECTIVE_ARGS: dict[str, type[_Strict]] = {
+    "sft": SftArgs, "dpo": DpoArgs, "ipo": IpoArgs, "simpo": SimpoArgs, "orpo": OrpoArgs, "reward": RewardArgs,
+}
+Objective = Literal["sft", "dpo", "ipo", "simpo", "orpo", "reward"]
+# Objectives that score the policy against a frozen reference model.
+REFERENCE_OBJECTIVES = ("dpo", "ipo")
+# The settings that only an objective with a reference model has.
+REFERENCE_SETTINGS = ("precompute_reference",)
+PREFERENCE_OBJECTIVES = ("dpo", "ipo", "simpo", "orpo", "reward")
+# The LoRA family: a recipe of one of these may continue the adapter of a checkpoint:<recipe> base.
+LORA_METHODS = ("lora", "rslora", "dora", "qlora")
+
+
+def default_objective(task: str, base_model: str) -> str:
+    """The objective of a recipe that names none: a reward model for an encoder on preference pairs (the
+    packaged default is one), DPO for a causal LM on them, next-token SFT for every other causal task."""
+    if task == "preference":
+        return "reward" if base_model == "default" else "dpo"
+    return "sft"
+
+
 # min_interval: a number and a unit (seconds, minutes, hours, days): 90s, 15m, 1h, 2d.
 INTERVAL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -341,6 +398,11 @@ class RecipeConfig(_Strict):
     retrain: RetrainConfig | Literal["manual"] = RetrainConfig()
     method: Method
     method_args: dict[str, Any] = Field(default_factory=dict)
+    # What training minimises: sft (next-token loss on the answers), dpo, ipo, simpo or orpo (causal LMs
+    # on preference pairs), reward (an encoder scoring (prompt, answer), Bradley-Terry loss on the pair).
+    # None: default_objective for the dataset's task and the base.
+    objective: Objective | None = None
+    objective_args: dict[str, Any] = Field(default_factory=dict)
     training: TrainingConfig = TrainingConfig()
     # `merged`: also write the adapter folded into the base weights (merge_and_unload) under merged/.
     export: Literal["adapter", "merged"] = "adapter"
@@ -356,11 +418,27 @@ class RecipeConfig(_Strict):
         args = METHOD_ARGS[self.method].model_validate(self.method_args)
         # Store the resolved arguments so the recipe hash covers the defaults too.
         object.__setattr__(self, "method_args", args.model_dump())
+        if self.objective is None and self.objective_args:
+            raise ValueError("objective_args needs an objective: name it (objective: dpo, ...)")
+        if self.objective is not None:
+            reference = [k for k in REFERENCE_SETTINGS if k in self.objective_args]
+            if reference and self.objective not in REFERENCE_OBJECTIVES:
+                raise ValueError(f"objective_args.{reference[0]}: {self.objective} is reference-free (it scores the "
+                                 f"policy alone); only {' and '.join(REFERENCE_OBJECTIVES)} have a reference model")
+            objective_args = OBJECTIVE_ARGS[self.objective].model_validate(self.objective_args)
+            object.__setattr__(self, "objective_args", objective_args.model_dump())
         lr = self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method]
         head_lr = self.training.head_learning_rate or DEFAULT_HEAD_LEARNING_RATE.get(self.method, lr)
         training = self.training.model_copy(update={"learning_rate": lr, "head_learning_rate": head_lr})
         object.__setattr__(self, "training", training)
         return self
+
+    def objective_for(self, task: str) -> tuple[str, dict[str, Any]]:
+        """(objective, its resolved arguments) on a dataset of `task`: the recipe's, or default_objective."""
+        if self.objective is not None:
+            return self.objective, self.objective_args
+        objective = default_objective(task, self.base_model)
+        return objective, OBJECTIVE_ARGS[objective]().model_dump()
 
     @property
     def learning_rate(self) -> float:
@@ -667,7 +745,8 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
         if r.dataset not in datasets:
             problems.append(f"{where}: field dataset: no dataset named {r.dataset!r}")
             continue
-        problems += [f"{where}: field base_model: {p}" for p in _base_recipe_problems(r, recipes)]
+        problems += [f"{where}: field base_model: {p}"
+                     for p in _base_recipe_problems(r, recipes, continues_adapter=continues_adapter(r, config.dataset(r.dataset).task))]
         if r.forgetting is not None:
             general = corpora.get(r.forgetting.corpus)
             if general is None:
@@ -692,8 +771,16 @@ def _corpus_task_problem(corpus: CorpusConfig, task: str) -> str | None:
     return None
 
 
-def _base_recipe_problems(recipe: RecipeConfig, recipes: dict[str, RecipeConfig]) -> list[str]:
-    """checkpoint:<recipe> must name another recipe that leaves a plain model directory, without a cycle."""
+def continues_adapter(recipe: RecipeConfig, task: str) -> bool:
+    """Whether a recipe may start from the adapter a checkpoint:<recipe> base leaves (SFT with LoRA, then DPO
+    on that adapter): a preference recipe that trains a causal LM with a LoRA-family method."""
+    return task == "preference" and trains_causal_lm(recipe, task) and recipe.method in LORA_METHODS
+
+
+def _base_recipe_problems(recipe: RecipeConfig, recipes: dict[str, RecipeConfig], *,
+                          continues_adapter: bool = False) -> list[str]:
+    """checkpoint:<recipe> must name another recipe that leaves a plain model directory (or, for a recipe that
+    continues_adapter, an adapter of the same method and settings), without a cycle."""
     seen, current = [recipe.name], recipe
     while current.base_recipe is not None:
         base = recipes.get(current.base_recipe)
@@ -702,8 +789,14 @@ def _base_recipe_problems(recipe: RecipeConfig, recipes: dict[str, RecipeConfig]
         if base.name in seen:
             return [f"checkpoint chain {' -> '.join(seen + [base.name])} is a cycle"]
         if current is recipe and base.method != "full" and base.export != "merged":
-            return [f"recipe {base.name!r} ({base.method}) leaves an adapter, not a model to start from; "
-                    "give it `export: merged` or use a full recipe"]
+            same = base.method == recipe.method and base.method_args == recipe.method_args
+            if continues_adapter and not same:
+                return [f"recipe {base.name!r} leaves a {base.method} adapter, which this recipe continues: give it "
+                        f"method {base.method} and the same method_args ({base.method_args}), or give "
+                        f"{base.name!r} `export: merged` to start from the merged model"]
+            if not continues_adapter:
+                return [f"recipe {base.name!r} ({base.method}) leaves an adapter, not a model to start from; "
+                        "give it `export: merged` or use a full recipe"]
         seen.append(base.name)
         current = base
     return []
@@ -711,11 +804,18 @@ def _base_recipe_problems(recipe: RecipeConfig, recipes: dict[str, RecipeConfig]
 
 CAUSAL_TASKS = ("instruction", "language_modeling")
 
+
+def trains_causal_lm(recipe: RecipeConfig, task: str) -> bool:
+    """Whether the recipe trains a causal LM: every instruction and language-modelling recipe, and a
+    preference recipe of any objective but `reward` (which trains an encoder with a scalar head)."""
+    return task in CAUSAL_TASKS or (task == "preference" and recipe.objective_for(task)[0] != "reward")
+
 # Per task: the headline metric (the default ranking) and every metric a report carries at its top level.
 TASK_METRICS = {
     "classification": ("accuracy", ("accuracy", "macro_f1")),
     "instruction": ("rouge_l", ("rouge_l", "exact_match", "perplexity")),
     "language_modeling": ("perplexity", ("perplexity", "eval_loss")),
+    "preference": ("preference_accuracy", ("preference_accuracy", "reward_margin")),
 }
 # Every other metric is better higher.
 LOWER_IS_BETTER = {"perplexity", "eval_loss"}
@@ -727,13 +827,33 @@ def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple
     webserver need not have the training GPU). What depends on the machine or the base model's files is
     checked when training starts (lib/training/loop.py require_machine)."""
     problems = []
-    causal = dataset.task in CAUSAL_TASKS
+    task = dataset.task
+    causal = trains_causal_lm(recipe, task)
+    objective = recipe.objective_for(task)[0]
     if causal and recipe.base_model == "default":
-        problems.append(("base_model", f"the packaged default is an encoder (all-MiniLM-L6-v2); a {dataset.task} "
-                                       "recipe needs a causal LM: scratch, checkpoint:<recipe>, s3://..., a local "
-                                       "directory or a hub id"))
-    if not causal and recipe.base_model == SCRATCH:
+        what = f"objective {objective}" if task == "preference" else f"a {task} recipe"
+        problems.append(("base_model", f"the packaged default is an encoder (all-MiniLM-L6-v2); {what} needs a "
+                                       "causal LM: checkpoint:<recipe>, s3://..., a local directory or a hub id"
+                                       + (" (or objective: reward, a reward model on the encoder)"
+                                          if task == "preference" else "")))
+    if task == "preference" and recipe.base_model == SCRATCH:
+        problems.append(("base_model", "preference tuning starts from a model that can already answer: pretrain "
+                                       "(and instruction-tune) one first, then base_model: checkpoint:<recipe>"))
+    elif not causal and recipe.base_model == SCRATCH:
         problems.append(("base_model", "scratch builds a causal LM; classification starts from a pretrained encoder"))
+    if recipe.objective is not None:
+        if task == "classification":
+            problems.append(("objective", f"{recipe.objective} is not for a classification dataset, which trains "
+                                          "with cross-entropy on its labels; drop objective"))
+        elif task in CAUSAL_TASKS and recipe.objective != "sft":
+            problems.append(("objective", f"{recipe.objective} learns from preference pairs (a task: preference "
+                                          f"dataset); dataset {dataset.name!r} is {task}: use sft or drop objective"))
+        elif task == "preference" and recipe.objective == "sft":
+            problems.append(("objective", "sft learns one answer per prompt; on preference pairs use dpo, ipo, "
+                                          "simpo, orpo (a causal LM) or reward (an encoder)"))
+    if objective == "reward" and recipe.method == "prefix_tuning":
+        problems.append(("method", "prefix_tuning cannot tune a sequence classifier, which a reward model is; use "
+                                   "prompt_tuning or lora"))
     if recipe.base_model == SCRATCH and recipe.method != "full":
         problems.append(("method", f"a model from scratch has nothing pretrained to keep; use method full, "
                                    f"not {recipe.method}"))

@@ -26,6 +26,8 @@ TASK_SCORES = {
     "instruction": "Test-split answer loss and perplexity, exact match and ROUGE-L of greedy generations, and "
                    "sample generations",
     "language_modeling": "Test-split loss and perplexity",
+    "preference": "Test-pair preference accuracy and reward margin (the objective's reward), with greedy answers "
+                  "for causal LMs",
 }
 
 
@@ -36,7 +38,9 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
     out_dir = config.root / "reports" / recipe.name
     task = config.dataset(recipe.dataset).task
     metric = TASK_METRICS[task][0]
-    if task != "classification":
+    if task == "preference":
+        baselines = "the model training started from and the length-only baseline"
+    elif task != "classification":
         baselines = "the untuned base model"
     else:
         baselines = "the majority class" + ("" if recipe.method == "head_only"
@@ -75,9 +79,10 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
             context.log.warning(f"checkpoints/{recipe.name} predates dataset snapshots in manifests: evaluating on "
                                 f"the latest recorded version of datasets/{recipe.dataset}")
             data = recorded_snapshot(context, dataset_key)
-        # Only the splits the report reads: the test split, and the train split a classifier's baselines
-        # learn from.
-        splits = {s: data.read_split(s).to_pydict() for s in (("train", "test") if task == "classification" else ("test",))}
+        # Only the splits the report reads: the test split,
+        # and the train split a classifier's baselines learn from (a preference length baseline, its direction).
+        splits = {s: data.read_split(s).to_pydict()
+                  for s in (("train", "test") if task in ("classification", "preference") else ("test",))}
         if recipe.forgetting:
             with warehouse.get_connection() as conn:
                 general = read_texts(conn, recipe.forgetting.corpus, recipe.forgetting.max_texts)

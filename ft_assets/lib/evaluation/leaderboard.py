@@ -12,9 +12,10 @@ from ft_assets.lib.evaluation.plots import data_uri, png_bytes, pyplot
 
 def untuned_base(report: dict) -> dict | None:
     """The report's untuned-base baseline: the base with a trained head for classifiers (none for a
-    head_only recipe, which is that base), the base model itself for causal LMs."""
+    head_only recipe, which is that base), the base model itself for causal LMs, the model training started
+    from for preference recipes."""
     task = report.get("task", "classification")
-    return report["baselines"].get("base_head_only" if task == "classification" else "base")
+    return report["baselines"].get({"classification": "base_head_only", "preference": "reference"}.get(task, "base"))
 
 
 def forgetting_figure(block: dict | None) -> float | None:

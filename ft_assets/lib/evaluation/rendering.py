@@ -57,7 +57,9 @@ def _cost_lines(cost_fields: dict) -> list[str]:
 
 def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     """The report as markdown; `images` maps FIGURES names to an image reference (file or data: URI)."""
-    body = _render_causal_markdown(report) if report["task"] != "classification" else _render_classification(report)
+    render = {"classification": _render_classification, "preference": _render_preference}.get(
+        report["task"], _render_causal_markdown)
+    body = render(report)
     if report.get("forgetting"):
         body += _forgetting_markdown(report["forgetting"])
     if report.get("gates"):
@@ -129,6 +131,41 @@ def _render_causal_markdown(report: dict) -> str:
         lines += [f"| {_cell(s['prompt'])} | {_cell(s['reference'])} | {_cell(s['generated'])} | {_cell(s['base_generated'])} |"
                   for s in report["samples"]]
     return "\n".join(lines) + "\n"
+
+
+def _render_preference(report: dict) -> str:
+    m, length = report["metrics"], report["baselines"]["length"]
+    generated = "rouge_l" in m
+    lines = [
+        f"# {report['recipe']} — {report['method']} on {report['dataset']} (preference, objective "
+        f"{m.get('objective', 'reward')})",
+        "",
+        f"Base model `{report['base_model']}`, test split of {report['n_test']} pairs. Preference accuracy: the "
+        "share of pairs whose preferred answer gets the higher reward (ties count half); reward margin: the mean "
+        "reward difference, preferred minus other, in the reward's own units (characters for the length "
+        f"baseline, which prefers the {length['direction']} answer as the train split does: "
+        f"{length['train_share_longer_preferred']:.0%} of its pairs prefer the longer)."
+        + (" Exact match and ROUGE-L: greedy answers to the test prompts against the preferred answers."
+           if generated else ""),
+        "",
+        "| model | preference accuracy | reward margin |" + (" exact match | ROUGE-L |" if generated else ""),
+        "| --- | ---: | ---: |" + (" ---: | ---: |" if generated else ""),
+    ]
+    rows = [(f"**{report['recipe']}** (tuned)", m)] + [(f"baseline: {n}", b) for n, b in report["baselines"].items()]
+    for name, figures in rows:
+        lines.append(f"| {name} | {figures['preference_accuracy']:.4f} | {figures['reward_margin']:.4f} |"
+                     + (f" {_figure(figures, 'exact_match')} | {_figure(figures, 'rouge_l')} |" if generated else ""))
+    lines += ["", *_cost_lines(report["cost"])]
+    if report.get("samples"):
+        lines += ["## Sample generations", "", "| prompt | preferred answer | tuned | before tuning |",
+                  "| --- | --- | --- | --- |"]
+        lines += [f"| {_cell(s['prompt'])} | {_cell(s['reference'])} | {_cell(s['generated'])} | {_cell(s['base_generated'])} |"
+                  for s in report["samples"]]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(figures: dict, key: str) -> str:
+    return f"{figures[key]:.4f}" if key in figures else "—"
 
 
 def _cell(text: str, limit: int = 160) -> str:

@@ -48,6 +48,13 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     """
     device = resolve_device(device)
     manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
+    if task == "preference":
+        report, generations = _preference_report(recipe, checkpoint_dir, manifest, splits, device, general_texts)
+        eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
+        if generations:
+            (out_dir / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in generations))
+        return EvaluationResult(report=report, eval_path=eval_path, markdown=markdown,
+                                card=render_model_card(manifest, report))
     if task != "classification":
         report, generations = _causal_report(recipe, task, checkpoint_dir, manifest, splits["test"]["text"],
                                              baseline_cache, device, general_texts)
@@ -150,6 +157,43 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manife
         headline = {"rouge_l": scored["rouge_l"], "exact_match": scored["exact_match"], **headline}
     report = _report(task, headline, len(test_texts), recipe, checkpoint_dir, [], metrics=scored,
                      baselines={"base": base}, samples=generations[: recipe.generation.samples],
+                     **({"forgetting": forgetting} if forgetting is not None else {}))
+    return report, generations
+
+
+def _preference_report(recipe: RecipeConfig, checkpoint_dir: Path, manifest: dict, splits: dict, device: str,
+                       general_texts: list[str] | None) -> tuple[dict, list[dict]]:
+    """Preference accuracy and reward margin of the tuned model (a reward model, or a causal LM's implicit
+    reward) against its starting model and the length-only baseline; see lib/evaluation/preference.py."""
+    from ft_assets.lib.evaluation import preference
+
+    cfg = recipe.training
+    test = splits["test"]["text"]
+    model, tokenizer, _ = load_checkpoint(checkpoint_dir)
+    model.to(device)
+    sizes = {"max_length": cfg.max_length, "batch_size": cfg.batch_size, "device": device}
+    forgetting, generations = None, []
+    if manifest["train_info"]["objective"] == "reward":
+        metrics = preference.reward_model_figures(model, tokenizer, test, **sizes)
+        start = preference.untuned_reward_model(manifest["base_model"]["path"], cfg.seed, recipe.loading).to(device)
+        reference = {**preference.reward_model_figures(start, tokenizer, test, **sizes), "kind": "untuned_head"}
+        if general_texts:
+            forgetting = _encoder_forgetting(model, tokenizer, manifest, recipe, general_texts, device)
+    else:
+        from ft_assets.lib.training.causal_data import text_blocks
+
+        general = text_blocks(tokenizer, general_texts, cfg.max_length) if general_texts else None
+        scored = preference.causal_figures(model, tokenizer, manifest, test, recipe.generation, general_blocks=general,
+                                           **sizes)
+        metrics, reference, generations = scored["metrics"], scored["reference"], scored["samples"]
+        if general:
+            start_loss, tuned_loss = scored["forgetting_losses"]
+            forgetting = {"corpus": recipe.forgetting.corpus, "kind": "causal_lm", "n_texts": len(general_texts),
+                          "base_loss": start_loss, "tuned_loss": tuned_loss, "loss_increase": tuned_loss - start_loss}
+    headline = {"preference_accuracy": metrics["preference_accuracy"], "reward_margin": metrics["reward_margin"]}
+    baselines = {"reference": reference, "length": preference.length_baseline(splits["train"]["text"], test)}
+    report = _report("preference", headline, len(test), recipe, checkpoint_dir, [], metrics=metrics,
+                     baselines=baselines, samples=generations[: recipe.generation.samples],
                      **({"forgetting": forgetting} if forgetting is not None else {}))
     return report, generations
 

@@ -15,12 +15,13 @@ import yaml
 
 CARD_FILE = "README.md"
 PIPELINE_TAGS = {"classification": "text-classification", "instruction": "text-generation",
-                 "language_modeling": "text-generation"}
+                 "language_modeling": "text-generation", "preference": "text-generation"}
 # The report's metrics per task, as (eval.json key, model-index metric type).
 CARD_METRICS = {
     "classification": (("accuracy", "accuracy"), ("macro_f1", "f1")),
     "instruction": (("rouge_l", "rougeL"), ("exact_match", "exact_match"), ("perplexity", "perplexity")),
     "language_modeling": (("perplexity", "perplexity"),),
+    "preference": (("preference_accuracy", "accuracy"), ("reward_margin", "reward_margin")),
 }
 
 
@@ -28,19 +29,21 @@ def render_model_card(manifest: dict, report: dict | None = None) -> str:
     """The card of the checkpoint described by `manifest`; `report` (its eval.json) adds the results."""
     task = manifest.get("task", "classification")
     recipe = manifest["recipe"]
+    objective = manifest.get("train_info", {}).get("objective")
     base = manifest["base_model"]
     dataset = manifest.get("dataset", {})
     adapter = recipe["method"] not in ("full", "freeze", "head_only")
     front = {
         "library_name": "peft" if adapter else "transformers",
-        "pipeline_tag": PIPELINE_TAGS[task],
-        "tags": ["ft_assets", recipe["method"], task],
+        # A reward model scores a text: a one-output classifier.
+        "pipeline_tag": "text-classification" if objective == "reward" else PIPELINE_TAGS[task],
+        "tags": ["ft_assets", recipe["method"], task] + ([objective] if objective else []),
         **({"base_model": base["id"]} if base["id"] != "scratch" else {}),
         **({"datasets": [dataset["name"]]} if dataset.get("name") else {}),
     }
     if report is not None:
         front["model-index"] = [{"name": recipe["name"], "results": [{
-            "task": {"type": PIPELINE_TAGS[task]},
+            "task": {"type": front["pipeline_tag"]},
             "dataset": {"name": report["dataset"], "type": report["dataset"], "split": "test"},
             "metrics": [{"type": kind, "value": round(float(report[key]), 6)} for key, kind in CARD_METRICS[task]],
         }]}]
@@ -50,8 +53,10 @@ def render_model_card(manifest: dict, report: dict | None = None) -> str:
              f"{_base_text(base)} for {task.replace('_', ' ')} on the dataset `{dataset.get('name', recipe['dataset'])}`, "
              f"made by ft_assets on {manifest['created_at']}.", ""]
     lines += _data_section(dataset, manifest)
+    trained_by = (f" and objective `{objective}` with `objective_args` "
+                  f"`{json.dumps(manifest['train_info'].get('objective_args', {}))}`" if objective else "")
     lines += ["## Training", "", f"Method `{recipe['method']}` with `method_args` "
-              f"`{json.dumps(recipe['method_args'])}`; training settings:", "", "```json",
+              f"`{json.dumps(recipe['method_args'])}`{trained_by}; training settings:", "", "```json",
               json.dumps(recipe["training"], indent=2), "```", "",
               f"Recipe hash `{manifest['recipe_hash']}`; {manifest['train_info']['steps']} steps in "
               f"{manifest['train_info']['train_seconds']:.0f} s on {manifest['train_info']['device_name']} "

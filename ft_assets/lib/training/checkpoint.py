@@ -7,11 +7,12 @@ import platform
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ft_assets.lib.config import SCRATCH, RecipeConfig
+from ft_assets.lib.config import CAUSAL_TASKS, SCRATCH, RecipeConfig
 from ft_assets.lib.models.model_card import CARD_FILE, render_model_card
 from ft_assets.lib.storage import atomic_directory, file_sha256s
 from ft_assets.lib.training.base_models import load_causal_lm, load_classifier, model_sha256, quiet_hf_logging
 from ft_assets.lib.training.loop import FitResult
+from ft_assets.lib.training.preference import REWARD_LABELS
 
 
 # Files of a checkpoint directory that are not part of transformers' or PEFT's own layout.
@@ -25,10 +26,20 @@ MERGED_DIR = "merged"
 
 
 
+def is_causal_lm(manifest_or_train_info: dict) -> bool:
+    """Whether a checkpoint holds a causal LM (else a sequence classifier: a classifier or a reward model),
+    from its manifest or train_info."""
+    info = manifest_or_train_info.get("train_info", manifest_or_train_info)
+    task = info.get("task", manifest_or_train_info.get("task", "classification"))
+    return task in CAUSAL_TASKS or (task == "preference" and info.get("objective") != "reward")
+
+
 def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], output_dir: Path,
                     lineage: dict) -> dict:
     """Writes the checkpoint atomically and returns its manifest."""
     task, base_path = result.train_info["task"], result.base_model_path
+    if result.train_info.get("objective") == "reward":
+        labels = REWARD_LABELS  # the one output of a reward model's head
     if recipe.base_model == SCRATCH:
         base = {"id": SCRATCH, "path": None, "sha256": None, "scratch": recipe.scratch.model_dump()}
     else:
@@ -49,7 +60,7 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
         result.model.save_pretrained(staging, safe_serialization=True)
         result.tokenizer.save_pretrained(staging)
         if recipe.export == "merged":
-            _export_merged(staging, base_path, labels, result.tokenizer, causal=task != "classification",
+            _export_merged(staging, base_path, labels, result.tokenizer, causal=is_causal_lm(result.train_info),
                            loading=recipe.loading)
         (staging / LABELS_FILE).write_text(json.dumps({"labels": labels}, indent=2) + "\n")
         (staging / TRAIN_INFO_FILE).write_text(json.dumps(result.train_info, indent=2) + "\n")
@@ -93,7 +104,7 @@ def load_checkpoint(checkpoint_dir: Path):
     quiet_hf_logging()
     labels = json.loads((checkpoint_dir / LABELS_FILE).read_text())["labels"]
     manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
-    causal = manifest.get("task", "classification") != "classification"
+    causal = is_causal_lm(manifest)
     loading = {k: manifest["recipe"].get(k, False) for k in ("allow_pickle", "trust_remote_code")}
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=loading["trust_remote_code"])
     if causal:

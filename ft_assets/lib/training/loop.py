@@ -53,7 +53,8 @@ class FitResult:
 
 def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], validation_rows: dict[str, list] | None,
         *, task: str = "classification", base_model_path: str | None = None, device: str = "auto",
-        precision: str = "auto", logger: MetricLogger | None = None, resume_dir: str | None = None) -> FitResult:
+        precision: str = "auto", logger: MetricLogger | None = None, resume_dir: str | None = None,
+        reference_cache: str | None = None) -> FitResult:
     """Trains `recipe` on in-memory rows ({"text": [...], "label": [...]}) and returns the model.
 
     Under torchrun every process calls this with the same rows; each trains on its slice of every
@@ -61,19 +62,21 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
 
     Args:
         labels: the classifier's outputs, in order; [] for the causal-LM tasks.
-        task: the dataset's task: classification, instruction (text holds chat messages JSON) or
-            language_modeling.
+        task: the dataset's task: classification, instruction (text holds chat messages JSON),
+            language_modeling or preference (text holds a pair's JSON, see lib/training/preference.py).
         base_model_path: where the base model is, for base_model checkpoint:<recipe>; None resolves
             the recipe's base_model.
         resume_dir: where step states are kept, a local path or s3:// URI (see lib/training/resume.py); the run
             continues from the newest one there, and None never saves or resumes.
+        reference_cache: a folder for the reference log-probs of `precompute_reference` (preference); None
+            scores them in every run.
 
     Raises:
         ValueError: in setup, before any training step, with the fix in the message.
     """
     import torch
 
-    from ft_assets.lib.training import causal, classification, distributed, resume
+    from ft_assets.lib.training import causal, classification, distributed, preference, resume
 
     # --- setup ---
     logger = logger or MetricLogger()
@@ -90,6 +93,9 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     torch.manual_seed(cfg.seed)
     if task == "classification":
         data = classification.setup(recipe, labels, train_rows, validation_rows, base_model_path, device, world)
+    elif task == "preference":
+        data = preference.setup(recipe, train_rows, validation_rows, base_model_path, device, world,
+                                reference_cache=reference_cache)
     else:
         data = causal.setup(recipe, task, train_rows, validation_rows, base_model_path, device, world)
     model = _placed(data.model, recipe, device, quantized)
@@ -143,6 +149,8 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
             if i < batches_done:  # resumed mid-epoch: these batches were trained on before the kill
                 continue
             n_tokens = int(batch.pop("n_tokens").sum())  # on the CPU, before the batch moves: no GPU sync
+            # Examples, not rows: a preference batch holds each pair's two answers.
+            n_examples = int(batch.pop("n_examples")) if "n_examples" in batch else batch["input_ids"].shape[0]
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
             # The last step of an epoch may gather fewer batches; each batch's share of the step is equal.
             group_start = i - i % accumulation
@@ -153,7 +161,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
                 with torch.autocast(device_type=device, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                     loss = data.loss(train_model, batch)
                 scaler.scale(loss / in_group).backward()
-            counts[0] += batch["input_ids"].shape[0]
+            counts[0] += n_examples
             counts[1] += n_tokens
             running += loss.detach().float()  # kept on the device: .item() would wait for the GPU every batch
             running_n += 1

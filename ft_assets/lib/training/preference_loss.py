@@ -101,9 +101,11 @@ def preference_loss(objective: str, args: dict, *, policy_chosen, policy_rejecte
         chosen_tokens, rejected_tokens: (B,) answer token counts (answer_logps); a row with none counts as 1.
             TRL counts completion tokens: the same, unless an answer starts at position 0 (never scored).
         reference_chosen, reference_rejected: (B,) the same under the reference model; dpo and ipo only.
-        chosen_nll: orpo only, a scalar: the mean next-token NLL over every non-padding token of the
-            chosen sequences, PROMPT AND ANSWER, pooled over the batch, as TRL's ORPOTrainer (and the ORPO
-            authors' code) computes it: causal_loss(chosen_logits, chosen_input_ids with IGNORE on padding).
+        chosen_nll: orpo only, a scalar: the SFT term, a mean next-token NLL over the chosen sequences.
+            The training loop passes it over the answer tokens only (lib/training/preference.py), as every
+            other loss here is; TRL's ORPOTrainer (and the ORPO authors' code) take every non-padding token,
+            prompt included: causal_loss(chosen_logits, chosen_input_ids with IGNORE on padding), which is
+            what the parity test gives both.
 
     Raises:
         ValueError: an unknown objective, a missing argument, or a missing reference / chosen_nll.

@@ -33,7 +33,8 @@ def run(spec: TrainingSpec, logger: MetricLogger) -> dict | None:
                          world.size, spec.device, spec.precision)
         resume_dir = posixpath.join(spec.resume_dir, key)
     result = fit(recipe, spec.labels, train_rows, validation_rows, task=spec.task, base_model_path=base_path,
-                 device=spec.device, precision=spec.precision, logger=logger, resume_dir=resume_dir)
+                 device=spec.device, precision=spec.precision, logger=logger, resume_dir=resume_dir,
+                 reference_cache=spec.reference_cache_dir)
     if not world.is_main:
         return None
     output_dir = Path(spec.output_dir)

@@ -19,7 +19,7 @@ class TrainingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     recipe: RecipeConfig  # as in the project YAML, validated again here
-    task: Literal["classification", "instruction", "language_modeling"] = "classification"
+    task: Literal["classification", "instruction", "language_modeling", "preference"] = "classification"
     labels: list[str] = []  # the classifier's outputs, in order ([] for causal LMs)
     base_model_path: str | None = None  # the base's folder when base_model is checkpoint:<recipe>
     train_path: str  # parquet with columns text, label
@@ -27,6 +27,8 @@ class TrainingSpec(BaseModel):
     output_dir: str  # where the checkpoint appears; must not exist yet
     publish_uri: str | None = None  # an s3:// prefix the finished checkpoint is copied to, manifest last
     resume_dir: str | None = None  # where step states are kept, so that a killed run resumes (resume.py)
+    # where precompute_reference keeps the reference's log-probs of a preference recipe's pairs
+    reference_cache_dir: str | None = None
     device: Device = "auto"
     precision: Precision = "auto"
     lineage: dict[str, Any] = {}  # anything to record in manifest.json (raw files, dataset version, run id)
