@@ -22,6 +22,8 @@ from ft_assets.lib.training.spec import TrainingSpec, training_error_path
 PROJECT_DIR = Path(__file__).resolve().parents[3]
 # Step states of an interrupted run, under the recipe's folder; removed once a checkpoint is saved.
 RESUME_DIR = ".resume"
+# precompute_reference's log-probs, by the pairs and the reference weights (lib/training/preference.py).
+REFERENCE_CACHE_DIR = "cache/reference_logps"
 
 
 def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.AssetsDefinition:
@@ -77,6 +79,8 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
                 validation_path=split_location("validation") if data.rows("validation") else None,
                 output_dir=str(output_dir),
                 resume_dir=str(recipe_dir / RESUME_DIR),
+                # A pod's disk goes with the pod: there precompute_reference scores the pairs in every run.
+                reference_cache_dir=None if kube else str(config.root / REFERENCE_CACHE_DIR),
                 device=gpu.device,
                 precision=gpu.precision,
                 lineage={

@@ -1,0 +1,138 @@
+"""Pretrain, instruction-tune, then preference-tune, and a reward model: the preference graph materialized for
+real, with each reference case recorded where the report and the audit can read it."""
+
+import json
+import random
+
+import dagster as dg
+import pytest
+import yaml
+
+from ft_assets.defs import build_definitions
+from ft_assets.lib.config import load_config
+from ft_assets_tests.conftest import COLOURS, THINGS, qa_conversations, story_lines
+from ft_assets_tests.helpers import materialize_all
+
+TRAINING = {"epochs": 2, "batch_size": 8, "max_length": 96, "log_every_steps": 2}
+
+
+def colour_pairs(n: int, seed: int = 0) -> list[dict]:
+    """TRL-layout pairs: the preferred answer repeats the colour the prompt states, the other names another."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        thing, colour = rng.choice(THINGS), rng.choice(COLOURS)
+        wrong = rng.choice([c for c in COLOURS if c != colour])
+        rows.append({"prompt": f"The {thing} is {colour}. What colour is the {thing}?",
+                     "chosen": f"The {thing} is {colour}.", "rejected": f"The {thing} is {wrong}."})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("preference_project")
+    raw = tmp / "data" / "raw"
+    for folder in ("stories", "qa", "pairs"):
+        (raw / folder).mkdir(parents=True)
+    (raw / "stories" / "a.txt").write_text("\n".join(story_lines(400)) + "\n")
+    (raw / "qa" / "a.jsonl").write_text("".join(json.dumps({"messages": json.loads(c)}) + "\n"
+                                                for c in qa_conversations(120)))
+    pairs = colour_pairs(160)
+    # One malformed pair of each kind the cleaning quarantines.
+    bad = [{"prompt": "What colour?", "chosen": "Red.", "rejected": "Red."},
+           {"prompt": "What colour?", "chosen": "", "rejected": "Blue."},
+           {"prompt": "What colour?", "rejected": "Blue."},
+           {"prompt": " ", "chosen": "Red.", "rejected": "Blue."}]
+    (raw / "pairs" / "a.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs + bad))
+    sft = {"training": {**TRAINING, "learning_rate": 3e-3}, "generation": {"max_new_tokens": 8}}
+    config = {
+        "storage": {"root": "data"},
+        "corpora": [{"name": "stories", "path": "raw/stories/", "format": "txt"},
+                    {"name": "qa", "path": "raw/qa/", "format": "jsonl", "record": "instruction"},
+                    {"name": "pairs", "path": "raw/pairs/", "format": "jsonl", "record": "preference"}],
+        "datasets": [{"name": "stories", "corpus": "stories", "task": "language_modeling", "test_fraction": 0.2},
+                     {"name": "qa", "corpus": "qa", "task": "instruction", "test_fraction": 0.2},
+                     {"name": "pairs", "corpus": "pairs", "task": "preference", "test_fraction": 0.2}],
+        "recipes": [
+            {"name": "pre", "dataset": "stories", "base_model": "scratch", "method": "full",
+             "scratch": {"vocab_size": 320, "hidden_size": 32, "layers": 2, "heads": 2, "context": 128},
+             "training": {**TRAINING, "learning_rate": 3e-3}},
+            {"name": "sft_full", "dataset": "qa", "base_model": "checkpoint:pre", "method": "full", **sft},
+            {"name": "sft_lora", "dataset": "qa", "base_model": "checkpoint:pre", "method": "lora",
+             "method_args": {"r": 4, "alpha": 8}, **sft},
+            # LoRA on the full SFT model: the reference is that model, the adapter switched off.
+            {"name": "dpo", "dataset": "pairs", "base_model": "checkpoint:sft_full", "method": "lora",
+             "method_args": {"r": 4, "alpha": 8}, "objective": "dpo",
+             "training": {**TRAINING, "learning_rate": 1e-2}, "generation": {"max_new_tokens": 8}},
+            # Continues the SFT adapter: the reference is the SFT model, never the bare pretrained base.
+            {"name": "dpo_on_adapter", "dataset": "pairs", "base_model": "checkpoint:sft_lora", "method": "lora",
+             "method_args": {"r": 4, "alpha": 8}, "objective": "dpo", "objective_args": {"precompute_reference": True},
+             "training": {**TRAINING, "learning_rate": 1e-2}, "generation": {"max_new_tokens": 8}},
+            {"name": "reward", "dataset": "pairs", "base_model": str(tiny_model_dir), "method": "full",
+             "objective": "reward", "training": {**TRAINING, "learning_rate": 1e-3, "max_length": 48}},
+        ],
+    }
+    path = tmp / "project.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    config = load_config(path)
+    defs = build_definitions(config)
+    instance = dg.DagsterInstance.ephemeral()
+    return config, defs, instance, materialize_all(defs, instance, raise_on_error=False)
+
+
+def _report(config, recipe: str) -> dict:
+    return json.loads((config.root / "reports" / recipe / "eval.json").read_text())
+
+
+def test_the_preference_graph_materializes_with_its_checks(project):
+    config, _, _, result = project
+    materialized = {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    assert {"datasets/pairs", "checkpoints/dpo", "checkpoints/dpo_on_adapter", "checkpoints/reward",
+            "reports/dpo", "reports/dpo_on_adapter", "reports/reward", "reports/leaderboard/pairs"} <= materialized
+    checks = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in result.get_asset_check_evaluations()}
+    assert checks[("datasets/pairs", "contract")] and checks[("datasets/pairs", "row_accounting")]
+    assert ("reports/dpo", "beats_baselines") in checks
+
+
+def test_each_report_carries_the_preference_figures_beside_the_same_keys_for_its_baselines(project):
+    config, *_ = project
+    for recipe in ("dpo", "dpo_on_adapter", "reward"):
+        report = _report(config, recipe)
+        assert report["task"] == "preference" and report["n_test"] > 0
+        assert 0.0 <= report["preference_accuracy"] <= 1.0
+        for name in ("reference", "length"):
+            baseline = report["baselines"][name]
+            assert {"preference_accuracy", "reward_margin", "n"} <= set(baseline)
+        assert [g["name"] for g in report["gates"]] == ["beats_baselines"]
+        assert "preference accuracy" in (config.root / "reports" / recipe / "report.md").read_text()
+    causal = _report(config, "dpo")
+    assert {"rouge_l", "exact_match"} <= set(causal["metrics"]) and {"rouge_l"} <= set(causal["baselines"]["reference"])
+    assert causal["samples"] and "base_generated" in causal["samples"][0]
+    # The colours are learnable: DPO ranks the pair that repeats the prompt's colour first more often than
+    # the SFT model it started from.
+    assert causal["preference_accuracy"] > causal["baselines"]["reference"]["preference_accuracy"]
+
+
+def test_the_reference_of_each_recipe_is_recorded_as_the_model_it_started_from(project):
+    config, _, instance, _ = project
+
+    def manifest(recipe):
+        event = instance.get_latest_materialization_event(dg.AssetKey(["checkpoints", recipe]))
+        return event.asset_materialization.metadata["manifest"].data
+
+    sft_lora = instance.get_latest_materialization_event(dg.AssetKey(["checkpoints", "sft_lora"]))
+    sft_lora_path = sft_lora.asset_materialization.metadata["checkpoint_path"].path
+    on_adapter = manifest("dpo_on_adapter")["train_info"]["reference"]
+    assert on_adapter["kind"] == "sft_adapter" and on_adapter["path"] == sft_lora_path
+    assert manifest("dpo")["train_info"]["reference"]["kind"] == "adapter_disabled"
+    assert manifest("reward")["train_info"]["objective"] == "reward"
+    assert list((config.root / "cache" / "reference_logps").glob("*.json"))  # precompute_reference's cache
+
+
+def test_malformed_pairs_are_quarantined_with_their_reasons(project):
+    config, *_ = project
+    import duckdb
+
+    with duckdb.connect(str(config.warehouse_path), read_only=True) as conn:
+        reasons = dict(conn.sql('SELECT reason, count(*) FROM datasets."pairs__quarantine" GROUP BY 1').fetchall())
+    assert reasons == {"identical_answers": 1, "empty_answer": 1, "missing_answer": 1, "empty_prompt": 1}
