@@ -8,7 +8,8 @@ import duckdb
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ft_assets.lib.datasets.cleaning import SPACE_RUN, build_dataset
+from ft_assets.lib.datasets.cleaning import build_dataset
+from ft_assets.lib.datasets.expressions import SPACE_RUN
 from ft_assets.lib.config import CorpusConfig, DatasetConfig
 from ft_assets.lib.ingest.readers import read_corpus, write_raw
 

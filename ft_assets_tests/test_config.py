@@ -219,7 +219,7 @@ def test_causal_recipes_that_cannot_run_fail_at_load_naming_the_entry(tmp_path, 
 
 
 @pytest.mark.parametrize("entry,expected", [
-    ({"corpora": [{"name": "c", "path": "p", "format": "csv", "record": "instruction"}]}, "jsonl or parquet"),
+    ({"corpora": [{"name": "c", "path": "p", "format": "csv", "record": "instruction"}]}, "jsonl, json or parquet"),
     ({"datasets": [{"name": "d", "corpus": "c", "task": "instruction", "labels": ["a"]}]}, "labels are for classification"),
     ({"recipes": [{"name": "r", "dataset": "d", "base_model": "scratch", "method": "full"}]}, "go together"),
     ({"recipes": [{"name": "r", "dataset": "d", "base_model": "scratch", "method": "full",

@@ -54,15 +54,36 @@ class InstructionFields(_Strict):
     messages: str = "messages"
 
 
+class PreferenceFields(_Strict):
+    """The fields of a preference record, when it is in none of the layouts read by themselves (see
+    lib/ingest/readers.py PREFERENCE_LAYOUTS). Each may hold a text, chat messages
+    ({"role", "content"}) or ShareGPT turns ({"from", "value"}); the prompt also {"messages": [...]}."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+    @model_validator(mode="after")
+    def _three_fields(self) -> PreferenceFields:
+        names = [self.prompt, self.chosen, self.rejected]
+        if len(set(names)) < 3:
+            raise ValueError(f"prompt, chosen and rejected must name three different fields, not {names}")
+        return self
+
+
 class CorpusConfig(_Strict):
     name: Name
     # A landing folder (every file in it is read) or one file; relative to the storage root.
     path: str
-    format: Literal["csv", "tsv", "jsonl", "parquet", "txt"]
+    # json: one JSON array of records per file; jsonl: one record per line.
+    format: Literal["csv", "tsv", "jsonl", "json", "parquet", "txt"]
     # `text`: one text (and label) per record; `instruction`: a conversation per record, stored as
-    # chat messages JSON in the raw table's text column.
-    record: Literal["text", "instruction"] = "text"
+    # chat messages JSON in the raw table's text column; `preference`: a prompt with a chosen and a
+    # rejected answer, stored as {"prompt": [messages], "chosen", "rejected"} JSON.
+    record: Literal["text", "instruction", "preference"] = "text"
     instruction_fields: InstructionFields = InstructionFields()
+    # None: each preference record's layout (TRL, OpenAI, ShareGPT) is recognised from its fields.
+    preference_fields: PreferenceFields | None = None
     # Column names of header-less csv/tsv files, in order.
     columns: list[str] | None = None
     text_field: str = "text"
@@ -70,11 +91,13 @@ class CorpusConfig(_Strict):
 
     @model_validator(mode="after")
     def _columns_only_for_delimited(self) -> CorpusConfig:
-        if self.record == "instruction":
-            if self.format not in ("jsonl", "parquet"):
-                raise ValueError(f"instruction records are read from jsonl or parquet, not {self.format!r}")
+        if self.record in ("instruction", "preference"):
+            if self.format not in ("jsonl", "json", "parquet"):
+                raise ValueError(f"{self.record} records are read from jsonl, json or parquet, not {self.format!r}")
             if self.label_field is not None:
-                raise ValueError("instruction records have no label; drop label_field")
+                raise ValueError(f"{self.record} records have no label; drop label_field")
+        if self.preference_fields is not None and self.record != "preference":
+            raise ValueError(f"preference_fields is for `record: preference`, not {self.record!r} records")
         if self.columns is not None:
             if self.format not in ("csv", "tsv"):
                 raise ValueError(f"columns is only for header-less csv/tsv, not format {self.format!r}")
@@ -105,7 +128,8 @@ class DatasetConfig(_Strict):
     name: Name
     corpus: Name
     # classification: text -> one label; instruction: conversations for supervised fine-tuning of a
-    # causal LM; language_modeling: raw text for (continued) pretraining, chunked into blocks.
+    # causal LM; language_modeling: raw text for (continued) pretraining, chunked into blocks;
+    # preference: prompts with a chosen and a rejected answer (DPO and its kin, reward models).
     task: Literal["classification", "instruction", "language_modeling", "preference"] = "classification"
     validation_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
@@ -752,7 +776,7 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
             if general is None:
                 problems.append(f"{where}: field forgetting.corpus: no corpus named {r.forgetting.corpus!r}")
             elif general.record != "text":
-                problems.append(f"{where}: field forgetting.corpus: corpus {general.name!r} holds instruction "
+                problems.append(f"{where}: field forgetting.corpus: corpus {general.name!r} holds {general.record} "
                                 "records; forgetting is measured on plain text")
         elif r.gates.max_forgetting is not None:
             problems.append(f"{where}: field gates.max_forgetting: the recipe measures no forgetting; add "
@@ -762,6 +786,16 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
 
 
 def _corpus_task_problem(corpus: CorpusConfig, task: str) -> str | None:
+    if task == "preference":
+        if corpus.record != "preference":
+            return f"holds {corpus.record} records; a preference dataset needs `record: preference`"
+        return None
+    if corpus.record == "preference":
+        return "holds preference records; " + {
+            "classification": "a classification dataset reads text records with a label_field",
+            "instruction": "an instruction dataset needs `record: instruction`",
+            "language_modeling": "a language_modeling dataset reads text records",
+        }[task]
     if task == "classification" and (corpus.record != "text" or corpus.label_field is None):
         return "has no label_field, which a classification dataset needs"
     if task == "instruction" and corpus.record != "instruction":

@@ -18,6 +18,10 @@ SQL each, tested rule by rule in test_schemas.py.
                     when it declares them; instruction and language modelling: null), provenance as
                     above; no train or validation text repeats or also appears in test (language
                     modelling keeps repeated lines, so not there; a fixed test corpus may repeat its own).
+                    Preference: text is a pair's JSON {"prompt": [{"role", "content"}, ...] ending with a
+                    non-blank user message, "chosen": text, "rejected": text}, the answers non-blank and
+                    different; a prompt sits in one split only, so none is in train or validation and
+                    in test (prompts compared as the split compares them: cleaning.prompt_key).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from dataclasses import dataclass, field
 import duckdb
 
 from ft_assets.lib.config import DatasetConfig
+from ft_assets.lib.datasets.expressions import is_blank, prompt_key, stripped
 
 SHA256 = "^[0-9a-f]{64}$"
 ROW_ID = "^[0-9a-f]{16}$"
@@ -51,6 +56,8 @@ class Contract:
     unique: list[tuple[str, ...]] = field(default_factory=list)
     # Train and validation texts appear once, and never also in the test split.
     no_repeated_text: bool = False
+    # SQL for what every row that shares it must share a split with (preference: the prompt); None: no such rule.
+    one_split_per: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,7 @@ def clean_rows_contract(dataset: DatasetConfig) -> Contract:
             listed = ", ".join(_quoted(v) for v in dataset.labels)
             label.append(Rule("label", f"is one of the dataset's labels ({', '.join(dataset.labels)})",
                               f"label NOT IN ({listed})"))
+    preference = dataset.task == "preference"
     return Contract(
         columns={"row_id": "VARCHAR", "split": "VARCHAR", "text": "VARCHAR", "label": "VARCHAR",
                  "source_uri": "VARCHAR", "file_sha256": "VARCHAR", "row_number": "BIGINT"},
@@ -114,12 +122,42 @@ def clean_rows_contract(dataset: DatasetConfig) -> Contract:
             Rule("split", f"is one of {', '.join(SPLITS)}", f"split NOT IN ({', '.join(map(_quoted, SPLITS))})"),
             Rule("text", f"has 1 to {dataset.max_chars} characters",
                  f"NOT length(text) BETWEEN 1 AND {dataset.max_chars}"),
+            *(PREFERENCE_PAIR if preference else []),
             *label,
             *PROVENANCE,
         ],
         unique=[("row_id",)],
         no_repeated_text=dataset.task != "language_modeling",
+        # A JSON text that is not a pair has no prompt to compare; PREFERENCE_PAIR reports it.
+        one_split_per=f"CASE WHEN json_valid(text) THEN {prompt_key()} END" if preference else None,
     )
+
+
+def _pair_rule(requirement: str, broken: str) -> Rule:
+    """A rule on a preference pair's JSON; a text that is not JSON breaks it (and is not parsed)."""
+    return Rule("text", requirement, f"CASE WHEN coalesce(json_valid(text), false) THEN ({broken}) ELSE true END")
+
+
+_ROLES = "['system', 'user', 'assistant']"
+_PAIR_CHOSEN, _PAIR_REJECTED = "json_extract_string(text, '$.chosen')", "json_extract_string(text, '$.rejected')"
+_PAIR_PROMPT_LAST = "json_extract_string(text, '$.prompt[#-1].content')"
+PREFERENCE_PAIR = [
+    _pair_rule('is a preference pair: {"prompt": [{"role", "content": text}, ...], "chosen": text, "rejected": text}',
+               "json_type(text, '$.prompt') IS DISTINCT FROM 'ARRAY'"
+               " OR json_type(text, '$.chosen') IS DISTINCT FROM 'VARCHAR'"
+               " OR json_type(text, '$.rejected') IS DISTINCT FROM 'VARCHAR'"
+               f" OR NOT list_has_all({_ROLES}, json_extract_string(text, '$.prompt[*].role'))"
+               " OR NOT list_has_all(['VARCHAR'], json_type(text, '$.prompt[*].content'))"
+               # a message without a role or a content is left out of the wildcard's list
+               " OR len(json_type(text, '$.prompt[*].role')) <> json_array_length(text, '$.prompt')"
+               " OR len(json_type(text, '$.prompt[*].content')) <> json_array_length(text, '$.prompt')"),
+    _pair_rule("has a prompt that ends with a non-blank user message",
+               "json_extract_string(text, '$.prompt[#-1].role') IS DISTINCT FROM 'user'"
+               f" OR {is_blank(_PAIR_PROMPT_LAST)}"),
+    _pair_rule("has a non-blank chosen and rejected answer, different from each other",
+               f"{is_blank(_PAIR_CHOSEN)} OR {is_blank(_PAIR_REJECTED)}"
+               f" OR {stripped(_PAIR_CHOSEN)} = {stripped(_PAIR_REJECTED)}"),
+]
 
 
 def check(conn: duckdb.DuckDBPyConnection, table: str, contract: Contract) -> list[Failure]:
@@ -146,6 +184,12 @@ def check(conn: duckdb.DuckDBPyConnection, table: str, contract: Contract) -> li
         columns = ", ".join(key)
         failures.append(_failure(conn, columns, "identifies one row (unique)", f"""
             SELECT source_uri, row_number, ({columns})::VARCHAR FROM ({_sharing(relation, columns)})"""))
+    if contract.one_split_per is not None:
+        failures.append(_failure(conn, "text", "a prompt sits in one split only (none in train or validation "
+                                               "and in test)", f"""
+            WITH keyed AS (SELECT source_uri, row_number, split, {contract.one_split_per} AS key FROM {relation}),
+                 spread AS (SELECT key FROM keyed WHERE key IS NOT NULL GROUP BY key HAVING count(DISTINCT split) > 1)
+            SELECT source_uri, row_number, key FROM keyed SEMI JOIN spread USING (key)"""))
     if contract.no_repeated_text:
         failures.append(_failure(conn, "text", "a train/validation text repeats, or also appears in the test split", f"""
             SELECT source_uri, row_number, text FROM (

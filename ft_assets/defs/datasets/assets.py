@@ -28,6 +28,9 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
     corpora = [c.name for c in config.dataset_corpora(dataset)]
     split_rule = (f"test = corpus `{dataset.test_corpus}`" if dataset.test_corpus
                   else f"test {dataset.test_fraction:.0%}") + f", validation {dataset.validation_fraction:.0%}"
+    if dataset.task == "preference":
+        split_rule += ", by prompt: a prompt's pairs share a split" + (
+            ", and a pair on a test prompt is quarantined" if dataset.test_corpus else "")
     classification = dataset.task == "classification"
     cleaning_source = source_hash(*CLEANING_CODE)
     checks = [
@@ -62,7 +65,8 @@ def build_dataset_asset(dataset: DatasetConfig, config: ProjectConfig) -> dg.Ass
         description=(
             f"{dataset.task.replace('_', ' ').capitalize()} dataset `datasets.{dataset.name}` from "
             f"{', '.join(corpora)}: unicode normalised; empty, over-long ({dataset.max_chars} chars), "
-            + ("mislabelled" if classification else "unanswered") + " rows quarantined with a reason in "
+            + {"classification": "mislabelled", "preference": "unpaired (an answer missing, blank or the same as "
+               "the other)"}.get(dataset.task, "unanswered") + " rows quarantined with a reason in "
             f"`datasets.{dataset.name}__quarantine`, duplicates dropped into `datasets.{dataset.name}__duplicates`, "
             f"hash-split ({split_rule}); each version written whole, before it is recorded, as a snapshot "
             f"(train/validation/test parquet and dataset.json) to "

@@ -21,11 +21,24 @@ By task:
   language_modeling   lines keep their inner whitespace (NFC, trailing space trimmed) and their
                       repeats (repetition is part of a text); the split hashes segments of
                       LM_SEGMENT_LINES consecutive lines of a file, so blocks of running text stay together.
+  preference          text is a pair (JSON {"prompt": [messages], "chosen", "rejected"}, see ingest);
+                      only NFC normalisation, as instruction. Quarantined, each with a detail naming
+                      the field: a NUL in any part (nul_byte), a prompt whose user message is blank
+                      or absent (empty_prompt), a null answer (missing_answer), a blank one
+                      (empty_answer), answers that are the same once trimmed (identical_answers).
+                      Identical pairs (prompt, chosen and rejected) are duplicates. The split hashes
+                      the prompt (expressions.prompt_key: its messages, whitespace aside), so all
+                      pairs of one prompt share a split; with a fixed
+                      test_corpus, a pair whose prompt is also a test prompt is quarantined as
+                      prompt_in_test, so no prompt is on both sides.
+Redaction rewrites the texts of the JSON tasks (instruction, preference) inside their JSON strings,
+so the text stays valid JSON whatever the placeholder lands next to.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -33,6 +46,7 @@ import duckdb
 import pyarrow as pa
 
 from ft_assets.lib.config import DatasetConfig
+from ft_assets.lib.datasets.expressions import is_blank, prompt_key, stripped, words
 from ft_assets.lib.ingest.readers import FILE_REJECTED, WRONG_TYPE
 from ft_assets.lib.datasets.redaction import RULES, redact
 from ft_assets.lib.warehouse import record_commit
@@ -41,30 +55,52 @@ LM_SEGMENT_LINES = 20
 # How language modelling reads a split: the lines as they stand in their files.
 FILE_ORDER = "source_uri, row_number"
 
-# RE2 `\s` is ASCII only; \p{Z} adds no-break and other unicode spaces, \p{Cc} control characters.
-# Every run of them becomes one space. The pattern matches only the runs that change (a space and more,
-# or one of the others and more): a single space between two words is left alone, which makes the
-# replace five times faster than matching every run, for the same text.
-_SPACE = r"[\s\p{Z}\p{Cc}]"
-SPACE_RUN = rf" {_SPACE}+|(?:\p{{Cc}}|[^\P{{Z}} ]){_SPACE}*"
-
-
-def _words(column: str) -> str:
-    """SQL for the column in NFC, every run of unicode whitespace one space, none at either end."""
-    return f"trim(regexp_replace(nfc_normalize({column}), '{SPACE_RUN}', ' ', 'g'))"
-
-
 _NORMALISE = {
-    "classification": _words("coalesce(text, '')"),
+    "classification": words("coalesce(text, '')"),
     "instruction": "nfc_normalize(coalesce(text, ''))",
     "language_modeling": "rtrim(nfc_normalize(coalesce(text, '')))",
+    "preference": "nfc_normalize(coalesce(text, ''))",
 }
+# The tasks whose text is JSON (a conversation, a preference pair).
+JSON_TASKS = ("instruction", "preference")
 # A label is normalised as a classification text is: `billing\t`, `\u00a0billing` and `billing` are one
 # label; blank is no label.
-_LABEL = f"nullif({_words('label')}, '')"
+_LABEL = f"nullif({words('label')}, '')"
 # The last message of a conversation, for the instruction rules.
 _LAST_ROLE = "json_extract_string(text, '$[#-1].role')"
 _LAST_CONTENT = "json_extract_string(text, '$[#-1].content')"
+# A preference pair's parts, for the preference rules: the answers (null when missing), the prompt's
+# contents run together and its last message, the user's.
+_CHOSEN = "json_extract_string(text, '$.chosen')"
+_REJECTED = "json_extract_string(text, '$.rejected')"
+_PROMPT_TEXT = "array_to_string(json_extract_string(text, '$.prompt[*].content'), '')"
+_PROMPT_LAST = "json_extract_string(text, '$.prompt[#-1].content')"
+
+
+def _has_nul(column: str) -> str:
+    return f"contains(coalesce({column}, ''), chr(0))"
+
+
+_PAIR_NUL = f"({_has_nul(_PROMPT_TEXT)} OR {_has_nul(_CHOSEN)} OR {_has_nul(_REJECTED)})"
+
+
+def _which(chosen: str, rejected: str) -> str:
+    """SQL naming the answer a rule is about: 'chosen', 'rejected' or both, from their two conditions."""
+    return (f"CASE WHEN ({chosen}) AND ({rejected}) THEN 'chosen and rejected are' "
+            f"WHEN {chosen} THEN 'chosen is' ELSE 'rejected is' END")
+
+
+# Each preference reason's detail, by the reason the row got (`reason`, named earlier in the same SELECT).
+_PAIR_DETAIL = f"""CASE reason
+    WHEN 'nul_byte' THEN 'NUL byte in ' || CASE WHEN {_has_nul(_CHOSEN)} THEN 'chosen'
+                                                WHEN {_has_nul(_REJECTED)} THEN 'rejected' ELSE 'the prompt' END
+                         || ': a corrupt or binary record'
+    WHEN 'empty_prompt' THEN CASE WHEN {_PROMPT_LAST} IS NULL THEN 'prompt: it has no message'
+                                  ELSE 'prompt: the user''s message, which the answers reply to, is blank' END
+    WHEN 'missing_answer' THEN {_which(f"{_CHOSEN} IS NULL", f"{_REJECTED} IS NULL")} || ' missing'
+    WHEN 'empty_answer' THEN {_which(is_blank(_CHOSEN), is_blank(_REJECTED))} || ' blank'
+    WHEN 'identical_answers' THEN 'chosen and rejected are the same answer (after trimming whitespace)'
+END"""
 
 
 @dataclass(frozen=True)
@@ -108,9 +144,11 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
     labels = dataset.labels
     test_share = 0.0 if dataset.test_corpus else dataset.test_fraction
     task = dataset.task
-    # What the split hash reads: the text, or for language modelling the file segment a line is in.
-    split_key = (f"file_sha256 || ':' || (row_number // {LM_SEGMENT_LINES})::VARCHAR"
-                 if task == "language_modeling" else "text")
+    # What the split hash reads: the text, for language modelling the file segment a line is in, for
+    # preference the prompt.
+    split_key = {"language_modeling": f"file_sha256 || ':' || (row_number // {LM_SEGMENT_LINES})::VARCHAR",
+                 "preference": "prompt_key"}.get(task, "text")
+    preference = task == "preference"
 
     conn.execute("CREATE SCHEMA IF NOT EXISTS datasets")
     conn.execute("BEGIN TRANSACTION")
@@ -126,7 +164,7 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
                    substr(sha256(file_sha256 || ':' || row_number::VARCHAR), 1, 16) AS row_id
             FROM ({rows_union})
         """)
-        redacted = _redact(conn, dataset.redact)
+        redacted = _redact(conn, dataset.redact, json_text=task in JSON_TASKS)
         conn.execute(f'CREATE OR REPLACE TABLE datasets."{name}__redactions" (rule VARCHAR, rows BIGINT)')
         for rule, rows in redacted.items():
             conn.execute(f'INSERT INTO datasets."{name}__redactions" VALUES (?, ?)', [rule, rows])
@@ -135,19 +173,29 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
             -- What was read is kept where it differs from the clean text: a valid row always has a text
             -- (coalesce(raw_text, text) gives it back), and most rows are clean as they come.
             SELECT * REPLACE (CASE WHEN reason IS NULL AND raw_text = text THEN NULL ELSE raw_text END AS raw_text),
-                   hash(text) AS text_hash
+                   hash(text) AS text_hash,
+                   {prompt_key() if preference else "NULL::VARCHAR"} AS prompt_key
             FROM (
             SELECT *,
                    CASE WHEN contains(coalesce(raw_text, ''), chr(0)) THEN 'nul_byte'
                         WHEN trim(text) = '' THEN 'empty_text'
                         WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant' THEN 'no_response'
                         WHEN {task == "instruction"} AND trim({_LAST_CONTENT}) = '' THEN 'empty_response'
+                        -- a pair's JSON escapes a NUL (\\u0000): its decoded parts are looked at
+                        WHEN {preference} AND {_PAIR_NUL} THEN 'nul_byte'
+                        WHEN {preference} AND {is_blank(_PROMPT_LAST)} THEN 'empty_prompt'
+                        WHEN {preference} AND ({_CHOSEN} IS NULL OR {_REJECTED} IS NULL) THEN 'missing_answer'
+                        WHEN {preference} AND ({is_blank(_CHOSEN)} OR {is_blank(_REJECTED)}) THEN 'empty_answer'
+                        WHEN {preference} AND {stripped(_CHOSEN)} = {stripped(_REJECTED)} THEN 'identical_answers'
                         WHEN length(text) > {dataset.max_chars} THEN 'too_long'
                         WHEN {task == "classification"} AND label IS NULL THEN 'missing_label'
                         WHEN ? AND NOT list_contains(?, label) THEN 'unknown_label'
                    END AS reason,
                    CASE WHEN contains(coalesce(raw_text, ''), chr(0))
                             THEN 'NUL byte at character ' || strpos(raw_text, chr(0))::VARCHAR || ': a corrupt or binary record'
+                        WHEN {preference} AND reason IN ('nul_byte', 'empty_prompt', 'missing_answer', 'empty_answer',
+                                                         'identical_answers')
+                            THEN {_PAIR_DETAIL}
                         WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant'
                             THEN 'the conversation ends with a ' || {_LAST_ROLE} || ' message, not an answer'
                         WHEN length(text) > {dataset.max_chars}
@@ -157,6 +205,14 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
                    END AS detail
             FROM _normalised)
         """, [labels is not None, labels or [], labels is not None, labels or []])
+        if preference and dataset.test_corpus:
+            # A pair on a test prompt would teach the model what the test asks: kept out, not dropped.
+            conn.execute(f"""
+                UPDATE _checked SET reason = 'prompt_in_test', raw_text = coalesce(raw_text, text),
+                       detail = 'the prompt is also a prompt of the test corpus {dataset.test_corpus}'
+                WHERE role = 'main' AND reason IS NULL
+                  AND prompt_key IN (SELECT prompt_key FROM _checked WHERE role = 'test' AND reason IS NULL)
+            """)
         # Texts that two or more valid rows share: the only ones that can have duplicates or conflicting
         # labels, a few percent of the rows, gathered with what deciding them takes. Per text: its labels
         # when they differ (no way to tell which label is right: all its rows are quarantined), and the
@@ -230,14 +286,16 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
     return summarize_dataset(conn, dataset)
 
 
-def _redact(conn: duckdb.DuckDBPyConnection, rules: list[str]) -> dict[str, int]:
-    """Applies the dataset's redaction rules to _normalised.text; rows changed per rule."""
+def _redact(conn: duckdb.DuckDBPyConnection, rules: list[str], *, json_text: bool = False) -> dict[str, int]:
+    """Applies the dataset's redaction rules to _normalised.text; rows changed per rule. `json_text`: the
+    texts are JSON, redacted inside their strings."""
     from duckdb import sqltypes
 
     counts = {}
     for rule in (r for r in RULES if r in rules):
         function = f"ft_redact_{rule}"
-        conn.create_function(function, _redactor(rule), [sqltypes.VARCHAR], sqltypes.VARCHAR)
+        conn.create_function(function, _json_redactor(rule) if json_text else _redactor(rule),
+                             [sqltypes.VARCHAR], sqltypes.VARCHAR)
         try:
             counts[rule] = conn.execute(
                 f"UPDATE _normalised SET text = {function}(text) WHERE text IS NOT NULL AND {function}(text) <> text"
@@ -250,6 +308,21 @@ def _redact(conn: duckdb.DuckDBPyConnection, rules: list[str]) -> dict[str, int]
 def _redactor(rule: str):
     # DuckDB reads the function's parameters: it must take exactly the text.
     return lambda text: redact(text, rule)
+
+
+def _json_redactor(rule: str):
+    """Redacts every string of a JSON text, then writes it as ingest does: on the JSON text itself, an
+    address after an escape (`\\nbob@example.org`) would take the escape's letter and leave `\\[EMAIL]`."""
+    def redacted(value):
+        if isinstance(value, str):
+            return redact(value, rule)
+        if isinstance(value, list):
+            return [redacted(v) for v in value]
+        if isinstance(value, dict):
+            return {k: redacted(v) for k, v in value.items()}
+        return value
+
+    return lambda text: json.dumps(redacted(json.loads(text)), ensure_ascii=False)
 
 
 def summarize_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig) -> DatasetSummary:

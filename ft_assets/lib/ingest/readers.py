@@ -1,29 +1,45 @@
 """Raw corpora: every file of a landing folder into DuckDB, row for row, with where each row came from.
 
 `row_number` is a record's 1-based position among the records parsed from its file (for jsonl
-and txt, its line); a reject carries the physical `line` the parser stopped at.
+and txt, its line; for json, its index in the file's array); a reject carries the physical `line`
+the parser stopped at (for json, the element's index).
 Each corpus becomes three tables in the `raw` schema of the warehouse:
   raw.<corpus>           source_uri, file_sha256, row_number, text, label
   raw.<corpus>__rejects  source_uri, file_sha256, line, error, raw_line   (records that did not parse)
   raw.<corpus>__files    source_uri, file_sha256, bytes, rows, rejects
 and raw.<corpus>__file_log keeps every file version ever read or withdrawn (see write_raw).
 Reading stages each file's rows and rejects as parquet in a temporary folder (DuckDB streams CSV, TSV
-and parquet there; the jsonl and txt readers write BATCH_ROWS records at a time), and write_raw has
-DuckDB load them: no corpus is ever held whole in Python, whatever its size.
+and parquet there; the jsonl and txt readers write BATCH_ROWS records at a time, and so does the
+json reader, which has DuckDB split the file's array into its elements), and write_raw has DuckDB
+load them: no corpus is ever held whole in Python, whatever its size.
 Files are only read, never moved or rewritten. A record that cannot be parsed (bad bytes, wrong
-column count, bad JSON) is a reject with its line and the parser's message; a file the corpus
-cannot use at all (a required column missing) raises ValueError naming the file and the column.
+column count, bad JSON, a bad element of a json array) is a reject with its line and the parser's
+message; a file the corpus cannot use at all (a required column missing, a json file whose top
+level is not an array, or whose array cannot be split into elements) raises ValueError naming the
+file and the reason.
 
 An instruction corpus (`record: instruction`) stores each record as its conversation: `text` is
 the JSON list of chat messages ({"role", "content"}), built from the record's `messages`, or from
 instruction / optional input / response as one user turn and one assistant turn; `label` is null.
 Whether a conversation ends in a non-empty answer is a cleaning rule, not a parse error.
 
+A preference corpus (`record: preference`) stores each record as one pair: `text` is the JSON
+{"prompt": [chat messages, ending with the user's], "chosen": answer text, "rejected": answer text}
+(json.dumps, ensure_ascii=False); `label` is null. Each record's layout is recognised from its
+fields (PREFERENCE_LAYOUTS): TRL prompt / chosen / rejected (texts or message lists; without a
+prompt, chosen and rejected as whole conversations whose shared messages are the prompt), OpenAI
+input.messages / preferred_output / non_preferred_output, or ShareGPT conversations ({"from":
+system|human|gpt, "value"}) / chosen / rejected; a corpus' `preference_fields` name the three
+fields instead. A record in no layout, in two, or with a malformed message list is a reject whose
+error names the field and what it should hold; a record without its chosen or rejected answer is
+not: the answer is null, and cleaning quarantines the pair, as it does blank or identical answers.
+
 Field types. A text, label or instruction field is read as text when it holds a string, a number or
 a boolean (numbers and booleans as JSON spells them: a label `1` is "1", `true` is "true"); a JSON
 object or list, or a parquet column of a nested type (list, struct, map), never is: such a record
 is a reject whose error starts with WRONG_TYPE and names the field, which cleaning quarantines as
-`wrong_type`. CSV and TSV fields are always text.
+`wrong_type`. A message's content (instruction and preference records) must be a string. CSV and
+TSV fields are always text.
 """
 
 from __future__ import annotations
@@ -208,9 +224,31 @@ def committed_files(conn: duckdb.DuckDBPyConnection, corpus_name: str) -> dict[s
 
 
 def _required_fields(corpus: CorpusConfig) -> list[str]:
-    if corpus.record == "instruction":
-        return []  # either messages or instruction + response; _conversation says which is missing
+    if corpus.record != "text":
+        # instruction: messages or instruction + response, _conversation says which is missing;
+        # preference: the layout decides, _preference_pair says what is missing.
+        return []
     return [f for f in (corpus.text_field, corpus.label_field) if f]
+
+
+def _record_text_label(corpus: CorpusConfig, record: object) -> tuple[str | None, str | None]:
+    """A parsed JSON record (a jsonl line, a json array element) as the raw table's text and label.
+
+    Raises:
+        ValueError: the record is not an object, lacks a required field or holds a malformed one.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in _required_fields(corpus) if k not in record]
+    if missing:
+        raise ValueError(f"missing field(s) {', '.join(map(repr, missing))}")
+    if corpus.record == "instruction":
+        return _conversation(corpus, record), None
+    if corpus.record == "preference":
+        return _preference_pair(corpus, record), None
+    text = _as_text(record[corpus.text_field], corpus.text_field)
+    label = _as_text(record.get(corpus.label_field), corpus.label_field) if corpus.label_field else None
+    return text, label
 
 
 ROLES = ("system", "user", "assistant")
@@ -244,6 +282,155 @@ def _conversation(corpus: CorpusConfig, record: dict) -> str:
             prompt = f"{prompt}\n\n{context}"
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": _as_text(record[fields.response], fields.response)}]
     return json.dumps(messages, ensure_ascii=False)
+
+
+# The preference layouts recognised by their fields: name -> the fields of the prompt, the chosen
+# and the rejected answer. TRL and ShareGPT share chosen / rejected: prompt or conversations decides.
+PREFERENCE_LAYOUTS = {
+    "TRL": ("prompt", "chosen", "rejected"),
+    "OpenAI": ("input", "preferred_output", "non_preferred_output"),
+    "ShareGPT": ("conversations", "chosen", "rejected"),
+}
+# ShareGPT's speakers (`from`) as chat roles; some exports already write user / assistant.
+SHAREGPT_ROLES = {"system": "system", "human": "user", "gpt": "assistant", "user": "user", "assistant": "assistant"}
+_LAYOUT_NAMES = ("TRL (prompt, chosen, rejected), OpenAI (input.messages, preferred_output, "
+                 "non_preferred_output) or ShareGPT (conversations, chosen, rejected)")
+_NAME_THEM = "name its fields in the corpus' preference_fields: {prompt, chosen, rejected}"
+
+
+def _preference_pair(corpus: CorpusConfig, record: dict) -> str:
+    """The record as one preference pair's JSON (see the module docstring).
+
+    Raises:
+        ValueError: the record is in no layout or in two, or a field is malformed (naming it).
+        WrongType: a message's content is not text.
+    """
+    prompt_field, chosen_field, rejected_field = _preference_fields(corpus, record)
+    prompt_value, chosen_value, rejected_value = (record.get(f) for f in (prompt_field, chosen_field, rejected_field))
+    if prompt_value is None and (isinstance(chosen_value, list) or isinstance(rejected_value, list)):
+        prompt, chosen, rejected = _shared_prompt(chosen_field, chosen_value, rejected_field, rejected_value)
+    else:
+        prompt = [] if prompt_value is None else _prompt(prompt_value, prompt_field)
+        chosen, rejected = _answer(chosen_value, chosen_field), _answer(rejected_value, rejected_field)
+    return json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False)
+
+
+def _preference_fields(corpus: CorpusConfig, record: dict) -> tuple[str, str, str]:
+    """The record's (prompt, chosen, rejected) fields: the corpus' preference_fields, else its layout's.
+    A field counts as present when it holds a value (a parquet file has every column in every row)."""
+    present = [k for k, v in record.items() if v is not None]
+    if corpus.preference_fields is not None:
+        named = corpus.preference_fields
+        fields = (named.prompt, named.chosen, named.rejected)
+        if not any(f in present for f in fields):
+            raise ValueError(f"none of the preference_fields {', '.join(map(repr, fields))} is set "
+                             f"(fields found: {', '.join(present) or 'none'})")
+        return fields
+    seen = {name: [f for f in fields if f in present] for name, fields in PREFERENCE_LAYOUTS.items()}
+    if seen["TRL"] and seen["ShareGPT"]:
+        if "conversations" not in present:
+            seen["ShareGPT"] = []
+        elif "prompt" not in present:
+            seen["TRL"] = []
+    layouts = [name for name, fields in seen.items() if fields]
+    if not layouts:
+        raise ValueError(f"no known preference layout: expected {_LAYOUT_NAMES}; the record has "
+                         f"{', '.join(present) or 'no fields'}; {_NAME_THEM}")
+    if len(layouts) > 1:
+        mixed = " and ".join(f"{name} ({', '.join(seen[name])})" for name in layouts)
+        raise ValueError(f"the record has fields of more than one preference layout: {mixed}; {_NAME_THEM}")
+    return PREFERENCE_LAYOUTS[layouts[0]]
+
+
+def _messages(value: object, field: str) -> list[dict]:
+    """Chat messages ({"role", "content"}) or ShareGPT turns ({"from", "value"}) as chat messages.
+
+    Raises:
+        ValueError: not a list of messages; WrongType: a content that is not text.
+    """
+    if not isinstance(value, list):
+        raise ValueError(f"field {field!r} must be a list of messages, not {_json_kind(value)}")
+    return [_message(m, f"{field!r}[{i}]") for i, m in enumerate(value)]
+
+
+def _message(value: object, where: str) -> dict:
+    """One chat message or ShareGPT turn as {"role", "content"}; `where` names it in errors ('chosen'[0])."""
+    if isinstance(value, dict) and value.get("role") in ROLES and "content" in value:
+        role, content, key = value["role"], value["content"], "content"
+    elif isinstance(value, dict) and value.get("from") in SHAREGPT_ROLES and "value" in value:
+        role, content, key = SHAREGPT_ROLES[value["from"]], value["value"], "value"
+    else:
+        raise ValueError(f"field {where} must be a chat message {{'role': one of {ROLES}, 'content': text}} "
+                         f"or a ShareGPT turn {{'from': one of {tuple(SHAREGPT_ROLES)}, 'value': text}}")
+    if not isinstance(content, str):
+        raise WrongType(f"{WRONG_TYPE}field {where}.{key} holds {_json_kind(content)}, not text")
+    return {"role": role, "content": content}
+
+
+def _prompt(value: object, field: str) -> list[dict]:
+    """A prompt field as chat messages: a text is the user's message; {"messages": [...]} (OpenAI's
+    input) or a list are messages, which end with the user's, the turn both answers reply to."""
+    if isinstance(value, dict):
+        if "messages" not in value:
+            raise ValueError(f"field {field!r} must be a text, a list of messages or {{'messages': [...]}}; "
+                             f"it is a JSON object without 'messages'")
+        return _ends_with_user(_messages(value["messages"], f"{field}.messages"), f"{field}.messages")
+    if isinstance(value, list):
+        return _ends_with_user(_messages(value, field), field)
+    return [{"role": "user", "content": _as_text(value, field)}]
+
+
+def _ends_with_user(messages: list[dict], field: str) -> list[dict]:
+    if messages and messages[-1]["role"] != "user":
+        raise ValueError(f"field {field!r} must end with the user's message, which the answers reply to; "
+                         f"it ends with a {messages[-1]['role']} message")
+    return messages
+
+
+def _answer(value: object, field: str) -> str | None:
+    """An answer field as its text: a text, one assistant message, or a list of one (OpenAI's outputs,
+    TRL's conversational answers). None, or an empty list, is a missing answer."""
+    if value is None or value == []:
+        return None
+    if isinstance(value, (dict, list)):
+        messages = _messages(value, field) if isinstance(value, list) else [_message(value, repr(field))]
+        if len(messages) > 1:
+            raise ValueError(f"field {field!r} must hold one answer, the assistant's message; it holds "
+                             f"{len(messages)} messages")
+        if messages[0]["role"] != "assistant":
+            raise ValueError(f"field {field!r} must be the assistant's answer, not a {messages[0]['role']} message")
+        return messages[0]["content"]
+    return _as_text(value, field)
+
+
+def _shared_prompt(chosen_field: str, chosen_value: object, rejected_field: str,
+                   rejected_value: object) -> tuple[list[dict], str | None, str | None]:
+    """TRL's implicit prompt: with no prompt field, chosen and rejected are whole conversations, the same
+    up to their last message, the answer; what they share is the prompt. Returns (prompt, chosen, rejected)."""
+    conversations = {}
+    for field, value in ((chosen_field, chosen_value), (rejected_field, rejected_value)):
+        if value is None or value == []:
+            continue
+        if not isinstance(value, list):
+            raise ValueError(f"field {field!r} must be a conversation (a list of messages) as the other answer "
+                             f"is, since the record has no prompt; it is {_json_kind(value)}")
+        messages = _messages(value, field)
+        if messages[-1]["role"] != "assistant":
+            raise ValueError(f"field {field!r} must end with the assistant's answer; it ends with a "
+                             f"{messages[-1]['role']} message")
+        conversations[field] = messages
+    histories = [messages[:-1] for messages in conversations.values()]
+    shared = 0
+    while all(len(h) > shared for h in histories) and all(h[shared] == histories[0][shared] for h in histories):
+        shared += 1
+    if any(len(h) != shared for h in histories):
+        raise ValueError(f"fields {chosen_field!r} and {rejected_field!r} hold whole conversations (the record has "
+                         f"no prompt), so they must be the same up to their last message, the answer; they differ "
+                         f"at message {shared + 1}")
+    prompt = _ends_with_user(histories[0] if histories else [], f"{chosen_field}/{rejected_field}")
+    chosen, rejected = (conversations[f][-1]["content"] if f in conversations else None
+                        for f in (chosen_field, rejected_field))
+    return prompt, chosen, rejected
 
 
 def _missing_column_error(corpus: CorpusConfig, path: Path, missing: list[str], found: list[str]) -> ValueError:
@@ -353,19 +540,55 @@ def _read_jsonl(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
             try:
                 # A byte-order mark may open the file; it is not part of the first record.
                 record = json.loads(raw.decode("utf-8-sig" if line_no == 1 else "utf-8"))
-                if not isinstance(record, dict):
-                    raise ValueError(f"expected a JSON object, got {type(record).__name__}")
-                missing = [k for k in _required_fields(corpus) if k not in record]
-                if missing:
-                    raise ValueError(f"missing field(s) {', '.join(map(repr, missing))}")
-                text = (_conversation(corpus, record) if corpus.record == "instruction"
-                        else _as_text(record[corpus.text_field], corpus.text_field))
-                label = _as_text(record.get(corpus.label_field), corpus.label_field) if corpus.label_field else None
+                text, label = _record_text_label(corpus, record)
             except (UnicodeDecodeError, ValueError) as e:
                 rejects.append({"line": line_no, "error": _reject_error(e),
                                 "raw_line": raw.decode("utf-8", errors="replace").rstrip("\n")})
                 continue
             rows.append({"row_number": line_no, "text": text, "label": label})
+
+
+def _read_json(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
+    """One JSON array of records. DuckDB splits the array into its elements' raw text, a batch at a time
+    (an element it can delimit but that does not parse is still one element), and each is parsed as a
+    jsonl line is: a bad element is a reject at its 1-based index."""
+    top = _first_character(path)
+    if top not in ("[", None):
+        kind = {"{": "a JSON object"}.get(top, f"a value starting with {top!r}")
+        raise ValueError(f"corpus {corpus.name!r}: file {path} holds {kind} at its top level, not an array of "
+                         "records: a json corpus file is one array [{...}, {...}]; for one record per line use "
+                         "format: jsonl")
+    conn = _file_connection(path)
+    conn.execute("SET threads = 1")  # the elements in file order
+    try:
+        batches = conn.sql("SELECT json::VARCHAR FROM read_json_objects(getvariable('path'), format = 'array')"
+                           ).fetch_record_batch(BATCH_ROWS)
+        with (_ParquetRecords(out.rows, ROW_SCHEMA, out) as rows,
+              _ParquetRecords(out.rejects, REJECT_SCHEMA, out) as rejects):
+            elements = (element for batch in batches for element in batch.column(0).to_pylist())
+            for index, element in enumerate(elements, start=1):
+                try:
+                    text, label = _record_text_label(corpus, json.loads(element))
+                except ValueError as e:
+                    rejects.append({"line": index, "error": _reject_error(e), "raw_line": element})
+                    continue
+                rows.append({"row_number": index, "text": text, "label": label})
+    except duckdb.Error as e:
+        # The array itself is broken (cut off, a missing comma, bytes that are not UTF-8): where one
+        # element ends is unknown, so none of the file can be trusted.
+        raise ValueError(f"corpus {corpus.name!r}: file {path} is not a readable JSON array: {e}".strip()) from e
+
+
+def _first_character(path: Path) -> str | None:
+    """The first character of a file after any byte-order mark and whitespace (None: there is none)."""
+    with open(path, "rb") as f:
+        head = f.read(4096).removeprefix(b"\xef\xbb\xbf").lstrip()
+        while not head:
+            chunk = f.read(4096)
+            if not chunk:
+                return None
+            head = chunk.lstrip()
+    return head[:1].decode("utf-8", errors="replace")
 
 
 def _read_txt(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
@@ -392,8 +615,8 @@ def _read_parquet(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
     missing = [f for f in _required_fields(corpus) if f not in types]
     if missing:
         raise _missing_column_error(corpus, path, missing, list(types))
-    if corpus.record == "instruction":
-        return _parquet_conversations(corpus, conn, out)
+    if corpus.record != "text":
+        return _parquet_records(corpus, conn, out)
     label = f'CAST("{corpus.label_field}" AS VARCHAR)' if corpus.label_field else "NULL::VARCHAR"
     # A record whose text or label column is of a nested type is a wrong_type reject, unless the value is null.
     nested = [f for f in (corpus.text_field, corpus.label_field) if f and _is_nested(types[f])]
@@ -414,13 +637,16 @@ def _read_parquet(corpus: CorpusConfig, path: Path, out: _Staged) -> None:
                     FROM {scan} WHERE {wrong}""", out.rejects, out)
 
 
-def _parquet_conversations(corpus: CorpusConfig, conn: duckdb.DuckDBPyConnection, out: _Staged) -> None:
+def _parquet_records(corpus: CorpusConfig, conn: duckdb.DuckDBPyConnection, out: _Staged) -> None:
+    """Instruction or preference records from parquet: their columns (lists and structs as Python lists
+    and dicts) read as a JSON record is."""
     batches = conn.sql("SELECT * FROM read_parquet(getvariable('path'))").fetch_record_batch(BATCH_ROWS)
     with _ParquetRecords(out.rows, ROW_SCHEMA, out) as rows, _ParquetRecords(out.rejects, REJECT_SCHEMA, out) as rejects:
         records = (record for batch in batches for record in batch.to_pylist())
         for row_number, record in enumerate(records, start=1):
             try:
-                rows.append({"row_number": row_number, "text": _conversation(corpus, record), "label": None})
+                text, _ = _record_text_label(corpus, record)
+                rows.append({"row_number": row_number, "text": text, "label": None})
             except ValueError as e:
                 rejects.append({"line": row_number, "error": _reject_error(e),
                                 "raw_line": json.dumps(record, default=str)})
@@ -459,7 +685,7 @@ def _reject_error(error: ValueError) -> str:
     return str(error) if isinstance(error, WrongType) else f"{type(error).__name__}: {error}"
 
 
-_READERS = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl,
+_READERS = {"csv": _read_delimited, "tsv": _read_delimited, "jsonl": _read_jsonl, "json": _read_json,
             "txt": _read_txt, "parquet": _read_parquet}
 
 
