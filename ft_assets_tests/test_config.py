@@ -25,7 +25,7 @@ def test_every_shipped_project_yaml_validates(path):
 def test_the_readme_reference_block_validates_and_shows_every_setting(tmp_path):
     text = readme_block("# project.yaml: every setting", raw=True)
     config = load_config(write_text(tmp_path, text))
-    assert [r.name for r in config.recipes] == ["tickets_lora", "questions_scratch"]
+    assert [r.name for r in config.recipes] == ["tickets_lora", "questions_scratch", "pairs_dpo"]
     raw = yaml.safe_load(text)
 
     def shown(entries: list[dict], model) -> None:
@@ -87,7 +87,7 @@ def test_defaults_are_resolved_into_the_recipe_and_its_hash(tmp_path):
     (lambda c: c["recipes"][0].update(lerning_rate=1), "recipes[0] (r): field lerning_rate: Extra inputs are not permitted"),
     (lambda c: c["recipes"][0].update(training={"learning_rate": -1}), "recipes[0] (r): field training.learning_rate"),
     (lambda c: c["recipes"][0].update(method="adapterz"), "recipes[0] (r): field method"),
-    (lambda c: c["recipes"][0].update(method_args={"rank": 4}), "field rank: Extra inputs are not permitted"),
+    (lambda c: c["recipes"][0].update(method_args={"rank": 4}), "method_args.rank: Extra inputs are not permitted (lora takes: r, alpha"),
     (lambda c: c["corpora"][0].update(format="xlsx"), "corpora[0] (c): field format"),
     (lambda c: c["corpora"][0].update(columns=["a", "b"]), "lack the field(s) ['text', 'label']"),
     (lambda c: c["datasets"][0].update(test_fraction=0.0), "a dataset needs a test split"),

@@ -63,7 +63,7 @@ def _with_recipe(recipe: dict) -> dict:
     ({"name": "x", "dataset": "prefs", "base_model": "/m", "method": "lora", "objective_args": {"beta": 0.2}},
      "(entry)", "objective_args needs an objective"),
     ({"name": "x", "dataset": "prefs", "base_model": "/m", "method": "lora", "objective": "dpo",
-      "objective_args": {"bta": 0.2}}, "(entry)", "bta"),
+      "objective_args": {"bta": 0.2}}, "(entry)", "objective_args.bta: Extra inputs are not permitted (dpo takes: beta, label_smoothing"),
     ({"name": "x", "dataset": "prefs", "method": "lora", "objective": "dpo"}, "base_model",
      "objective dpo needs a causal LM"),
     ({"name": "x", "dataset": "prefs", "base_model": "scratch", "scratch": {}, "method": "full"}, "base_model",

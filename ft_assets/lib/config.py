@@ -402,6 +402,21 @@ class RetrainConfig(_Strict):
         return int(self.min_interval[:-1]) * INTERVAL_UNITS[self.min_interval[-1]]
 
 
+def _validated_args(model: type[_Strict], values: dict, field: str, owner: str) -> _Strict:
+    """A method's or objective's arguments, validated; an error names `field`.key, not the bare key.
+
+    Raises:
+        ValueError: every problem, e.g. "objective_args.bta: Extra inputs are not permitted (dpo takes beta, ...)".
+    """
+    try:
+        return model.model_validate(values)
+    except ValidationError as e:
+        known = ", ".join(model.model_fields) or "none"
+        raise ValueError("; ".join(f"{field}.{'.'.join(map(str, err['loc']))}: {err['msg']}"
+                                   + (f" ({owner} takes: {known})" if err["type"] == "extra_forbidden" else "")
+                                   for err in e.errors())) from None
+
+
 # base_model forms besides a local directory or hub id.
 SCRATCH = "scratch"
 CHECKPOINT_PREFIX = "checkpoint:"
@@ -439,7 +454,7 @@ class RecipeConfig(_Strict):
     def _method_args(self) -> RecipeConfig:
         if (self.base_model == SCRATCH) != (self.scratch is not None):
             raise ValueError("base_model: scratch and a scratch: block go together")
-        args = METHOD_ARGS[self.method].model_validate(self.method_args)
+        args = _validated_args(METHOD_ARGS[self.method], self.method_args, "method_args", self.method)
         # Store the resolved arguments so the recipe hash covers the defaults too.
         object.__setattr__(self, "method_args", args.model_dump())
         if self.objective is None and self.objective_args:
@@ -449,7 +464,8 @@ class RecipeConfig(_Strict):
             if reference and self.objective not in REFERENCE_OBJECTIVES:
                 raise ValueError(f"objective_args.{reference[0]}: {self.objective} is reference-free (it scores the "
                                  f"policy alone); only {' and '.join(REFERENCE_OBJECTIVES)} have a reference model")
-            objective_args = OBJECTIVE_ARGS[self.objective].model_validate(self.objective_args)
+            objective_args = _validated_args(OBJECTIVE_ARGS[self.objective], self.objective_args, "objective_args",
+                                             self.objective)
             object.__setattr__(self, "objective_args", objective_args.model_dump())
         lr = self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method]
         head_lr = self.training.head_learning_rate or DEFAULT_HEAD_LEARNING_RATE.get(self.method, lr)
