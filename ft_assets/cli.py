@@ -16,11 +16,11 @@ def summary(args: argparse.Namespace) -> int:
     gates; then each dataset's champion."""
     from ft_assets.lib.models.champion import current_champion
     from ft_assets.lib.config import TASK_METRICS
-    from ft_assets.lib.evaluation.leaderboard import untuned_base
+    from ft_assets.lib.evaluation.leaderboard import model_free_baseline, untuned_base
 
     config = load_config(args.config)
     missing = []
-    # `simple`: the baseline that needs no model: the majority class, or for preference pairs the length-only one.
+    # `simple`: the baseline that needs no model (the majority class; the length-only ranking of preference pairs).
     print(f"{'recipe':<24} {'method':<10} {'task':<18} {'metric':<19} {'tuned':>9} {'base':>9} {'simple':>8} "
           f"{'trainable':>12} {'train s':>8}  gates")
     for recipe in config.recipes:
@@ -32,10 +32,10 @@ def summary(args: argparse.Namespace) -> int:
         task = r.get("task", "classification")
         metric = TASK_METRICS[task][0]
         base = untuned_base(r)
-        simple = r["baselines"].get("majority") or r["baselines"].get("length")
+        simple = model_free_baseline(r)
         print(f"{recipe.name:<24} {recipe.method:<10} {task:<18} {metric:<19} {r[metric]:>9.4f} "
               f"{'-' if base is None else format(base[metric], '.4f'):>9} "
-              f"{'-' if simple is None else format(simple[metric], '.4f'):>8} "
+              f"{'-' if simple is None else format(simple[1], '.4f'):>8} "
               f"{r['cost']['trainable_params']:>12,} {r['cost']['train_seconds']:>8.1f}  {_gates_word(r.get('gates'))}")
     champions = [(d.name, current_champion(config.root / "models" / d.name / "champion")) for d in config.datasets]
     for dataset, champion in champions:

@@ -17,14 +17,15 @@ TRAINING = {"epochs": 2, "batch_size": 8, "max_length": 96, "log_every_steps": 2
 
 
 def colour_pairs(n: int, seed: int = 0) -> list[dict]:
-    """TRL-layout pairs: the preferred answer repeats the colour the prompt states, the other names another."""
+    """TRL-layout pairs: the preferred answer repeats the prompt's colour, the other evades, in words the tiny BERT
+    knows (its fixture vocabulary), shorter or longer by turns so that length alone predicts nothing."""
     rng = random.Random(seed)
     rows = []
-    for _ in range(n):
+    for i in range(n):
         thing, colour = rng.choice(THINGS), rng.choice(COLOURS)
-        wrong = rng.choice([c for c in COLOURS if c != colour])
+        evasion = "not today" if i % 2 else "please help my order is not working today again"
         rows.append({"prompt": f"The {thing} is {colour}. What colour is the {thing}?",
-                     "chosen": f"The {thing} is {colour}.", "rejected": f"The {thing} is {wrong}."})
+                     "chosen": f"The {thing} is {colour}.", "rejected": evasion})
     return rows
 
 
@@ -108,9 +109,14 @@ def test_each_report_carries_the_preference_figures_beside_the_same_keys_for_its
     causal = _report(config, "dpo")
     assert {"rouge_l", "exact_match"} <= set(causal["metrics"]) and {"rouge_l"} <= set(causal["baselines"]["reference"])
     assert causal["samples"] and "base_generated" in causal["samples"][0]
-    # The colours are learnable: DPO ranks the pair that repeats the prompt's colour first more often than
-    # the SFT model it started from.
-    assert causal["preference_accuracy"] > causal["baselines"]["reference"]["preference_accuracy"]
+    # Learnable in two epochs: the reward model ranks the answer first more often than its untuned head and
+    # than length alone (half the pairs each way); the SFT model already prefers it, and DPO keeps that with a
+    # positive implicit reward margin.
+    reward = _report(config, "reward")
+    assert reward["preference_accuracy"] > max(b["preference_accuracy"] for b in reward["baselines"].values())
+    assert abs(causal["baselines"]["length"]["preference_accuracy"] - 0.5) < 0.2
+    assert causal["preference_accuracy"] >= causal["baselines"]["reference"]["preference_accuracy"]
+    assert causal["reward_margin"] > 0
 
 
 def test_the_reference_of_each_recipe_is_recorded_as_the_model_it_started_from(project):

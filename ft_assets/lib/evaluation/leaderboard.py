@@ -51,7 +51,18 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
                                          row["trainable_params"]))
 
 
-def render_chart(rows: list[dict], majority: float | None, title: str) -> bytes:
+def model_free_baseline(report: dict) -> tuple[str, float] | None:
+    """The baseline that needs no model, as (label, headline metric): the majority class of a classifier,
+    the length-only ranking of preference pairs; None for the other tasks."""
+    baselines = report["baselines"]
+    if "majority" in baselines:
+        return "majority class", baselines["majority"]["accuracy"]
+    if "length" in baselines:
+        return "length only", baselines["length"]["preference_accuracy"]
+    return None
+
+
+def render_chart(rows: list[dict], simple: tuple[str, float] | None, title: str) -> bytes:
     """PNG: the headline test metric per recipe beside the share of parameters it trained."""
     plt = pyplot()
 
@@ -59,8 +70,9 @@ def render_chart(rows: list[dict], majority: float | None, title: str) -> bytes:
     names = [r["recipe"] for r in rows][::-1]
     fig, (acc_ax, share_ax) = plt.subplots(1, 2, figsize=(10, 0.5 * len(rows) + 1.8), sharey=True)
     acc_ax.barh(names, [r[metric] for r in rows][::-1], color="#4c72b0")
-    if majority is not None:
-        acc_ax.axvline(majority, color="#c44e52", linestyle="--", label=f"majority class {majority:.3f}")
+    majority = simple[1] if simple is not None else None
+    if simple is not None:
+        acc_ax.axvline(majority, color="#c44e52", linestyle="--", label=f"{simple[0]} {majority:.3f}")
         acc_ax.legend(loc="lower left", fontsize=8)
     if metric == "perplexity":
         acc_ax.set_xscale("log")
@@ -85,7 +97,8 @@ def render_chart(rows: list[dict], majority: float | None, title: str) -> bytes:
 
 
 HEADERS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "rouge_l": "ROUGE-L", "exact_match": "exact match",
-           "perplexity": "perplexity", "eval_loss": "eval loss"}
+           "perplexity": "perplexity", "eval_loss": "eval loss", "preference_accuracy": "preference accuracy",
+           "reward_margin": "reward margin"}
 
 
 def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: list[str]) -> str:
@@ -118,8 +131,7 @@ def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: lis
 def write_leaderboard(reports: list[dict], dataset: str, out_dir: Path, missing: list[str]) -> tuple[list[dict], str]:
     """Writes leaderboard.json, leaderboard.md and leaderboard.png; returns the rows and the markdown."""
     rows = leaderboard_rows(reports)
-    majority = reports[0]["baselines"].get("majority", {}).get("accuracy") if reports else None
-    chart = render_chart(rows, majority, f"{dataset}: {len(rows)} recipes")
+    chart = render_chart(rows, model_free_baseline(reports[0]) if reports else None, f"{dataset}: {len(rows)} recipes")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "leaderboard.json").write_text(json.dumps({"dataset": dataset, "rows": rows}, indent=2) + "\n")
     (out_dir / "leaderboard.png").write_bytes(chart)
