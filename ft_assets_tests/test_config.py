@@ -181,6 +181,15 @@ def test_a_pretrain_then_instruction_tune_chain_validates(tmp_path):
     assert config.recipes[0].scratch.architecture == "llama"
 
 
+def test_forgetting_without_a_corpus_is_the_checkpoint_bases_held_out_split(tmp_path):
+    recipes = [{**CAUSAL["recipes"][1], "forgetting": {}, "gates": {"max_forgetting": 0.0}},
+               {"name": "sft_general", "dataset": "sft", "base_model": "checkpoint:pre", "method": "lora",
+                "forgetting": {"corpus": "lines"}}]
+    config = load_config(write_config(tmp_path, {**CAUSAL, "recipes": [CAUSAL["recipes"][0], *recipes]}))
+    assert config.recipes[1].forgetting.corpus is None and config.recipes[1].forgetting.max_texts == 500
+    assert config.recipes[2].forgetting.corpus == "lines"
+
+
 @pytest.mark.parametrize("change,expected", [
     ({"recipes": [{"name": "r", "dataset": "sft", "method": "lora"}]}, "the packaged default is an encoder"),
     ({"recipes": [{"name": "r", "dataset": "sft", "base_model": "/m", "method": "head_only"}]}, "a causal LM has none"),
@@ -210,6 +219,18 @@ def test_a_pretrain_then_instruction_tune_chain_validates(tmp_path):
                    "forgetting": {"corpus": "nope"}}]}, "field forgetting.corpus: no corpus named 'nope'"),
     ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "/m", "method": "lora",
                    "forgetting": {"corpus": "qa"}}]}, "forgetting is measured on plain text"),
+    # Without a corpus only a checkpoint:<recipe> base has held-out text of its own to measure on.
+    ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "/m", "method": "lora", "forgetting": {}}]},
+     "recipes[0] (r): field forgetting.corpus: not set, and base_model '/m' is not a checkpoint:<recipe>"),
+    ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "scratch", "scratch": {}, "method": "full",
+                   "forgetting": {}}]}, "name a general text corpus the base knows (`forgetting: {corpus: <name>}`)"),
+    ({"recipes": [{"name": "cls_full", "dataset": "cls", "base_model": "/m", "method": "full"},
+                  {"name": "r", "dataset": "sft", "base_model": "checkpoint:cls_full", "method": "full",
+                   "forgetting": {}}]},
+     "recipes[1] (r): field forgetting.corpus: not set, so forgetting would be measured on the test split of "
+     "datasets/cls"),
+    ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "/m", "method": "lora",
+                   "gates": {"max_forgetting": 0.1}}]}, "add `forgetting: {}` (the base's held-out text"),
 ])
 def test_causal_recipes_that_cannot_run_fail_at_load_naming_the_entry(tmp_path, change, expected):
     with pytest.raises(ConfigError) as error:

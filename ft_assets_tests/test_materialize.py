@@ -108,6 +108,30 @@ def test_forgetting_is_measured_on_the_general_text_for_every_recipe(project):
         assert event.asset_materialization.metadata["forgetting_knn_overlap"].value == f["knn_overlap"]
 
 
+def test_an_encoder_from_a_checkpoint_measures_forgetting_on_that_checkpoints_test_split(tmp_path, tiny_model_dir):
+    """`forgetting: {}` on a checkpoint:<recipe> base: the base dataset's test texts, against that checkpoint."""
+    training = {"epochs": 2, "batch_size": 16, "max_length": 16}
+    config = load_config(write_project(tmp_path, tiny_model_dir, recipes=[
+        {"name": "tiny_full", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "full",
+         "training": {**training, "learning_rate": 3e-3}},
+        # A head on tiny_full's encoder: the encoder is the base's, so nothing drifts.
+        {"name": "tiny_chain", "dataset": "tickets", "base_model": "checkpoint:tiny_full", "method": "head_only",
+         "training": training, "forgetting": {}, "gates": {"max_forgetting": 1e-6}},
+    ]))
+    # Two epochs do not beat the baselines, so there is no champion: only the reports matter here.
+    result = materialize_all(build_definitions(config), dg.DagsterInstance.ephemeral(), raise_on_error=False)
+    assert "reports/tiny_chain" in {m.asset_key.to_user_string() for m in result.get_asset_materialization_events()}
+    report = json.loads((config.root / "reports" / "tiny_chain" / "eval.json").read_text())
+    f = report["forgetting"]
+    assert {k: f[k] for k in ("corpus", "dataset", "split", "kind")} == {
+        "corpus": None, "dataset": "tickets", "split": "test", "kind": "encoder"}
+    assert f["n_texts"] == report["n_test"]
+    # Against the original tiny BERT (the wrong base) it would not be 0: tiny_full moved its encoder.
+    assert f["representation_drift"] == pytest.approx(0.0, abs=1e-6) and f["knn_overlap"] == 1.0
+    check = next(e for e in result.get_asset_check_evaluations() if e.check_name == "forgetting_ceiling")
+    assert check.passed and "on the base's held-out text (datasets/tickets, test split)" in check.description
+
+
 def test_the_report_in_the_ui_carries_its_figures(project):
     _, instance, _, _ = project
     event = instance.get_latest_materialization_event(dg.AssetKey(["reports", "tiny_lora"]))

@@ -13,7 +13,7 @@ from ft_assets.lib.storage import folder_sha256
 from ft_assets_tests.conftest import qa_conversations, story_lines
 from ft_assets_tests.helpers import materialize_all
 
-# Nats of general-text loss a recipe may add before its forgetting gate fails.
+# Nats of loss on the texts the base knows that a recipe may add before its forgetting gate fails.
 FORGETTING_CEILING = 0.05
 TRAINING = {"epochs": 2, "batch_size": 8, "max_length": 96, "log_every_steps": 2}
 
@@ -41,9 +41,10 @@ def project(tmp_path_factory):
             {"name": "pre", "dataset": "stories", "base_model": "scratch", "method": "full",
              "scratch": {"vocab_size": 320, "hidden_size": 32, "layers": 2, "heads": 2, "context": 128},
              "training": {**TRAINING, "learning_rate": 3e-3}},
-            # Tuned hard, in full, on narrow Q&A: forgets the stories it was pretrained on.
+            # Tuned hard, in full, on narrow Q&A: forgets the stories it was pretrained on, measured on
+            # the base's own held-out stories (no corpus: the test split of datasets/stories).
             {"name": "qa_full", "dataset": "qa", "base_model": "checkpoint:pre", "method": "full",
-             "forgetting": {"corpus": "general"}, "gates": {"max_forgetting": FORGETTING_CEILING},
+             "forgetting": {}, "gates": {"max_forgetting": FORGETTING_CEILING},
              "training": {**TRAINING, "learning_rate": 3e-3, "packing": True}, "generation": {"max_new_tokens": 12}},
             {"name": "qa_lora", "dataset": "qa", "base_model": "checkpoint:pre", "method": "lora",
              "method_args": {"r": 4, "alpha": 8}, "export": "merged",
@@ -110,18 +111,42 @@ def test_instruction_reports_score_generations_against_the_base(project):
     assert report["eval_loss"] < report["baselines"]["base"]["eval_loss"]
 
 
-def test_forgetting_is_the_loss_increase_on_general_text(project):
-    config, _, _, _ = project
+def test_forgetting_without_a_corpus_is_the_loss_increase_on_the_base_checkpoints_test_split(project):
+    config, defs, _, _ = project
     report = json.loads((config.root / "reports" / "qa_full" / "eval.json").read_text())
+    pre = json.loads((config.root / "reports" / "pre" / "eval.json").read_text())
     f = report["forgetting"]
-    assert f["kind"] == "causal_lm" and f["corpus"] == "general" and f["n_texts"] == 60
-    assert f["base_loss"] > 0 and f["loss_increase"] == pytest.approx(f["tuned_loss"] - f["base_loss"])
+    assert {k: f[k] for k in ("corpus", "dataset", "split", "kind")} == {
+        "corpus": None, "dataset": "stories", "split": "test", "kind": "causal_lm"}
+    # The very texts and scoring of the base's own test loss: its report's, on the same checkpoint.
+    assert f["n_texts"] == pre["n_test"]
+    assert f["base_loss"] == pytest.approx(pre["eval_loss"], rel=1e-6)
+    assert f["loss_increase"] == pytest.approx(f["tuned_loss"] - f["base_loss"])
+    assert "on the base's held-out text (datasets/stories, test split)" in (
+        config.root / "reports" / "qa_full" / "report.md").read_text()
+    card = (Path(report["checkpoint"]) / "README.md").read_text()
+    assert "Forgetting, on the base's held-out text (datasets/stories, test split)" in card
+    # The report reads the base's dataset, not a raw corpus.
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey(["reports", "qa_full"])).parent_keys == {
+        dg.AssetKey(["checkpoints", "qa_full"]), dg.AssetKey(["datasets", "stories"])}
+
+
+def test_forgetting_on_a_corpus_is_the_loss_increase_on_its_texts(project):
+    config, _, _, _ = project
+    gentle = json.loads((config.root / "reports" / "qa_gentle" / "eval.json").read_text())["forgetting"]
+    assert {k: gentle[k] for k in ("corpus", "dataset", "split", "kind", "n_texts")} == {
+        "corpus": "general", "dataset": None, "split": None, "kind": "causal_lm", "n_texts": 60}
+    full = json.loads((config.root / "reports" / "qa_full" / "eval.json").read_text())["forgetting"]
+    # Other texts than the base's test split: another base loss.
+    assert gentle["base_loss"] != pytest.approx(full["base_loss"], rel=1e-6)
     assert "forgetting" not in json.loads((config.root / "reports" / "qa_lora" / "eval.json").read_text())
     rows = json.loads((config.root / "reports" / "leaderboard" / "qa" / "leaderboard.json").read_text())["rows"]
-    gentle = json.loads((config.root / "reports" / "qa_gentle" / "eval.json").read_text())["forgetting"]
     assert {r["recipe"]: r["forgetting"] for r in rows} == {
-        "qa_full": f["loss_increase"], "qa_lora": None, "qa_gentle": gentle["loss_increase"]}
-    assert "## Forgetting" in (config.root / "reports" / "qa_full" / "report.md").read_text()
+        "qa_full": full["loss_increase"], "qa_lora": None, "qa_gentle": gentle["loss_increase"]}
+    markdown = (config.root / "reports" / "leaderboard" / "qa" / "leaderboard.md").read_text()
+    assert "qa_full: the base's held-out text (datasets/stories, test split)" in markdown
+    assert "qa_gentle: general text (corpus `general`)" in markdown
 
 
 def test_hard_full_tuning_fails_the_forgetting_gate_and_gentle_lora_passes_it(project):
@@ -131,7 +156,9 @@ def test_hard_full_tuning_fails_the_forgetting_gate_and_gentle_lora_passes_it(pr
     assert set(checks) == {"reports/qa_full", "reports/qa_gentle"}
     full, gentle = checks["reports/qa_full"], checks["reports/qa_gentle"]
     assert full.metadata["forgetting"].value > FORGETTING_CEILING and not full.passed
-    assert "general-text loss increase" in full.description and "above the ceiling 0.05" in full.description
+    assert "loss increase on the base's held-out text (datasets/stories, test split)" in full.description
+    assert "above the ceiling 0.05" in full.description
+    assert "loss increase on general text (corpus `general`)" in gentle.description
     assert abs(gentle.metadata["forgetting"].value) < FORGETTING_CEILING and gentle.passed
 
 

@@ -290,10 +290,14 @@ class GenerationConfig(_Strict):
 
 
 class ForgettingConfig(_Strict):
-    """Measure what tuning cost the base: both models on the same general text (see lib/evaluation/forgetting.py)."""
+    """Measure what tuning cost the base: both models on the same texts, which the base knows (see
+    lib/evaluation/forgetting.py)."""
 
-    corpus: Name  # a text corpus (txt, or text records) of general-purpose sentences
-    max_texts: int = Field(500, gt=1)  # its first max_texts texts, in file order
+    # A text corpus (txt, or text records) of general-purpose sentences, for a pretrained base that
+    # learned such text. None: the held-out test split of the dataset the base recipe trained on, for
+    # a checkpoint:<recipe> base (a base from scratch knows only its own data).
+    corpus: Name | None = None
+    max_texts: int = Field(500, gt=1)  # the first max_texts texts, in file order
 
 
 class GatesConfig(_Strict):
@@ -303,7 +307,7 @@ class GatesConfig(_Strict):
     # own units (accuracy, ROUGE-L, perplexity). 0: any improvement.
     min_margin: float = Field(0.0, ge=0.0)
     # The forgetting figure may not exceed this: representation drift for encoders (0..2),
-    # general-text loss increase in nats for causal LMs. None: no forgetting gate.
+    # loss increase in nats for causal LMs, on the forgetting texts. None: no forgetting gate.
     max_forgetting: float | None = None
     # A failed blocking gate fails the report at ERROR severity, so nothing downstream of it
     # (leaderboard, champion) runs in that run. Non-blocking gates warn. A recipe with any failed
@@ -788,17 +792,39 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
         problems += [f"{where}: field base_model: {p}"
                      for p in _base_recipe_problems(r, recipes, continues_adapter=continues_adapter(r, config.dataset(r.dataset).task))]
         if r.forgetting is not None:
-            general = corpora.get(r.forgetting.corpus)
-            if general is None:
-                problems.append(f"{where}: field forgetting.corpus: no corpus named {r.forgetting.corpus!r}")
-            elif general.record != "text":
-                problems.append(f"{where}: field forgetting.corpus: corpus {general.name!r} holds {general.record} "
-                                "records; forgetting is measured on plain text")
+            problems += [f"{where}: field forgetting.corpus: {p}" for p in _forgetting_problems(r, config, recipes)]
         elif r.gates.max_forgetting is not None:
             problems.append(f"{where}: field gates.max_forgetting: the recipe measures no forgetting; add "
-                            "`forgetting: {corpus: <general text corpus>}` or drop the ceiling")
+                            "`forgetting: {}` (the base's held-out text, for a checkpoint: base) or "
+                            "`forgetting: {corpus: <general text corpus>}`, or drop the ceiling")
         problems += [f"{where}: field {field}: {p}" for field, p in _method_problems(r, config.dataset(r.dataset))]
     return problems
+
+
+def _forgetting_problems(recipe: RecipeConfig, config: ProjectConfig, recipes: dict[str, RecipeConfig]) -> list[str]:
+    """forgetting.corpus names a plain-text corpus; without one, the base must be a checkpoint:<recipe>
+    whose dataset's test split the tuned model can be scored on (causal text for a causal LM)."""
+    name = recipe.forgetting.corpus
+    if name is not None:
+        corpus = next((c for c in config.corpora if c.name == name), None)
+        if corpus is None:
+            return [f"no corpus named {name!r}"]
+        if corpus.record != "text":
+            return [f"corpus {name!r} holds {corpus.record} records; forgetting is measured on plain text"]
+        return []
+    if recipe.base_recipe is None:
+        return [f"not set, and base_model {recipe.base_model!r} is not a checkpoint:<recipe>, so there is no base "
+                "dataset whose held-out text it knows; name a general text corpus the base knows "
+                "(`forgetting: {corpus: <name>}`)"]
+    base = recipes.get(recipe.base_recipe)
+    if base is None or base.dataset not in {d.name for d in config.datasets}:
+        return []  # reported on the base_model field, or on the base recipe's dataset field
+    task, base_task = config.dataset(recipe.dataset).task, config.dataset(base.dataset).task
+    if trains_causal_lm(base, base_task) != trains_causal_lm(recipe, task):
+        return [f"not set, so forgetting would be measured on the test split of datasets/{base.dataset} (the "
+                f"dataset of base recipe {base.name!r}), a {base_task} dataset that a {task} model is not scored "
+                "on; name a general text corpus (`forgetting: {corpus: <name>}`)"]
+    return []
 
 
 def _corpus_task_problem(corpus: CorpusConfig, task: str) -> str | None:

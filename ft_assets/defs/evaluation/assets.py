@@ -11,12 +11,14 @@ from ft_assets.defs.resources import GPU_POOL, asset_key, latest_metadata, proje
 from ft_assets.lib.config import (
     LOWER_IS_BETTER, TASK_METRICS, DatasetConfig, ProjectConfig, RecipeConfig, stable_hash,
 )
+from ft_assets.lib.evaluation.forgetting import ForgettingTexts, forgetting_source
 from ft_assets.lib.evaluation.leaderboard import forgetting_figure, write_leaderboard
 from ft_assets.lib.evaluation.report import evaluate_checkpoint
 from ft_assets.lib.ingest.readers import read_texts
 from ft_assets.lib.lineage import code_version
 from ft_assets.lib.models.model_card import CARD_FILE
 from ft_assets.lib.storage import publish, publish_text
+from ft_assets.lib.training.checkpoint import MANIFEST_FILE, MERGED_DIR
 from ft_assets.lib.training.model_cache import local_copy
 
 
@@ -45,6 +47,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
     else:
         baselines = "the majority class" + ("" if recipe.method == "head_only"
                                             else " and the untuned base with a trained head (head_only)")
+    forgetting_key, forgetting_on = _forgetting_source(recipe, config)
 
     @dg.asset(
         key=key,
@@ -53,13 +56,14 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
         kinds={"pytorch"},
         # Evaluation and the baseline's training use the accelerator too.
         pool=GPU_POOL,
-        deps=[checkpoint_key] + ([asset_key(config, "raw", recipe.forgetting.corpus)] if recipe.forgetting else []),
+        deps=[checkpoint_key] + ([forgetting_key] if forgetting_key else []),
         code_version=code_version(recipe.recipe_hash(), "ft_assets.lib.evaluation.report"),
         description=(
-            f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training. "
-            f"Writes `{out_dir}/eval.json` and `report.md`."
+            f"{TASK_SCORES[task]} of checkpoints/{recipe.name}, against {baselines}, with the cost of training"
+            + (f", and forgetting on {forgetting_on}" if forgetting_on else "")
+            + f". Writes `{out_dir}/eval.json` and `report.md`."
         ),
-        check_specs=_gate_specs(recipe, key, metric),
+        check_specs=_gate_specs(recipe, key, metric, forgetting_on),
         required_resource_keys=resource_keys(config, "warehouse"),
     )
     def report(context: dg.AssetExecutionContext):
@@ -79,20 +83,16 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
             context.log.warning(f"checkpoints/{recipe.name} predates dataset snapshots in manifests: evaluating on "
                                 f"the latest recorded version of datasets/{recipe.dataset}")
             data = recorded_snapshot(context, dataset_key)
-        # Only the splits the report reads: the test split,
-        # and the train split a classifier's baselines learn from (a preference length baseline, its direction).
+        # Only the splits the report reads: the test split, and the train split a classifier's baselines
+        # learn from (and from which a preference report's length baseline takes its direction).
         splits = {s: data.read_split(s).to_pydict()
                   for s in (("train", "test") if task in ("classification", "preference") else ("test",))}
-        if recipe.forgetting:
-            with warehouse.get_connection() as conn:
-                general = read_texts(conn, recipe.forgetting.corpus, recipe.forgetting.max_texts)
-        else:
-            general = None
+        forgetting_texts = _forgetting_texts(context, config, recipe, checkpoint_dir, warehouse)
         if not splits["test"]["text"]:
             raise dg.Failure(description=f"reports/{recipe.name}: datasets/{recipe.dataset} has an empty test split")
         result = evaluate_checkpoint(recipe, checkpoint_dir, splits, out_dir,
                                      baseline_cache=config.root / "reports" / "_baselines", task=task,
-                                     general_texts=general)
+                                     forgetting_texts=forgetting_texts)
         headline = result.report
         published = publish(config, out_dir, last="eval.json")
         # The model card gains the results: beside the weights where they were written, and in their
@@ -131,7 +131,66 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
     return report
 
 
-def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str) -> list:
+def _forgetting_source(recipe: RecipeConfig, config: ProjectConfig) -> tuple[dg.AssetKey | None, str | None]:
+    """The asset the recipe's forgetting texts come from and what they are, in words: raw/<corpus>, or
+    for `forgetting.corpus` None the dataset the base recipe trained on (its test split)."""
+    if recipe.forgetting is None:
+        return None, None
+    if recipe.forgetting.corpus is not None:
+        return asset_key(config, "raw", recipe.forgetting.corpus), forgetting_source({"corpus": recipe.forgetting.corpus})
+    dataset = _base_dataset(recipe, config)
+    return (asset_key(config, "datasets", dataset.name),
+            forgetting_source({"corpus": None, "dataset": dataset.name, "split": "test"}))
+
+
+def _base_dataset(recipe: RecipeConfig, config: ProjectConfig) -> DatasetConfig:
+    """The dataset of the recipe that recipe's checkpoint:<recipe> base is."""
+    return config.dataset(next(r for r in config.recipes if r.name == recipe.base_recipe).dataset)
+
+
+def _forgetting_texts(context: dg.AssetExecutionContext, config: ProjectConfig, recipe: RecipeConfig,
+                      checkpoint_dir: Path, warehouse: DuckDBResource) -> ForgettingTexts | None:
+    """The texts forgetting is measured on: the corpus' first max_texts texts, or the first max_texts
+    rows of the test split of the dataset version the base checkpoint trained on (its snapshot)."""
+    if recipe.forgetting is None:
+        return None
+    limit = recipe.forgetting.max_texts
+    if recipe.forgetting.corpus is not None:
+        with warehouse.get_connection() as conn:
+            return ForgettingTexts(read_texts(conn, recipe.forgetting.corpus, limit), corpus=recipe.forgetting.corpus)
+    dataset = _base_dataset(recipe, config)
+    trained_on = _base_manifest(context, config, recipe, checkpoint_dir).get("dataset", {})
+    if "snapshot" not in trained_on:
+        raise dg.Failure(description=f"reports/{recipe.name}: the base checkpoint of {recipe.base_model} predates "
+                                     "dataset snapshots in manifests, so the test split it was held out from is "
+                                     f"unknown; materialize checkpoints/{recipe.base_recipe} again, or set "
+                                     "forgetting.corpus")
+    data = snapshot_of(context, asset_key(config, "datasets", dataset.name), trained_on["snapshot"]["path"],
+                       trained_on["snapshot"]["uri"], trained_on["version"])
+    texts = data.read_split("test").column("text").to_pylist()[:limit]  # in file order, as the split is scored
+    return ForgettingTexts(texts, task=dataset.task, dataset=dataset.name, split="test")
+
+
+def _base_manifest(context: dg.AssetExecutionContext, config: ProjectConfig, recipe: RecipeConfig,
+                   checkpoint_dir: Path) -> dict:
+    """The manifest of the base checkpoint this one started from (the folder its manifest names, whose
+    merged/ export an adapter base leaves), not of whatever the base recipe trained since."""
+    recorded = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())["base_model"]["path"]
+    base_dir = recorded.rstrip("/").removesuffix(f"/{MERGED_DIR}")
+    meta = latest_metadata(context.instance, asset_key(config, "checkpoints", recipe.base_recipe))
+    if base_dir in (meta.get("checkpoint_path"), meta.get("published_uri")) and meta.get("manifest"):
+        return meta["manifest"]
+    path = Path(base_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise dg.Failure(description=f"reports/{recipe.name}: the base checkpoint {base_dir} that "
+                                     f"checkpoints/{recipe.name} started from is neither the latest "
+                                     f"checkpoints/{recipe.base_recipe} nor on this machine, so the test split it "
+                                     "was held out from is unknown; materialize the checkpoint again, or set "
+                                     "forgetting.corpus")
+    return json.loads(path.read_text())
+
+
+def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str, forgetting_on: str | None) -> list:
     gates = recipe.gates
     margin = f" by at least {gates.min_margin:g}" if gates.min_margin else ""
     specs = [dg.AssetCheckSpec(
@@ -142,8 +201,8 @@ def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str) -> list:
     if gates.max_forgetting is not None:
         specs.append(dg.AssetCheckSpec(
             "forgetting_ceiling", asset=key, blocking=gates.blocking,
-            description=f"forgetting on `{recipe.forgetting.corpus}` (representation drift for encoders, loss "
-                        f"increase in nats for causal LMs) is at most {gates.max_forgetting:g}",
+            description=f"forgetting on {forgetting_on} (representation drift for encoders, loss increase in "
+                        f"nats for causal LMs) is at most {gates.max_forgetting:g}",
         ))
     return specs
 

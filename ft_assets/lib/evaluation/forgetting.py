@@ -1,8 +1,12 @@
-"""Catastrophic forgetting, measured: the base and the tuned model on the same general text.
+"""Catastrophic forgetting, measured: the base and the tuned model on the same texts, which the base knows.
 
-Causal LMs: the mean per-token loss on the general text, before and after tuning; forgetting is
-the increase (0 = nothing lost, negative = the tuned model models general text better).
-Encoders: how far tuning moved the mean-pooled sentence embeddings of the general text —
+Where the texts come from (ForgettingTexts): a general corpus, for a pretrained base that learned
+such text; or the held-out test split of the dataset a checkpoint:<recipe> base trained on, for a
+base that knows nothing else (a model from scratch scores everyday text as noise, so a loss
+change there measures nothing it had).
+Causal LMs: the mean per-token loss on the texts, before and after tuning; forgetting is the
+increase (0 = nothing lost, negative = the tuned model models them better).
+Encoders: how far tuning moved the mean-pooled sentence embeddings of the texts —
 representation_drift = 1 - mean cosine(base_i, tuned_i) (0 = unchanged, up to 2 for opposite
 directions) — and how much of the embedding space's structure survived — knn_overlap = the mean
 share of each sentence's k nearest neighbours (cosine) that are the same before and after
@@ -11,9 +15,40 @@ share of each sentence's k nearest neighbours (cosine) that are the same before 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 KNN = 10
+
+
+@dataclass(frozen=True)
+class ForgettingTexts:
+    """The texts forgetting is measured on, where they come from, and how a causal LM scores them.
+
+    Either `corpus` (a general text corpus) or `dataset` and `split` (the base recipe's dataset) is set.
+    `task` is the task of those rows: language_modeling (one stream in blocks, as an LM test split
+    is scored; a general corpus is read this way), instruction (conversations, loss on the answers)
+    or classification (plain texts, for encoders).
+    """
+
+    texts: list[str]
+    task: str = "language_modeling"
+    corpus: str | None = None
+    dataset: str | None = None
+    split: str | None = None
+
+    def source(self) -> dict:
+        """Where the texts come from, as the report's forgetting block records it."""
+        return {"corpus": self.corpus, "dataset": self.dataset, "split": self.split}
+
+
+def forgetting_source(block: dict) -> str:
+    """What a report's forgetting block was measured on, in words: `general text (corpus `general`)` or
+    `the base's held-out text (datasets/towns, test split)`."""
+    if block.get("corpus") is not None:
+        return f"general text (corpus `{block['corpus']}`)"
+    return f"the base's held-out text (datasets/{block['dataset']}, {block['split']} split)"
 
 
 def mean_pooled_embeddings(model, tokenizer, texts: list[str], *, max_length: int, batch_size: int,

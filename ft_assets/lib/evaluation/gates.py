@@ -5,12 +5,14 @@ Two gates, each one sentence with its numbers so a failure explains itself in th
 - beats_baselines: the headline test metric beats the best baseline (the untuned base, and for
   classifiers also the majority class) by at least `gates.min_margin`.
 - forgetting_ceiling (only with `gates.max_forgetting`): the forgetting figure, representation
-  drift for encoders or the general-text loss increase for causal LMs, is at most the ceiling.
+  drift for encoders or the loss increase for causal LMs on the texts the base knows (a general
+  corpus, or the base checkpoint's held-out split), is at most the ceiling.
 """
 
 from __future__ import annotations
 
 from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS, GatesConfig
+from ft_assets.lib.evaluation.forgetting import forgetting_source
 from ft_assets.lib.evaluation.leaderboard import forgetting_figure
 
 def evaluate_gates(report: dict, gates: GatesConfig) -> list[dict]:
@@ -46,10 +48,10 @@ def _forgetting_ceiling(report: dict, ceiling: float) -> dict:
     block = report.get("forgetting")
     if block is None:
         return {"name": "forgetting_ceiling", "passed": False, "values": {"max_forgetting": ceiling},
-                "summary": "forgetting was not measured (the general corpus gave no texts), so it cannot be "
+                "summary": "forgetting was not measured (its corpus or base split gave no texts), so it cannot be "
                            f"shown to stay under {ceiling:g}"}
     figure = forgetting_figure(block)
-    what = "representation drift" if block and block["kind"] == "encoder" else "general-text loss increase"
+    what = ("representation drift" if block["kind"] == "encoder" else "loss increase") + f" on {forgetting_source(block)}"
     passed = figure <= ceiling
     return {
         "name": "forgetting_ceiling", "passed": passed,

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ft_assets.lib.config import LOWER_IS_BETTER, TASK_METRICS
 from ft_assets.lib.cost import TrainingCost
+from ft_assets.lib.evaluation.forgetting import forgetting_source
 from ft_assets.lib.evaluation.plots import data_uri, png_bytes, pyplot
 
 
@@ -19,7 +20,8 @@ def untuned_base(report: dict) -> dict | None:
 
 
 def forgetting_figure(block: dict | None) -> float | None:
-    """One number per recipe: representation drift for encoders, the general-text loss increase for causal LMs."""
+    """One number per recipe: representation drift for encoders, the loss increase for causal LMs (on the
+    texts the block names: lib/evaluation/forgetting.py)."""
     if block is None:
         return None
     return block["representation_drift"] if block["kind"] == "encoder" else block["loss_increase"]
@@ -46,6 +48,7 @@ def leaderboard_rows(reports: list[dict]) -> list[dict]:
                                        "peak_mem_bytes", "checkpoint_bytes"}),
             "trainable_share": cost.trainable_share,
             "forgetting": forgetting_figure(r.get("forgetting")),
+            "forgetting_on": forgetting_source(r["forgetting"]) if r.get("forgetting") else None,
         })
     return sorted(rows, key=lambda row: (row[row["metric"]] if row["metric"] in LOWER_IS_BETTER else -row[row["metric"]],
                                          row["trainable_params"]))
@@ -119,9 +122,13 @@ def render_markdown(rows: list[dict], dataset: str, image_ref: str, missing: lis
             f"{r['checkpoint_bytes'] / 2**20:,.1f} MiB | "
             + (f"{r['forgetting']:.4f}" if r["forgetting"] is not None else "—") + " |"
         )
-    if any(r["forgetting"] is not None for r in rows):
-        lines += ["", "Forgetting: representation drift of the general text's sentence embeddings (encoders; "
-                  "0 = unchanged) or the increase of the per-token loss on it (causal LMs; 0 = nothing lost)."]
+    measured = [r for r in rows if r["forgetting"] is not None]
+    if measured:
+        where = {r["forgetting_on"] for r in measured}
+        on = (next(iter(where)) if len(where) == 1
+              else "; ".join(f"{r['recipe']}: {r['forgetting_on']}" for r in measured))
+        lines += ["", f"Forgetting, on {on}: representation drift of the texts' sentence embeddings (encoders; "
+                  "0 = unchanged) or the increase of the per-token loss on them (causal LMs; 0 = nothing lost)."]
     if missing:
         lines += ["", f"No report yet for: {', '.join(missing)}."]
     lines += ["", f"![leaderboard]({image_ref})", ""]

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from ft_assets.lib.cost import TrainingCost
+from ft_assets.lib.evaluation.forgetting import forgetting_source
 
 # Figure file names, in the order the report shows them, with their headings.
 FIGURES = {"loss_curves": "Training curves", "confusion_matrix": "Confusion matrix"}
@@ -174,13 +175,13 @@ def _cell(text: str, limit: int = 160) -> str:
 
 
 def _forgetting_markdown(f: dict) -> str:
-    lines = ["", f"## Forgetting (general text: corpus `{f['corpus']}`, {f['n_texts']} texts)", ""]
+    lines = ["", f"## Forgetting: on {forgetting_source(f)}, {f['n_texts']} texts", ""]
     if f["kind"] == "encoder":
         lines += [f"- representation drift: **{f['representation_drift']:.4f}** (1 − mean cosine of each sentence's "
                   "mean-pooled embedding before and after tuning; 0 = unchanged)",
                   f"- {f['knn_k']}-nearest-neighbour overlap: **{f['knn_overlap']:.4f}** (share of each sentence's "
                   "neighbours kept; 1 = the embedding space kept its structure)"]
     else:
-        lines += [f"- per-token loss on the general text: base {f['base_loss']:.4f}, tuned {f['tuned_loss']:.4f}, "
+        lines += [f"- per-token loss on these texts: base {f['base_loss']:.4f}, tuned {f['tuned_loss']:.4f}, "
                   f"increase **{f['loss_increase']:+.4f}** (0 = nothing forgotten)"]
     return "\n".join(lines) + "\n"

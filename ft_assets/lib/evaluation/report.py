@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ft_assets.lib.config import RecipeConfig, stable_hash
+from ft_assets.lib.config import CAUSAL_TASKS, RecipeConfig, stable_hash
 from ft_assets.lib.cost import TrainingCost
+from ft_assets.lib.evaluation.forgetting import ForgettingTexts
 from ft_assets.lib.evaluation.metrics import ClassificationMetrics, classification_metrics, majority_baseline
 from ft_assets.lib.evaluation.rendering import write_report
 from ft_assets.lib.training.classification import predict_logits
@@ -30,7 +31,8 @@ class EvaluationResult:
 
 def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict[str, dict[str, list]],
                         out_dir: Path, baseline_cache: Path, device: str = "auto",
-                        task: str = "classification", general_texts: list[str] | None = None) -> EvaluationResult:
+                        task: str = "classification",
+                        forgetting_texts: ForgettingTexts | None = None) -> EvaluationResult:
     """Scores the checkpoint on splits["test"] and compares it with the baselines.
 
     Args:
@@ -42,14 +44,18 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
     Classification: the head_only baseline is the untuned base with a head trained the recipe's
     way (same data, epochs, batch size and seed), so the only difference to the recipe is the
     method. Causal LMs: the baseline is the untuned base itself, scored the same way.
-    With `general_texts` (the recipe's forgetting corpus) the report gets a `forgetting` block:
-    see lib/evaluation/forgetting.py for what each figure means. Nothing in `checkpoint_dir` is written (it may
-    be a cached copy): the model card with the results comes back as `card`.
+    With `forgetting_texts` (the recipe's forgetting corpus, or its base's held-out split) the report
+    gets a `forgetting` block that names where it was measured: see lib/evaluation/forgetting.py for
+    what each figure means. Nothing in `checkpoint_dir` is written (it may be a cached copy): the
+    model card with the results comes back as `card`.
+
+    Raises:
+        ValueError: a causal LM's forgetting texts are classification rows, which it cannot be scored on.
     """
     device = resolve_device(device)
     manifest = json.loads((checkpoint_dir / MANIFEST_FILE).read_text())
     if task == "preference":
-        report, generations = _preference_report(recipe, checkpoint_dir, manifest, splits, device, general_texts)
+        report, generations = _preference_report(recipe, checkpoint_dir, manifest, splits, device, forgetting_texts)
         eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
         if generations:
             (out_dir / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in generations))
@@ -57,7 +63,7 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
                                 card=render_model_card(manifest, report))
     if task != "classification":
         report, generations = _causal_report(recipe, task, checkpoint_dir, manifest, splits["test"]["text"],
-                                             baseline_cache, device, general_texts)
+                                             baseline_cache, device, forgetting_texts)
         eval_path, markdown = write_report(report, out_dir, _figures(recipe, checkpoint_dir, report))
         if generations:
             (out_dir / "generations.jsonl").write_text("".join(json.dumps(g) + "\n" for g in generations))
@@ -75,8 +81,8 @@ def evaluate_checkpoint(recipe: RecipeConfig, checkpoint_dir: Path, splits: dict
         baselines["base_head_only"] = _base_head_baseline(recipe, labels, splits, baseline_cache, device)
 
     forgetting = {}
-    if general_texts:
-        forgetting = {"forgetting": _encoder_forgetting(model, tokenizer, manifest, recipe, general_texts, device)}
+    if forgetting_texts and forgetting_texts.texts:
+        forgetting = {"forgetting": _encoder_forgetting(model, tokenizer, manifest, recipe, forgetting_texts, device)}
     report = _report("classification", {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1}, metrics.n,
                      recipe, checkpoint_dir, labels, metrics=metrics.as_dict(),
                      baselines={name: b.as_dict() for name, b in baselines.items()}, **forgetting)
@@ -104,7 +110,7 @@ def _cost(checkpoint_dir: Path) -> TrainingCost:
     return TrainingCost.from_train_info(info).model_copy(update={"checkpoint_bytes": directory_bytes(checkpoint_dir)})
 
 
-def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, texts: list[str],
+def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, texts: ForgettingTexts,
                         device: str) -> dict:
     from transformers import AutoModel
 
@@ -113,14 +119,20 @@ def _encoder_forgetting(model, tokenizer, manifest: dict, recipe: RecipeConfig, 
     path = manifest["base_model"]["path"]
     base = AutoModel.from_pretrained(path, **loading_policy(path, **recipe.loading)).to(device)
     cfg = recipe.training
-    return {"corpus": recipe.forgetting.corpus, **encoder_forgetting(
-        base, model, tokenizer, texts, max_length=cfg.max_length, batch_size=cfg.batch_size * 2, device=device)}
+    return {**texts.source(), **encoder_forgetting(
+        base, model, tokenizer, texts.texts, max_length=cfg.max_length, batch_size=cfg.batch_size * 2,
+        device=device)}
 
 
 def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manifest: dict, test_texts: list[str],
-                   cache: Path, device: str, general_texts: list[str] | None) -> tuple[dict, list[dict]]:
-    from ft_assets.lib.training.causal_data import prompt_and_reference, text_blocks
+                   cache: Path, device: str, forgetting_texts: ForgettingTexts | None) -> tuple[dict, list[dict]]:
+    from ft_assets.lib.training.causal_data import prompt_and_reference
     from ft_assets.lib.training.causal import causal_examples, mean_causal_loss
+
+    if forgetting_texts and forgetting_texts.task not in CAUSAL_TASKS:
+        source = ", ".join(f"{k} {v}" for k, v in forgetting_texts.source().items() if v is not None)
+        raise ValueError(f"recipe {recipe.name!r}: its forgetting texts ({source}) are {forgetting_texts.task} rows, "
+                         f"which a {task} model is not scored on; set forgetting.corpus to a general text corpus")
 
     model, tokenizer, _ = load_checkpoint(checkpoint_dir)
     model.to(device)
@@ -130,25 +142,32 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manife
     conversations = ([prompt_and_reference(t) for t in test_texts[: recipe.generation.max_examples]]
                      if task == "instruction" else [])
     scored = _score_causal(model, tokenizer, recipe, test_set, conversations, device)
-    general = text_blocks(tokenizer, general_texts, cfg.max_length) if general_texts else None
+    # The forgetting texts scored as their own task's test split is: an LM stream in blocks, or
+    # conversations with the loss on the answers.
+    known = (causal_examples(tokenizer, forgetting_texts.task, forgetting_texts.texts, cfg.max_length, packing=False)[0]
+             if forgetting_texts and forgetting_texts.texts else None)
+    # The base's loss on them depends on the texts and how they are read, not on what they are called.
     key = stable_hash({"task": task, "base": manifest["base_model"], "seed": recipe.training.seed,
                        "max_length": recipe.training.max_length, "generation": recipe.generation.model_dump(),
-                       "test": test_texts, "general": general_texts, "tokenizer": _tokenizer_fingerprint(checkpoint_dir)})
+                       "test": test_texts, "tokenizer": _tokenizer_fingerprint(checkpoint_dir),
+                       "forgetting": ({"texts": forgetting_texts.texts, "task": forgetting_texts.task}
+                                      if known else None)})
     cached = cache / f"{key}.json"
     if cached.exists():
         base = json.loads(cached.read_text())
     else:
         base_model = _untuned_base(manifest, checkpoint_dir, recipe.training.seed, recipe.loading).to(device)
         base = _score_causal(base_model, tokenizer, recipe, test_set, conversations, device)
-        if general:
-            base["general_loss"] = mean_causal_loss(base_model, general, tokenizer.pad_token_id, cfg.batch_size, device)
+        if known:
+            base["forgetting_loss"] = mean_causal_loss(base_model, known, tokenizer.pad_token_id, cfg.batch_size,
+                                                       device)
         cache.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps(base))
     forgetting = None
-    if general:
-        tuned_loss = mean_causal_loss(model, general, tokenizer.pad_token_id, cfg.batch_size, device)
-        forgetting = {"corpus": recipe.forgetting.corpus, "kind": "causal_lm", "n_texts": len(general_texts),
-                      "base_loss": base.pop("general_loss"), "tuned_loss": tuned_loss}
+    if known:
+        tuned_loss = mean_causal_loss(model, known, tokenizer.pad_token_id, cfg.batch_size, device)
+        forgetting = {**forgetting_texts.source(), "kind": "causal_lm", "n_texts": len(forgetting_texts.texts),
+                      "base_loss": base.pop("forgetting_loss"), "tuned_loss": tuned_loss}
         forgetting["loss_increase"] = tuned_loss - forgetting["base_loss"]
     # Every test answer beside the base's; the report shows the first few.
     generations = [{**s, "base_generated": b["generated"]} for s, b in zip(scored.pop("samples"), base.pop("samples"))]
@@ -162,7 +181,7 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manife
 
 
 def _preference_report(recipe: RecipeConfig, checkpoint_dir: Path, manifest: dict, splits: dict, device: str,
-                       general_texts: list[str] | None) -> tuple[dict, list[dict]]:
+                       forgetting_texts: ForgettingTexts | None) -> tuple[dict, list[dict]]:
     """Preference accuracy and reward margin of the tuned model (a reward model, or a causal LM's implicit
     reward) against its starting model and the length-only baseline; see lib/evaluation/preference.py."""
     from ft_assets.lib.evaluation import preference
@@ -173,22 +192,24 @@ def _preference_report(recipe: RecipeConfig, checkpoint_dir: Path, manifest: dic
     model.to(device)
     sizes = {"max_length": cfg.max_length, "batch_size": cfg.batch_size, "device": device}
     forgetting, generations = None, []
+    measured = forgetting_texts is not None and bool(forgetting_texts.texts)
     if manifest["train_info"]["objective"] == "reward":
         metrics = preference.reward_model_figures(model, tokenizer, test, **sizes)
         start = preference.untuned_reward_model(manifest["base_model"]["path"], cfg.seed, recipe.loading).to(device)
         reference = {**preference.reward_model_figures(start, tokenizer, test, **sizes), "kind": "untuned_head"}
-        if general_texts:
-            forgetting = _encoder_forgetting(model, tokenizer, manifest, recipe, general_texts, device)
+        if measured:
+            forgetting = _encoder_forgetting(model, tokenizer, manifest, recipe, forgetting_texts, device)
     else:
-        from ft_assets.lib.training.causal_data import text_blocks
+        from ft_assets.lib.training.causal import causal_examples
 
-        general = text_blocks(tokenizer, general_texts, cfg.max_length) if general_texts else None
-        scored = preference.causal_figures(model, tokenizer, manifest, test, recipe.generation, general_blocks=general,
+        known = (causal_examples(tokenizer, forgetting_texts.task, forgetting_texts.texts, cfg.max_length,
+                                 packing=False)[0] if measured else None)
+        scored = preference.causal_figures(model, tokenizer, manifest, test, recipe.generation, general_blocks=known,
                                            **sizes)
         metrics, reference, generations = scored["metrics"], scored["reference"], scored["samples"]
-        if general:
+        if measured:
             start_loss, tuned_loss = scored["forgetting_losses"]
-            forgetting = {"corpus": recipe.forgetting.corpus, "kind": "causal_lm", "n_texts": len(general_texts),
+            forgetting = {**forgetting_texts.source(), "kind": "causal_lm", "n_texts": len(forgetting_texts.texts),
                           "base_loss": start_loss, "tuned_loss": tuned_loss, "loss_increase": tuned_loss - start_loss}
     headline = {"preference_accuracy": metrics["preference_accuracy"], "reward_margin": metrics["reward_margin"]}
     baselines = {"reference": reference, "length": preference.length_baseline(splits["train"]["text"], test)}

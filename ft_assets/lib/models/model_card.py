@@ -13,6 +13,8 @@ import json
 
 import yaml
 
+from ft_assets.lib.evaluation.forgetting import forgetting_source
+
 CARD_FILE = "README.md"
 PIPELINE_TAGS = {"classification": "text-classification", "instruction": "text-generation",
                  "language_modeling": "text-generation", "preference": "text-generation"}
@@ -69,9 +71,9 @@ def render_model_card(manifest: dict, report: dict | None = None) -> str:
               "only on that dataset's test split: expect it to do worse on text unlike its training data, and "
               "check it on your own data before relying on it. It inherits what its base model learned, "
               "including its biases. "
-              + ("How much of the base's general behaviour it kept is under Results."
+              + ("How much of what the base knew it kept is under Results."
                  if report and report.get("forgetting") else
-                 "How much of the base's general behaviour it kept was not measured (no `forgetting:` block)."), ""]
+                 "How much of what the base knew it kept was not measured (no `forgetting:` block)."), ""]
     return "\n".join(lines)
 
 
@@ -107,11 +109,11 @@ def _results_section(task: str, report: dict | None) -> list[str]:
             f"{baseline[k]:.4f}" if k in baseline else "—" for k in keys) + " |")
     f = report.get("forgetting")
     if f and f["kind"] == "encoder":
-        lines += ["", f"Forgetting, on {f['n_texts']} general sentences (corpus `{f['corpus']}`): representation "
+        lines += ["", f"Forgetting, on {f['n_texts']} texts of {forgetting_source(f)}: representation "
                   f"drift {f['representation_drift']:.4f} (0 = embeddings unchanged), {f['knn_k']}-nearest-neighbour "
                   f"overlap {f['knn_overlap']:.4f} (1 = neighbourhoods kept)."]
     elif f:
-        lines += ["", f"Forgetting, on general text (corpus `{f['corpus']}`): per-token loss {f['base_loss']:.4f} "
+        lines += ["", f"Forgetting, on {forgetting_source(f)}: per-token loss {f['base_loss']:.4f} "
                   f"before tuning, {f['tuned_loss']:.4f} after ({f['loss_increase']:+.4f})."]
     return lines + [""]
 
