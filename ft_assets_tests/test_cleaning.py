@@ -96,6 +96,22 @@ def test_every_raw_record_is_accounted_for_and_the_contract_holds(warehouse, tmp
     assert check(warehouse, "datasets.d", clean_rows_contract(d)) == []
 
 
+def test_a_file_copied_under_a_second_name_is_a_duplicate_of_the_first_not_a_row_id_clash(warehouse, tmp_path):
+    # Both copies' rows used to get one row_id (it hashes the file's bytes and the row), so neither was a
+    # duplicate of the other and the contract failed on a repeated row_id and text.
+    rows = ticket_rows(5)
+    landing = tmp_path / "c"
+    write_csv(landing / "a.csv", rows)
+    write_csv(landing / "b_copy.csv", rows)
+    write_raw(warehouse, "c", read_corpus(CorpusConfig(name="c", path="c", format="csv", label_field="label"), landing))
+    d = dataset(labels=["billing", "shipping", "access"])
+    summary = build_dataset(warehouse, d)
+    assert summary.accounted and summary.clean_rows == len(rows) and summary.duplicates == len(rows)
+    assert check(warehouse, "datasets.d", clean_rows_contract(d)) == []
+    kept = {uri.rsplit("/", 1)[-1] for (uri,) in warehouse.sql('SELECT DISTINCT source_uri FROM datasets."d"').fetchall()}
+    assert kept == {"a.csv"}
+
+
 def test_split_is_deterministic_and_follows_the_fractions(warehouse, tmp_path):
     load(warehouse, tmp_path, ticket_rows(300))
     d = dataset(labels=None, validation_fraction=0.1, test_fraction=0.2)

@@ -141,6 +141,7 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
         f"SELECT *, '{role}' AS role FROM raw.\"{corpus}\"" for corpus, role in sources
     )
     rejects_union = " UNION ALL ".join(f'SELECT * FROM raw."{corpus}__rejects"' for corpus, _ in sources)
+    files_union = " UNION ALL ".join(f'SELECT source_uri, file_sha256 FROM raw."{corpus}__files"' for corpus, _ in sources)
     labels = dataset.labels
     test_share = 0.0 if dataset.test_corpus else dataset.test_fraction
     task = dataset.task
@@ -157,12 +158,19 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
         normalised = "TABLE" if dataset.redact else "VIEW"
         conn.execute(f"""
             CREATE OR REPLACE TEMP {normalised} _normalised AS
+            WITH copies AS (
+                -- Files of the same bytes under several names: each row_id must still be unique, so every copy
+                -- after the first (by name) adds its rank; a file's first copy keeps the id of its bytes alone.
+                SELECT source_uri, file_sha256,
+                       row_number() OVER (PARTITION BY file_sha256 ORDER BY source_uri) - 1 AS copy
+                FROM (SELECT DISTINCT source_uri, file_sha256 FROM ({files_union})))
             SELECT source_uri, file_sha256, row_number, role,
                    text AS raw_text, label AS raw_label,
                    {_NORMALISE[task]} AS text,
                    {_LABEL} AS label,
-                   substr(sha256(file_sha256 || ':' || row_number::VARCHAR), 1, 16) AS row_id
-            FROM ({rows_union})
+                   substr(sha256(file_sha256 || ':' || row_number::VARCHAR
+                                 || CASE WHEN copy > 0 THEN ':' || copy::VARCHAR ELSE '' END), 1, 16) AS row_id
+            FROM ({rows_union}) JOIN copies USING (source_uri, file_sha256)
         """)
         redacted = _redact(conn, dataset.redact, json_text=task in JSON_TASKS)
         conn.execute(f'CREATE OR REPLACE TABLE datasets."{name}__redactions" (rule VARCHAR, rows BIGINT)')
