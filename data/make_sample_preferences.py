@@ -32,11 +32,11 @@ a rejected one:
   of some other town), or for a yes/no question the opposite verdict with the
   false value ("Yes, Ashford lies on the river Quill.").
 
-270 pairs on 245 distinct questions: 25 plain questions have a second pair
-with another false value (several rejected answers to one prompt, as
-preference data often has; the dataset's split keeps one prompt's pairs
-together).  Every town is asked about.  No pair is malformed: every record
-is clean.
+270 pairs on 270 distinct questions: one or two facts of every town (90 facts),
+each asked in three phrasings (plain questions, now and then a yes/no one),
+one pair per question.  The dataset's split is by prompt, so most test
+questions ask a fact that train pairs taught in other words.  No pair is
+malformed: every record is clean.
 
 The files (two layouts, so that ``record: preference`` alone reads both)
 -----------------------------------------------------------------------
@@ -70,8 +70,13 @@ import make_sample_lm as lm
 
 SEED = 20261201
 OUT_DIR = Path(__file__).resolve().parent / "raw" / "town_preferences"
-N_PROMPTS = 245
-N_SECOND_PAIRS = 25  # plain questions with a second pair (another false value)
+# Every town's fact is asked in several phrasings, and the split is by prompt: most test questions ask a fact
+# that train pairs taught in other words, so a model can learn the facts, not only the sentence shapes. With
+# one phrasing per fact, a test fact was one no train pair had taught, and every value (a colour, a month) is
+# true of some towns and false of others: DPO learned which values train pairs rejected and preferred the
+# wrong answer on new facts (validation preference accuracy 0.20-0.36 in a sweep of rates and betas).
+FACTS_PER_TOWN = (1, 2)  # towns alternate between one and two facts: 90 facts
+PHRASINGS = 3  # questions per fact, one pair each: 270 pairs
 N_TRL = 150  # the rest go to the OpenAI file
 YES_NO_SHARE = 0.2
 SYSTEM_SHARE = 0.2  # of the OpenAI file's prompts
@@ -140,26 +145,28 @@ def yes_no_pair(rng: random.Random, kind: str, town: lm.Town, world: list[lm.Tow
 
 
 def build() -> tuple[list[lm.Town], list[list[Pair]]]:
-    """The world and the pairs, grouped by question (a group is one prompt's pairs)."""
+    """The world and the pairs, grouped by question (a group is one prompt's pairs): FACTS_PER_TOWN facts of
+    every town, each asked PHRASINGS ways, in random order."""
     world = lm.make_world(random.Random(lm.SEED))  # the world is make_sample_lm's first draw
     rng = random.Random(SEED)
-    facts = [(kind, town) for town in world for kind in lm.FACT_KINDS]
-    rng.shuffle(facts)
-    seconds = set(rng.sample(range(N_PROMPTS), N_SECOND_PAIRS))
+    facts = [(kind, town) for i, town in enumerate(world)
+             for kind in rng.sample(lm.FACT_KINDS, FACTS_PER_TOWN[i % len(FACTS_PER_TOWN)])]
     groups: list[list[Pair]] = []
     seen: list[str] = []
-    while len(groups) < N_PROMPTS:
-        # Every (town, fact) first, then random ones; founder questions are asked both ways.
-        kind, town = facts.pop() if facts else (rng.choice(lm.FACT_KINDS), rng.choice(world))
+    for kind, town in facts:
         if kind == "founder" and rng.random() < 0.4:
-            kind = "founder_reverse"
-        second = len(groups) in seconds
-        if not second and rng.random() < YES_NO_SHARE:
-            group = yes_no_pair(rng, kind, town, world, seen)
-        else:
-            group = plain_pairs(rng, kind, town, world, seen, 2 if second else 1)
-        if group:
-            groups.append(group)
+            kind = "founder_reverse"  # founder questions are asked both ways
+        asked = 0
+        for _ in range(3 * PHRASINGS):
+            if asked == PHRASINGS:
+                break
+            # Plain phrasings, now and then a yes/no question, and yes/no once the plain templates run out.
+            group = ((rng.random() < YES_NO_SHARE and yes_no_pair(rng, kind, town, world, seen))
+                     or plain_pairs(rng, kind, town, world, seen, 1) or yes_no_pair(rng, kind, town, world, seen))
+            if group:
+                groups.append(group)
+                asked += 1
+    rng.shuffle(groups)
     return world, groups
 
 
