@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import contextlib
 
-from ft_assets.lib.training.preference import read_pair
+from ft_assets.lib.training.base_models import load_causal_lm, load_classifier
+from ft_assets.lib.training.preference import (
+    REWARD_LABELS, collate_pairs, frozen, pair_figures, read_pair, reward_examples, reward_scores, score_pairs,
+    sequence_logps, tokenize_pairs,
+)
+from ft_assets.lib.training.preference_loss import PreferenceLoss, bradley_terry_loss
 
 
 def length_baseline(train_texts: list[str], test_texts: list[str]) -> dict:
@@ -45,9 +50,6 @@ def length_baseline(train_texts: list[str], test_texts: list[str]) -> dict:
 def reward_model_figures(model, tokenizer, test_texts: list[str], *, max_length: int, batch_size: int,
                          device: str) -> dict:
     """preference_accuracy and reward_margin of a reward model's scores on the test pairs."""
-    from ft_assets.lib.training.preference import pair_figures, reward_examples, reward_scores
-    from ft_assets.lib.training.preference_loss import bradley_terry_loss
-
     examples = reward_examples(tokenizer, test_texts, max_length)
     chosen, rejected = reward_scores(model, tokenizer, examples, batch_size, device)
     scored = bradley_terry_loss(chosen, rejected)
@@ -58,9 +60,6 @@ def untuned_reward_model(base_path: str, seed: int, loading: dict):
     """The base with the head a reward model starts from: the same seed as fit() gives the same head."""
     import torch
 
-    from ft_assets.lib.training.base_models import load_classifier
-    from ft_assets.lib.training.preference import REWARD_LABELS
-
     torch.manual_seed(seed)
     return load_classifier(base_path, REWARD_LABELS, **loading)[0]
 
@@ -69,9 +68,6 @@ def untuned_reward_model(base_path: str, seed: int, loading: dict):
 def starting_model(model, manifest: dict):
     """The model a causal preference recipe started from, as its train_info recorded (lib/training/preference.py):
     the tuned model with its adapter off, or the frozen base or SFT model loaded again."""
-    from ft_assets.lib.training.base_models import load_causal_lm
-    from ft_assets.lib.training.preference import frozen
-
     reference = manifest["train_info"]["reference"]
     loading = manifest["base_model"].get("loading", {})
     if reference["kind"] == "adapter_disabled":
@@ -96,7 +92,6 @@ def causal_figures(model, tokenizer, manifest: dict, test_texts: list[str], gene
     """
     from ft_assets.lib.evaluation.metrics import generate_answers, generation_metrics
     from ft_assets.lib.training.causal import mean_causal_loss
-    from ft_assets.lib.training.preference import pair_figures, score_pairs, tokenize_pairs
 
     info = manifest["train_info"]
     objective, args = info["objective"], info["objective_args"]
@@ -140,8 +135,6 @@ def _batch_logps(model, examples: list[dict], pad_token_id: int, batch_size: int
     batching, on the CPU."""
     import torch
 
-    from ft_assets.lib.training.preference import collate_pairs, sequence_logps
-
     out = []
     model.eval()
     with torch.no_grad():
@@ -156,8 +149,6 @@ def _likelihood_rewards(batch_logps: list, objective: str, beta: float):
     """A model's own preference in the objective's units: beta * summed (dpo, ipo) or mean (simpo, orpo)
     answer log-probs, as a PreferenceLoss's rewards."""
     import torch
-
-    from ft_assets.lib.training.preference_loss import PreferenceLoss
 
     chosen, rejected = [], []
     for logps, tokens in batch_logps:

@@ -27,6 +27,7 @@ from pathlib import Path
 from ft_assets.lib.config import REFERENCE_OBJECTIVES, RecipeConfig
 from ft_assets.lib.training.base_models import load_causal_lm, load_classifier, model_sha256, resolve_base_model
 from ft_assets.lib.training.methods import PEFT_METHODS, apply_method, head_modules
+from ft_assets.lib.training.preference_loss import PreferenceLoss, answer_logps, bradley_terry_loss, preference_loss
 from ft_assets.lib.training.task import TrainingData, batch_sampler
 
 # A reward model's one output.
@@ -46,8 +47,6 @@ def setup(recipe: RecipeConfig, train_rows, validation_rows, base_model_path, de
     objective, args = recipe.objective_for("preference")
     if objective == "reward":
         return _reward_model_setup(recipe, train_rows, validation_rows, base_model_path, device, world)
-    from ft_assets.lib.training.preference_loss import answer_logps, preference_loss
-
     cfg = recipe.training
     base_path = base_model_path or resolve_base_model(recipe.base_model)
     model, tokenizer, reference, info = policy_and_reference(recipe, objective, base_path)
@@ -77,7 +76,7 @@ def setup(recipe: RecipeConfig, train_rows, validation_rows, base_model_path, de
         return collate_pairs(rows, tokenizer.pad_token_id)
 
     def loss(train_model, batch):
-        return _pair_loss(train_model, batch, objective, args, score_reference, answer_logps, preference_loss).loss
+        return pair_loss(train_model, batch, objective, args, score_reference).loss
 
     validate = None
     if validation_set:
@@ -196,8 +195,6 @@ def collate_pairs(rows: list[dict], pad_token_id: int) -> dict:
 
 def sequence_logps(model, batch: dict):
     """(summed answer log-probs, answer token counts) of each row of a collate_pairs batch: shape (2B,)."""
-    from ft_assets.lib.training.preference_loss import answer_logps
-
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
     # No cache: a training forward pass, and transformers' cache would change nothing but memory.
     return answer_logps(model(**inputs, use_cache=False).logits, batch["labels"])
@@ -218,8 +215,9 @@ def reference_scorer(model, *, adapter_disabled: bool):
     return score
 
 
-def _pair_loss(model, batch: dict, objective: str, args: dict, score_reference, answer_logps, preference_loss):
-    """The objective's PreferenceLoss for one collate_pairs batch."""
+def pair_loss(model, batch: dict, objective: str, args: dict, score_reference) -> PreferenceLoss:
+    """The objective's PreferenceLoss for one collate_pairs batch; `score_reference` gives the reference's
+    summed answer log-probs (2B,) of a batch that carries no precomputed ones (dpo and ipo)."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
     logits = model(**inputs, use_cache=False).logits
@@ -254,15 +252,13 @@ def score_pairs(policy, examples: list[dict], pad_token_id: int, objective: str,
     """
     import torch
 
-    from ft_assets.lib.training.preference_loss import PreferenceLoss, answer_logps, preference_loss
-
     policy.eval()
     total, chosen, rejected = 0.0, [], []
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             rows = examples[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate_pairs(rows, pad_token_id).items()}
-            scored = _pair_loss(policy, batch, objective, args, score_reference, answer_logps, preference_loss)
+            scored = pair_loss(policy, batch, objective, args, score_reference)
             total += float(scored.loss) * len(rows)
             chosen.append(scored.chosen_rewards.float().cpu())
             rejected.append(scored.rejected_rewards.float().cpu())
@@ -320,8 +316,6 @@ def reward_text(prompt: list[dict]) -> str:
 
 def _reward_model_setup(recipe, train_rows, validation_rows, base_model_path, device, world) -> TrainingData:
     """An encoder with a one-output head, its (prompt, answer) pairs and the Bradley-Terry loss."""
-    from ft_assets.lib.training.preference_loss import bradley_terry_loss
-
     cfg = recipe.training
     base_path = base_model_path or resolve_base_model(recipe.base_model)
     model, tokenizer = load_classifier(base_path, REWARD_LABELS, quantize_4bit=recipe.method == "qlora",
