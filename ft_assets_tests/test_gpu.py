@@ -182,3 +182,20 @@ def test_more_training_processes_than_gpus_are_refused(tmp_path, tiny_model_dir)
     assert not result.success
     assert (f"gpu.processes is {gpus + 1}, but this machine has {gpus} CUDA GPU(s) and each training process needs "
             f"its own: set gpu.processes to at most {gpus}" in step_failure(result))
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "qlora"])
+def test_dpo_on_cuda_starts_at_log_2_and_learns_with_bf16_and_compiled_blocks(method, tiny_llama_dir):
+    """Preference tuning under the GPU defaults: the reference's forward pass (a frozen copy, or the adapter
+    switched off over a 4-bit base for qlora) under autocast and compiled blocks."""
+    from ft_assets_tests.test_preference_train import preference_recipe, preference_texts
+
+    recipe = preference_recipe(tiny_llama_dir, "lora" if method == "qlora" else method, "dpo", epochs=3)
+    recipe = recipe.model_copy(update={"method": method})  # qlora: LoRA's settings over a 4-bit base
+    result = fit(recipe, [], causal_rows(preference_texts(64)), causal_rows(preference_texts(16, seed=1)),
+                 task="preference")
+    losses = [r["train_loss"] for r in result.logger.records if "train_loss" in r]
+    assert result.train_info["device"] == "cuda" and result.train_info["precision"] == "bf16"
+    assert losses[0] == pytest.approx(0.6931, abs=2e-2)  # bf16: log 2 within rounding
+    assert sum(losses[-3:]) / 3 < losses[0]
+    assert result.train_info["reference"]["kind"] == ("frozen_copy" if method == "full" else "adapter_disabled")

@@ -181,3 +181,19 @@ def test_a_reward_model_on_an_encoder_learns_to_score_the_preferred_answer_highe
     assert labels == ["reward"] and model.config.num_labels == 1
     figures = reward_model_figures(model, tokenizer, texts[:8], max_length=32, batch_size=8, device="cpu")
     assert figures["preference_accuracy"] == 1.0 and figures["reward_margin"] > 0
+
+
+@pytest.mark.parametrize("method", ["freeze", "rslora", "dora", "ia3", "prompt_tuning"])
+def test_dpo_trains_with_every_method_that_applies_against_the_reference_it_needs(method, tiny_llama_dir):
+    recipe = preference_recipe(tiny_llama_dir, method, "dpo", epochs=1)
+    result = fit(recipe, [], causal_rows(preference_texts(16)), causal_rows(preference_texts(8, seed=1)),
+                 task="preference", device="cpu")
+    losses = [r["train_loss"] for r in result.logger.records if "train_loss" in r]
+    # The policy starts as its reference: every pair's first loss is log 2 (prompt tuning's random soft
+    # prompt is not in the reference, the adapter-off model, so it starts elsewhere).
+    if method != "prompt_tuning":
+        assert losses[0] == pytest.approx(math.log(2), abs=1e-3)
+    assert all(math.isfinite(x) for x in losses)
+    kind = "frozen_copy" if method == "freeze" else "adapter_disabled"
+    assert result.train_info["reference"]["kind"] == kind
+    assert 0 < result.train_info["trainable_params"] < result.train_info["total_params"]
