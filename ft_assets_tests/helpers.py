@@ -41,6 +41,17 @@ MINIMAL_CONFIG = {
 }
 
 
+def materialize_project(folder: Path, payload: dict):
+    """The project `payload` written to <folder>/project.yaml and materialized whole in an ephemeral
+    instance, failures kept: (config, defs, instance, result)."""
+    path = folder / "project.yaml"
+    path.write_text(yaml.safe_dump(payload, sort_keys=False))
+    config = load_config(path)
+    defs = build_definitions(config)
+    instance = dg.DagsterInstance.ephemeral()
+    return config, defs, instance, materialize_all(defs, instance, raise_on_error=False)
+
+
 def write_config(tmp_path: Path, payload: dict) -> Path:
     path = tmp_path / "project.yaml"
     path.write_text(yaml.safe_dump(payload))

@@ -5,13 +5,10 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-import yaml
 
-from ft_assets.defs import build_definitions
-from ft_assets.lib.config import load_config
 from ft_assets.lib.storage import folder_sha256
 from ft_assets_tests.conftest import qa_conversations, story_lines
-from ft_assets_tests.helpers import materialize_all
+from ft_assets_tests.helpers import materialize_project
 
 # Nats of loss on the texts the base knows that a recipe may add before its forgetting gate fails.
 FORGETTING_CEILING = 0.05
@@ -56,12 +53,7 @@ def project(tmp_path_factory):
              "training": {**TRAINING, "epochs": 1, "learning_rate": 1e-6}, "generation": {"max_new_tokens": 4}},
         ],
     }
-    path = tmp / "project.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    config = load_config(path)
-    defs = build_definitions(config)
-    instance = dg.DagsterInstance.ephemeral()
-    return config, defs, instance, materialize_all(defs, instance, raise_on_error=False)
+    return materialize_project(tmp, config)
 
 
 def test_the_chain_materializes_in_dependency_order(project):

@@ -6,12 +6,9 @@ import random
 
 import dagster as dg
 import pytest
-import yaml
 
-from ft_assets.defs import build_definitions
-from ft_assets.lib.config import load_config
 from ft_assets_tests.conftest import COLOURS, THINGS, qa_conversations, story_lines
-from ft_assets_tests.helpers import materialize_all
+from ft_assets_tests.helpers import materialize_project
 
 TRAINING = {"epochs": 2, "batch_size": 8, "max_length": 96, "log_every_steps": 2}
 
@@ -73,12 +70,7 @@ def project(tmp_path_factory, tiny_model_dir):
              "objective": "reward", "training": {**TRAINING, "learning_rate": 1e-3, "max_length": 48}},
         ],
     }
-    path = tmp / "project.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    config = load_config(path)
-    defs = build_definitions(config)
-    instance = dg.DagsterInstance.ephemeral()
-    return config, defs, instance, materialize_all(defs, instance, raise_on_error=False)
+    return materialize_project(tmp, config)
 
 
 def _report(config, recipe: str) -> dict:
