@@ -60,7 +60,7 @@ def test_a_bad_config_fails_loading_with_the_file_and_field(tmp_path, tiny_model
     run = subprocess.run([sys.executable, "-c", "import ft_assets.definitions"], env=env, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode != 0
-    assert str(config) in run.stderr and "recipes[0] (bad): field rank" in run.stderr
+    assert str(config) in run.stderr and "recipes[0] (bad): field (entry): Value error, method_args.rank" in run.stderr
 
 
 def test_make_clean_removes_everything_the_demo_generated_and_nothing_it_did_not(tmp_path):
