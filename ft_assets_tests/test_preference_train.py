@@ -197,3 +197,25 @@ def test_dpo_trains_with_every_method_that_applies_against_the_reference_it_need
     kind = "frozen_copy" if method == "freeze" else "adapter_disabled"
     assert result.train_info["reference"]["kind"] == kind
     assert 0 < result.train_info["trainable_params"] < result.train_info["total_params"]
+
+
+def test_the_report_counts_only_the_test_pairs_it_scored_and_judges_length_on_them(tiny_llama_dir, tmp_path):
+    # A test pair whose prompt alone fills max_length keeps no answer token, so no model can score it: the
+    # report must leave it out of n_test and of the length baseline too, or the baseline is on other pairs.
+    from ft_assets.lib.evaluation.report import evaluate_checkpoint
+
+    recipe = preference_recipe(tiny_llama_dir, "full", "dpo", epochs=1)
+    result = fit(recipe, [], causal_rows(preference_texts(16)), None, task="preference", device="cpu")
+    save_checkpoint(result, recipe, [], tmp_path / "ckpt", {})
+    short = preference_texts(6, seed=3)
+    long_pair = json.dumps({"prompt": [{"role": "user", "content": "Tell me everything. " * 60}],
+                            "chosen": "A much longer and preferred answer.", "rejected": "Short."})
+    texts = short[:3] + [long_pair] + short[3:]
+    evaluated = evaluate_checkpoint(recipe, tmp_path / "ckpt", {"train": causal_rows(preference_texts(16)),
+                                                                "test": causal_rows(texts)},
+                                    tmp_path / "report", tmp_path / "cache", device="cpu", task="preference")
+    report = evaluated.report
+    assert report["n_test"] == 6 and report["metrics"]["n"] == 6
+    assert report["metrics"]["dropped_no_answer_tokens"] == 1
+    assert report["baselines"]["length"]["n"] == 6
+    assert "1 more left out" in evaluated.markdown

@@ -87,15 +87,25 @@ def causal_figures(model, tokenizer, manifest: dict, test_texts: list[str], gene
                    batch_size: int, device: str, general_blocks: list[dict] | None = None) -> dict:
     """The tuned model's and its starting model's figures on the test pairs (see the module docstring).
 
+    A test pair whose prompt alone fills max_length keeps no answer token and cannot be scored; it is left
+    out of every figure here, and `scored_texts` names the pairs that were scored, so that the report's
+    n_test and length baseline count the same pairs.
+
     Returns:
-        {"metrics": ..., "reference": ..., "samples": [...], "forgetting_losses": (start, tuned) or None}
+        {"metrics": ..., "reference": ..., "samples": [...], "forgetting_losses": (start, tuned) or None,
+         "scored_texts": [the test texts scored, in order]}
     """
     from ft_assets.lib.evaluation.metrics import generate_answers, generation_metrics
     from ft_assets.lib.training.causal import mean_causal_loss
 
     info = manifest["train_info"]
     objective, args = info["objective"], info["objective_args"]
-    examples, _ = tokenize_pairs(tokenizer, test_texts, max_length)
+    per_text = [tokenize_pairs(tokenizer, [text], max_length)[0] for text in test_texts]
+    examples = [example for kept in per_text for example in kept]
+    scored_texts = [text for text, kept in zip(test_texts, per_text) if kept]
+    if not scored_texts:
+        raise ValueError(f"none of the {len(test_texts)} test pairs keeps an answer token within max_length "
+                         f"{max_length} (each prompt fills it): nothing to score; raise training.max_length")
     pad = tokenizer.pad_token_id
     pairs = [read_pair(t) for t in test_texts[: generation.max_examples]]
     prompts, preferred = [p for p, _, _ in pairs], [c for _, c, _ in pairs]
@@ -118,7 +128,8 @@ def causal_figures(model, tokenizer, manifest: dict, test_texts: list[str], gene
     tuned_own = pair_figures(_likelihood_rewards(tuned_logps, objective, args["beta"]))
     start_own = pair_figures(_likelihood_rewards(start_logps, objective, args["beta"]))
     metrics = {"preference_accuracy": figures["preference_accuracy"], "reward_margin": figures["reward_margin"],
-               "n": figures["n"], "eval_loss": float(scored.loss),
+               "n": figures["n"], "dropped_no_answer_tokens": len(test_texts) - len(scored_texts),
+               "eval_loss": float(scored.loss),
                "likelihood_accuracy": tuned_own["preference_accuracy"], "objective": objective, **args,
                **generation_metrics(tuned_answers, preferred)}
     reference = {"preference_accuracy": start_own["preference_accuracy"], "reward_margin": start_own["reward_margin"],
@@ -127,7 +138,8 @@ def causal_figures(model, tokenizer, manifest: dict, test_texts: list[str], gene
     samples = [{"prompt": p[-1]["content"], "reference": c, "generated": a, "base_generated": b}
                for p, c, a, b in zip(prompts, preferred, tuned_answers, start_answers)]
     return {"metrics": metrics, "reference": reference, "samples": samples,
-            "forgetting_losses": (start_general, tuned_general) if general_blocks else None}
+            "forgetting_losses": (start_general, tuned_general) if general_blocks else None,
+            "scored_texts": scored_texts}
 
 
 def _batch_logps(model, examples: list[dict], pad_token_id: int, batch_size: int, device: str) -> list:

@@ -141,7 +141,10 @@ def _render_preference(report: dict) -> str:
         f"# {report['recipe']} — {report['method']} on {report['dataset']} (preference, objective "
         f"{m.get('objective', 'reward')})",
         "",
-        f"Base model `{report['base_model']}`, test split of {report['n_test']} pairs. Preference accuracy: the "
+        f"Base model `{report['base_model']}`, test split of {report['n_test']} pairs"
+        + (f" ({m['dropped_no_answer_tokens']} more left out: their prompt fills max_length)"
+           if m.get("dropped_no_answer_tokens") else "")
+        + ". Preference accuracy: the "
         "share of pairs whose preferred answer gets the higher reward (ties count half); reward margin: the mean "
         "reward difference, preferred minus other, in the reward's own units (characters for the length "
         f"baseline, which prefers the {length['direction']} answer as the train split does: "

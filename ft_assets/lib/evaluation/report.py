@@ -207,6 +207,7 @@ def _preference_report(recipe: RecipeConfig, checkpoint_dir: Path, manifest: dic
         scored = preference.causal_figures(model, tokenizer, manifest, test, recipe.generation, general_blocks=known,
                                            **sizes)
         metrics, reference, generations = scored["metrics"], scored["reference"], scored["samples"]
+        test = scored["scored_texts"]  # the length baseline and n_test count the pairs the model was scored on
         if measured:
             start_loss, tuned_loss = scored["forgetting_losses"]
             forgetting = {**forgetting_texts.source(), "kind": "causal_lm", "n_texts": len(forgetting_texts.texts),
