@@ -274,3 +274,23 @@ def test_label_variants_of_whitespace_are_one_label_and_of_case_or_number_format
         "the dataset's `labels:` in the project YAML: rows whose label is not one of them are quarantined as "
         "unknown_label")
     assert check.metadata["variants"].value == [["01", "1", "1.0"], ["Billing", "billing"]]
+
+
+def test_a_nul_byte_in_a_conversation_is_quarantined_and_named(tmp_path):
+    """A conversation is stored as JSON, which escapes a NUL (\\u0000): the rule reads its decoded messages."""
+    import json
+
+    rows = [{"instruction": "Name a tree.", "response": "Oak."},
+            {"instruction": "Name a\u0000 fish.", "response": "Cod."},
+            {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hel\u0000lo."}]}]
+    (tmp_path / "qa").mkdir()
+    (tmp_path / "qa" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    conn = duckdb.connect(str(tmp_path / "w.duckdb"))
+    write_raw(conn, "qa", read_corpus(CorpusConfig(name="qa", path="qa", format="jsonl", record="instruction"),
+                                      tmp_path / "qa"))
+    summary = build_dataset(conn, DatasetConfig(name="d", corpus="qa", task="instruction"))
+    assert summary.accounted
+    assert conn.sql('SELECT row_number, reason, detail FROM datasets."d__quarantine" ORDER BY 1').fetchall() == [
+        (2, "nul_byte", "NUL byte in message 1 (user): a corrupt or binary record"),
+        (3, "nul_byte", "NUL byte in message 2 (assistant): a corrupt or binary record"),
+    ]

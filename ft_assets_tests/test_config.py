@@ -227,8 +227,8 @@ def test_forgetting_without_a_corpus_is_the_checkpoint_bases_held_out_split(tmp_
     ({"recipes": [{"name": "cls_full", "dataset": "cls", "base_model": "/m", "method": "full"},
                   {"name": "r", "dataset": "sft", "base_model": "checkpoint:cls_full", "method": "full",
                    "forgetting": {}}]},
-     "recipes[1] (r): field forgetting.corpus: not set, so forgetting would be measured on the test split of "
-     "datasets/cls"),
+     "recipes[1] (r): field base_model: recipe 'cls_full' trains an encoder (a classifier) on datasets/cls, and "
+     "this instruction recipe trains a causal LM"),
     ({"recipes": [{"name": "r", "dataset": "lm", "base_model": "/m", "method": "lora",
                    "gates": {"max_forgetting": 0.1}}]}, "add `forgetting: {}` (the base's held-out text"),
 ])

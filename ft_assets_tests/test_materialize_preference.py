@@ -134,3 +134,25 @@ def test_malformed_pairs_are_quarantined_with_their_reasons(project):
     with duckdb.connect(str(config.warehouse_path), read_only=True) as conn:
         reasons = dict(conn.sql('SELECT reason, count(*) FROM datasets."pairs__quarantine" GROUP BY 1').fetchall())
     assert reasons == {"identical_answers": 1, "empty_answer": 1, "missing_answer": 1, "empty_prompt": 1}
+
+
+def test_the_bench_table_reads_every_preference_report(project, tmp_path, capsys):
+    """bench/preference_results.py, which wrote the orca_dpo_pairs rows of bench/results/, over a real project."""
+    import importlib.util
+    from pathlib import Path
+
+    config, *_ = project
+    script = Path(__file__).resolve().parents[1] / "bench" / "preference_results.py"
+    spec = importlib.util.spec_from_file_location("preference_results", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "rows.jsonl"
+    module.main(["--config", str(config._source), "--out", str(out), "--machine", "this test's"])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["recipe"] for r in rows] == ["dpo", "dpo_on_adapter", "reward"]
+    for row in rows:
+        report = _report(config, row["recipe"])
+        assert row["preference_accuracy"] == report["preference_accuracy"] and row["n_test"] == report["n_test"]
+        assert row["baselines"]["length"]["preference_accuracy"] == report["baselines"]["length"]["preference_accuracy"]
+    assert [r["objective"] for r in rows] == ["dpo", "dpo", "reward"]
+    assert "| reward | reward (full) |" in capsys.readouterr().out

@@ -88,3 +88,46 @@ def test_a_preference_dataset_needs_a_preference_corpus(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(write_config(tmp_path, payload))
     assert "datasets[2] (prefs): field corpus" in str(error.value)
+
+
+def test_forgetting_on_a_preference_base_needs_a_corpus(tmp_path):
+    """A base tuned on pairs has no held-out text of its own to measure forgetting on: the pairs' test split
+    holds pairs, which neither a causal LM's loss nor an encoder's embeddings read (it failed at the report)."""
+    recipe = {"name": "x", "dataset": "prefs", "base_model": "checkpoint:dpo", "method": "lora", "forgetting": {}}
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, {**PREFERENCE, "recipes": PREFERENCE["recipes"] + [recipe]}))
+    message = str(error.value)
+    assert "recipes[6] (x): field forgetting.corpus" in message and "a preference dataset: pairs" in message, message
+
+
+def test_a_preference_recipe_on_an_encoder_checkpoint_trains_a_reward_model(tmp_path):
+    """The default objective follows the chain: a checkpoint of a reward model or a classifier is an encoder."""
+    recipes = [r for r in PREFERENCE["recipes"] if r["name"] != "reward"] + [
+        {"name": "reward", "dataset": "prefs", "method": "full"},
+        {"name": "cls_full", "dataset": "cls", "method": "full"},
+        {"name": "more_reward", "dataset": "prefs", "base_model": "checkpoint:reward", "method": "full"},
+        {"name": "reward_from_cls", "dataset": "prefs", "base_model": "checkpoint:cls_full", "method": "lora"}]
+    config = load_config(write_config(tmp_path, {**PREFERENCE, "recipes": recipes}))
+    by_name = {r.name: r for r in config.recipes}
+    assert by_name["more_reward"].objective_for("preference") == ("reward", {})
+    assert by_name["reward_from_cls"].objective_for("preference") == ("reward", {})
+    assert by_name["dpo"].objective_for("preference")[0] == "dpo"  # a causal chain keeps DPO
+
+
+@pytest.mark.parametrize("base,dataset,extra,expected", [
+    ("cls_full", "sft", {}, "recipe 'cls_full' trains an encoder (a classifier) on datasets/cls, and this "
+                            "instruction recipe trains a causal LM"),
+    ("sft_full", "cls", {}, "recipe 'sft_full' trains a causal LM on datasets/sft, and this classification "
+                            "recipe trains an encoder (a classifier)"),
+    ("cls_full", "prefs", {"objective": "dpo"}, "this preference recipe trains a causal LM"),
+    ("sft_full", "prefs", {"objective": "reward"}, "this preference recipe trains an encoder (a reward model)"),
+])
+def test_a_checkpoint_base_of_the_other_kind_of_model_is_a_config_error(tmp_path, base, dataset, extra, expected):
+    """It loaded, and failed minutes later when the training loaded an encoder as a causal LM (or back)."""
+    recipes = PREFERENCE["recipes"] + [{"name": "cls_full", "dataset": "cls", "method": "full"},
+                                       {"name": "x", "dataset": dataset, "base_model": f"checkpoint:{base}",
+                                        "method": "full", **extra}]
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, {**PREFERENCE, "recipes": recipes}))
+    message = str(error.value)
+    assert "recipes[7] (x): field base_model: recipe" in message and expected in message, message

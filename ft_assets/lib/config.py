@@ -782,6 +782,7 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
             problems.append(f"datasets[{i}] ({d.name}): field champion.metric: {d.champion.metric!r} is not a "
                             f"{d.task} metric (one of: {', '.join(metrics)})")
     recipes = {r.name: r for r in config.recipes}
+    _fill_chain_objectives(config, recipes)
     for i, r in enumerate(config.recipes):
         where = f"recipes[{i}] ({r.name})"
         if r.name == "leaderboard":
@@ -791,7 +792,10 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
             continue
         problems += [f"{where}: field base_model: {p}"
                      for p in _base_recipe_problems(r, recipes, continues_adapter=continues_adapter(r, config.dataset(r.dataset).task))]
-        if r.forgetting is not None:
+        kind = _base_kind_problem(r, config, recipes)
+        if kind:
+            problems.append(f"{where}: field base_model: {kind}")
+        elif r.forgetting is not None:
             problems += [f"{where}: field forgetting.corpus: {p}" for p in _forgetting_problems(r, config, recipes)]
         elif r.gates.max_forgetting is not None:
             problems.append(f"{where}: field gates.max_forgetting: the recipe measures no forgetting; add "
@@ -801,9 +805,49 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
     return problems
 
 
+def _fill_chain_objectives(config: ProjectConfig, recipes: dict[str, RecipeConfig]) -> None:
+    """A preference recipe that names no objective, on a checkpoint:<recipe> base that is an encoder (a reward
+    model, a classifier), trains a reward model, as one on the packaged encoder does: the default follows
+    the chain, filled in here, so the recipe hash covers it."""
+    datasets = {d.name: d for d in config.datasets}
+
+    def fill(recipe: RecipeConfig, seen: tuple[str, ...]) -> None:
+        base = recipes.get(recipe.base_recipe or "")
+        if base is None or base.name in seen or base.dataset not in datasets or recipe.dataset not in datasets:
+            return  # no chain, or one reported as a problem of its own
+        fill(base, seen + (base.name,))
+        if (recipe.objective is None and datasets[recipe.dataset].task == "preference"
+                and not trains_causal_lm(base, datasets[base.dataset].task)):
+            object.__setattr__(recipe, "objective", "reward")
+            object.__setattr__(recipe, "objective_args", OBJECTIVE_ARGS["reward"]().model_dump())
+
+    for recipe in config.recipes:
+        fill(recipe, (recipe.name,))
+
+
+def _kind(recipe: RecipeConfig, task: str) -> str:
+    if not trains_causal_lm(recipe, task):
+        return "an encoder (a reward model)" if task == "preference" else "an encoder (a classifier)"
+    return "a causal LM"
+
+
+def _base_kind_problem(recipe: RecipeConfig, config: ProjectConfig, recipes: dict[str, RecipeConfig]) -> str | None:
+    """A checkpoint:<recipe> base must be the kind of model the recipe trains: a causal LM continues a causal
+    LM, an encoder (a classifier, a reward model) an encoder."""
+    base = recipes.get(recipe.base_recipe or "")
+    if base is None or base.dataset not in {d.name for d in config.datasets}:
+        return None  # reported on base_model, or on the base recipe's dataset field
+    task, base_task = config.dataset(recipe.dataset).task, config.dataset(base.dataset).task
+    if trains_causal_lm(recipe, task) == trains_causal_lm(base, base_task):
+        return None
+    return (f"recipe {base.name!r} trains {_kind(base, base_task)} on datasets/{base.dataset}, and this {task} "
+            f"recipe trains {_kind(recipe, task)}: start it from a checkpoint of the same kind")
+
+
 def _forgetting_problems(recipe: RecipeConfig, config: ProjectConfig, recipes: dict[str, RecipeConfig]) -> list[str]:
     """forgetting.corpus names a plain-text corpus; without one, the base must be a checkpoint:<recipe>
-    whose dataset's test split the tuned model can be scored on (causal text for a causal LM)."""
+    whose dataset's test split holds texts (a base of the same kind is checked by _base_kind_problem), not
+    preference pairs."""
     name = recipe.forgetting.corpus
     if name is not None:
         corpus = next((c for c in config.corpora if c.name == name), None)
@@ -819,11 +863,10 @@ def _forgetting_problems(recipe: RecipeConfig, config: ProjectConfig, recipes: d
     base = recipes.get(recipe.base_recipe)
     if base is None or base.dataset not in {d.name for d in config.datasets}:
         return []  # reported on the base_model field, or on the base recipe's dataset field
-    task, base_task = config.dataset(recipe.dataset).task, config.dataset(base.dataset).task
-    if trains_causal_lm(base, base_task) != trains_causal_lm(recipe, task):
+    if config.dataset(base.dataset).task == "preference":
         return [f"not set, so forgetting would be measured on the test split of datasets/{base.dataset} (the "
-                f"dataset of base recipe {base.name!r}), a {base_task} dataset that a {task} model is not scored "
-                "on; name a general text corpus (`forgetting: {corpus: <name>}`)"]
+                f"dataset of base recipe {base.name!r}), a preference dataset: pairs, not a text the model is "
+                "scored on; name a general text corpus (`forgetting: {corpus: <name>}`)"]
     return []
 
 

@@ -15,7 +15,8 @@ as published: its own repeated texts all stay in the test split.
 By task:
   classification      as above.
   instruction         text is a conversation (chat messages JSON, see ingest); only NFC
-                      normalisation (whitespace inside answers matters); a conversation whose last
+                      normalisation (whitespace inside answers matters); a NUL in a message's content
+                      is nul_byte, with the message named; a conversation whose last
                       message is not the assistant's is quarantined as no_response, one whose answer
                       is blank as empty_response; identical conversations are duplicates.
   language_modeling   lines keep their inner whitespace (NFC, trailing space trimmed) and their
@@ -69,6 +70,10 @@ _LABEL = f"nullif({words('label')}, '')"
 # The last message of a conversation, for the instruction rules.
 _LAST_ROLE = "json_extract_string(text, '$[#-1].role')"
 _LAST_CONTENT = "json_extract_string(text, '$[#-1].content')"
+# The position (from 1) of the first message of a conversation whose content holds a NUL, else null:
+# the JSON escapes it (\u0000), so the decoded contents are looked at.
+_MESSAGE_NUL = ("list_position(list_transform(json_extract_string(text, '$[*].content'), "
+                "lambda m: contains(coalesce(m, ''), chr(0))), true)")
 # A preference pair's parts, for the preference rules: the answers (null when missing), the prompt's
 # contents run together and its last message, the user's.
 _CHOSEN = "json_extract_string(text, '$.chosen')"
@@ -187,6 +192,7 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
             SELECT *,
                    CASE WHEN contains(coalesce(raw_text, ''), chr(0)) THEN 'nul_byte'
                         WHEN trim(text) = '' THEN 'empty_text'
+                        WHEN {task == "instruction"} AND {_MESSAGE_NUL} IS NOT NULL THEN 'nul_byte'
                         WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant' THEN 'no_response'
                         WHEN {task == "instruction"} AND trim({_LAST_CONTENT}) = '' THEN 'empty_response'
                         -- a pair's JSON escapes a NUL (\\u0000): its decoded parts are looked at
@@ -204,6 +210,9 @@ def build_dataset(conn: duckdb.DuckDBPyConnection, dataset: DatasetConfig, run_i
                         WHEN {preference} AND reason IN ('nul_byte', 'empty_prompt', 'missing_answer', 'empty_answer',
                                                          'identical_answers')
                             THEN {_PAIR_DETAIL}
+                        WHEN {task == "instruction"} AND reason = 'nul_byte'
+                            THEN 'NUL byte in message ' || {_MESSAGE_NUL}::VARCHAR || ' ('
+                                 || json_extract_string(text, '$[*].role')[{_MESSAGE_NUL}] || '): a corrupt or binary record'
                         WHEN {task == "instruction"} AND {_LAST_ROLE} <> 'assistant'
                             THEN 'the conversation ends with a ' || {_LAST_ROLE} || ' message, not an answer'
                         WHEN length(text) > {dataset.max_chars}
