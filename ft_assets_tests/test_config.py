@@ -136,6 +136,31 @@ def test_combinations_that_cannot_run_fail_at_load_naming_the_recipe(tmp_path, u
     assert f"recipes[0] (r): {expected}" in str(error.value)
 
 
+@pytest.mark.parametrize("training, validation_fraction, expected", [
+    ({"keep": "best"}, 0.0, "field training.keep: needs a validation split, and datasets/d has validation_fraction 0"),
+    ({"early_stopping": {"patience": 2}}, 0.0, "field training.early_stopping: needs a validation split"),
+    ({"keep": "last", "keep_last": True}, None, "field training.keep_last: keeps the last weights beside the best"),
+    ({"early_stopping": {"patience": 0}}, None, "field training.early_stopping.patience: Input should be greater than 0"),
+    ({"eval_every_steps": 0}, None, "field training.eval_every_steps: Input should be greater than 0"),
+    ({"keep": "first"}, None, "field training.keep: Input should be 'best' or 'last'"),
+])
+def test_best_checkpoint_settings_that_cannot_hold_fail_at_load(tmp_path, training, validation_fraction, expected):
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL_CONFIG))
+    payload["recipes"][0]["training"] = training
+    if validation_fraction is not None:
+        payload["datasets"][0]["validation_fraction"] = validation_fraction
+    with pytest.raises(ConfigError) as error:
+        load_config(write_config(tmp_path, payload))
+    assert f"recipes[0] (r): {expected}" in str(error.value)
+
+
+def test_keep_defaults_to_best_and_needs_no_validation_split_to_load(tmp_path):
+    payload = yaml.safe_load(yaml.safe_dump(MINIMAL_CONFIG))
+    payload["datasets"][0]["validation_fraction"] = 0.0
+    training = load_config(write_config(tmp_path, payload)).recipes[0].training
+    assert training.keep is None and training.early_stopping is None and training.eval_every_steps is None
+
+
 @pytest.mark.parametrize("update", [{"method": "qlora"}, {"method": "freeze", "method_args": {"layers": 7}}])
 def test_what_depends_on_the_machine_or_the_base_models_files_is_not_checked_at_load(tmp_path, update):
     """qlora on a machine without CUDA (this one, CI, a webserver beside GPU pods) and more frozen layers than

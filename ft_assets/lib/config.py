@@ -224,6 +224,13 @@ DEFAULT_LEARNING_RATE = {
 }
 
 
+class EarlyStoppingConfig(_Strict):
+    """Stop after `patience` evaluations whose validation metric did not improve by more than `min_delta`."""
+
+    patience: int = Field(gt=0)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
 class TrainingConfig(_Strict):
     epochs: int = Field(3, gt=0)
     learning_rate: float | None = Field(None, gt=0)  # None: DEFAULT_LEARNING_RATE[method]
@@ -250,6 +257,15 @@ class TrainingConfig(_Strict):
     group_by_length: bool = True
     # Every this many optimizer steps, keep what a killed run needs to resume here (0: never).
     save_every_steps: int = Field(200, ge=0)
+    # Evaluate on the validation split every this many optimizer steps and at the last; None: once per epoch.
+    eval_every_steps: int | None = Field(None, gt=0)
+    # Which weights the checkpoint holds: those of the best validation evaluation (lib/training/selection.py)
+    # or the last step's. None: best when the dataset has a validation split, else last.
+    keep: Literal["best", "last"] | None = None
+    # With keep best: also write the last step's weights, when they differ, under <checkpoint>/last/.
+    keep_last: bool = False
+    # Off by default: every epoch trains.
+    early_stopping: EarlyStoppingConfig | None = None
     # instruction: several conversations per sequence, each attending only to itself.
     packing: bool = False
     # The attention kernel. auto: the model's default (SDPA where its architecture has it).
@@ -309,6 +325,10 @@ class GatesConfig(_Strict):
     # The forgetting figure may not exceed this: representation drift for encoders (0..2),
     # loss increase in nats for causal LMs, on the forgetting texts. None: no forgetting gate.
     max_forgetting: float | None = None
+    # The overfitting check (it warns, and never blocks: see lib/evaluation/overfitting.py) fires when the
+    # validation loss rose by more than this share of its lowest value while the train loss kept falling.
+    # None: no check.
+    max_validation_rise: float | None = Field(0.1, ge=0.0)
     # A failed blocking gate fails the report at ERROR severity, so nothing downstream of it
     # (leaderboard, champion) runs in that run. Non-blocking gates warn. A recipe with any failed
     # gate, blocking or not, is never made champion.
@@ -949,6 +969,16 @@ def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple
     task = dataset.task
     causal = trains_causal_lm(recipe, task)
     objective = recipe.objective_for(task)[0]
+    cfg = recipe.training
+    if dataset.validation_fraction == 0:
+        for field, asks in (("keep", cfg.keep == "best"), ("keep_last", cfg.keep_last),
+                            ("early_stopping", cfg.early_stopping is not None)):
+            if asks:
+                problems.append((f"training.{field}", f"needs a validation split, and datasets/{dataset.name} has "
+                                                      "validation_fraction 0"))
+    elif cfg.keep_last and cfg.keep == "last":
+        problems.append(("training.keep_last", "keeps the last weights beside the best ones; with keep: last "
+                                               "the checkpoint is the last: drop keep_last"))
     if causal and recipe.base_model == "default":
         what = f"objective {objective}" if task == "preference" else f"a {task} recipe"
         problems.append(("base_model", f"the packaged default is an encoder (all-MiniLM-L6-v2); {what} needs a "

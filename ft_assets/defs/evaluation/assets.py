@@ -13,6 +13,7 @@ from ft_assets.lib.config import (
 )
 from ft_assets.lib.evaluation.forgetting import ForgettingTexts, forgetting_source
 from ft_assets.lib.evaluation.leaderboard import forgetting_figure, write_leaderboard
+from ft_assets.lib.evaluation.overfitting import overfitting_summary
 from ft_assets.lib.evaluation.report import evaluate_checkpoint
 from ft_assets.lib.ingest.readers import read_texts
 from ft_assets.lib.lineage import code_version
@@ -83,10 +84,11 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
             context.log.warning(f"checkpoints/{recipe.name} predates dataset snapshots in manifests: evaluating on "
                                 f"the latest recorded version of datasets/{recipe.dataset}")
             data = recorded_snapshot(context, dataset_key)
-        # Only the splits the report reads: the test split, and the train split a classifier's baselines
-        # learn from (and from which a preference report's length baseline takes its direction).
-        splits = {s: data.read_split(s).to_pydict()
-                  for s in (("train", "test") if task in ("classification", "preference") else ("test",))}
+        # Only the splits the report reads: the test split, the train split a classifier's baselines learn
+        # from (and from which a preference report's length baseline takes its direction), and the validation
+        # split that picks the base+head baseline's best epoch as it picks the recipe's.
+        reads = {"classification": ("train", "validation", "test"), "preference": ("train", "test")}
+        splits = {s: data.read_split(s).to_pydict() for s in reads.get(task, ("test",))}
         forgetting_texts = _forgetting_texts(context, config, recipe, checkpoint_dir, warehouse)
         if not splits["test"]["text"]:
             raise dg.Failure(description=f"reports/{recipe.name}: datasets/{recipe.dataset} has an empty test split")
@@ -113,6 +115,8 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
                    if isinstance(v, float)},
                 **({"forgetting": figure} if figure is not None else {}),
                 **headline["cost"],
+                **{f"training_{k}": v for k, v in (headline.get("training") or {}).items()
+                   if k in ("published_step", "steps_run", "stopped_early", "gap") and v is not None},
                 "gates": dg.MetadataValue.json(headline["gates"]),
                 "checkpoint_path": dg.MetadataValue.path(checkpoint_path),
                 **published,
@@ -125,7 +129,7 @@ def build_report_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.Assets
                 severity=dg.AssetCheckSeverity.ERROR if gate["blocking"] else dg.AssetCheckSeverity.WARN,
                 description=gate["summary"],
                 metadata={**gate["values"], "why": gate["summary"]},
-            ) for gate in headline["gates"]],
+            ) for gate in headline["gates"]] + _overfitting_check(recipe, headline.get("training")),
         )
 
     return report
@@ -190,6 +194,22 @@ def _base_manifest(context: dg.AssetExecutionContext, config: ProjectConfig, rec
     return json.loads(path.read_text())
 
 
+def _overfitting_check(recipe: RecipeConfig, training: dict | None) -> list[dg.AssetCheckResult]:
+    if recipe.gates.max_validation_rise is None:
+        return []
+    if training is None:
+        return [dg.AssetCheckResult(check_name="overfitting", passed=True, severity=dg.AssetCheckSeverity.WARN,
+                                    description="no validation evaluations were logged: nothing to check")]
+    summary = overfitting_summary(training)
+    return [dg.AssetCheckResult(
+        check_name="overfitting", passed=not training["overfitting"], severity=dg.AssetCheckSeverity.WARN,
+        description=summary,
+        metadata={k: training[k] for k in ("validation_loss_rise", "lowest_validation_loss",
+                                           "lowest_validation_loss_step", "last_validation_loss",
+                                           "published_step", "max_validation_rise")} | {"why": summary},
+    )]
+
+
 def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str, forgetting_on: str | None) -> list:
     gates = recipe.gates
     margin = f" by at least {gates.min_margin:g}" if gates.min_margin else ""
@@ -198,6 +218,12 @@ def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str, forgetting_
         description=f"the tuned model's test {metric} is {'below' if metric in LOWER_IS_BETTER else 'above'} every "
                     f"baseline's{margin}",
     )]
+    if gates.max_validation_rise is not None:
+        specs.append(dg.AssetCheckSpec(
+            "overfitting", asset=key, blocking=False,
+            description=f"warns when the validation loss rose more than {gates.max_validation_rise:.0%} above its "
+                        "lowest while the train loss kept falling (never blocks, and never keeps a champion out)",
+        ))
     if gates.max_forgetting is not None:
         specs.append(dg.AssetCheckSpec(
             "forgetting_ceiling", asset=key, blocking=gates.blocking,

@@ -31,8 +31,9 @@ def png_bytes(fig) -> bytes:
     return buffer.getvalue()
 
 
-def loss_curves(records: list[dict], title: str) -> bytes | None:
-    """Train loss (logged every few steps) and validation loss (each epoch) against the step; None if none logged."""
+def loss_curves(records: list[dict], title: str, published_step: int | None = None) -> bytes | None:
+    """Train loss (logged every few steps) and validation loss (each evaluation) against the step, a dashed
+    line at the step whose weights were published; None if nothing was logged."""
     train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if "eval_loss" in r]
     if not train and not evals:
@@ -43,6 +44,8 @@ def loss_curves(records: list[dict], title: str) -> bytes | None:
         ax.plot(*zip(*train), label="train loss", color="#4c72b0")
     if evals:
         ax.plot(*zip(*evals), label="validation loss", color="#c44e52", marker="o")
+    if published_step is not None and evals:
+        ax.axvline(published_step, color="#55a868", linestyle="--", label=f"published (step {published_step})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)

@@ -63,6 +63,8 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     body = render(report)
     if report.get("forgetting"):
         body += _forgetting_markdown(report["forgetting"])
+    if report.get("training"):
+        body += _training_markdown(report["training"])
     if report.get("gates"):
         body += _gates_markdown(report["gates"])
     for name, heading in FIGURES.items():
@@ -175,6 +177,22 @@ def _figure(figures: dict, key: str) -> str:
 def _cell(text: str, limit: int = 160) -> str:
     text = text.replace("|", "\\|").replace("\n", " ")
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _training_markdown(t: dict) -> str:
+    from ft_assets.lib.evaluation.overfitting import overfitting_summary
+
+    kept = (f"the best validation evaluation (`{t['selection_metric']}` {t['best_metric']:.4f})" if t["keep"] == "best"
+            else "the last step (training.keep last)")
+    stopped = f", stopped early (of {t['steps_planned']} planned)" if t["stopped_early"] else ""
+    lines = ["", "## Training: which weights, and overfitting", "",
+             f"- published: step {t['published_step']} of {t['steps_run']}{stopped}, {kept}"]
+    if t["gap"] is not None:
+        lines.append(f"- at that step: train loss {t['train_loss']:.4f}, validation loss {t['validation_loss']:.4f}, "
+                     f"gap **{t['gap']:+.4f}**")
+    if t["max_validation_rise"] is not None:
+        lines.append(f"- {overfitting_summary(t)}")
+    return "\n".join(lines) + "\n"
 
 
 def _forgetting_markdown(f: dict) -> str:

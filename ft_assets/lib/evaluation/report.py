@@ -96,13 +96,22 @@ def _figures(recipe: RecipeConfig, checkpoint_dir: Path, report: dict) -> dict[s
 
     records = [json.loads(line) for line in (checkpoint_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
     figures = {}
-    curves = plots.loss_curves(records, f"{recipe.name}: loss")
+    curves = plots.loss_curves(records, f"{recipe.name}: loss", (report.get("training") or {}).get("published_step"))
     if curves is not None:
         figures["loss_curves"] = curves
     if report["task"] == "classification":
         figures["confusion_matrix"] = plots.confusion_matrix(report["labels"], report["metrics"]["confusion_matrix"],
                                                              f"{recipe.name}: test confusion matrix")
     return figures
+
+
+def _training(checkpoint_dir: Path, recipe: RecipeConfig) -> dict | None:
+    from ft_assets.lib.evaluation.overfitting import training_block
+
+    info = json.loads((checkpoint_dir / TRAIN_INFO_FILE).read_text())
+    metrics = checkpoint_dir / METRICS_FILE
+    records = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    return training_block(info, records, recipe.gates.max_validation_rise)
 
 
 def _cost(checkpoint_dir: Path) -> TrainingCost:
@@ -236,6 +245,7 @@ def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkp
         "checkpoint": str(checkpoint_dir),
         "labels": labels,
         **blocks,
+        "training": _training(checkpoint_dir, recipe),
         "cost": _cost(checkpoint_dir).model_dump(),
     }
     return {**report, "gates": evaluate_gates(report, recipe.gates)}
@@ -287,8 +297,11 @@ def _base_head_baseline(recipe: RecipeConfig, labels: list[str], splits: dict, c
         # The base's own defaults for head_only, not the recipe's rates (full trains its head at 1e-3).
         "training": {**recipe.training.model_dump(mode="json"), "learning_rate": None, "head_learning_rate": None},
     })
+    # Trained as a head_only recipe would be, its weights picked on the same validation split (training.keep).
+    validation = splits.get("validation") if (splits.get("validation") or {}).get("text") else None
     key = stable_hash({
-        "recipe": head_recipe.recipe_hash(), "labels": labels, "train": splits["train"], "test": splits["test"],
+        "recipe": head_recipe.recipe_hash(), "labels": labels, "train": splits["train"], "validation": validation,
+        "test": splits["test"],
         "base_sha256": model_sha256(resolve_base_model(recipe.base_model)),
     })
     cached = cache / f"{key}.json"
@@ -296,7 +309,7 @@ def _base_head_baseline(recipe: RecipeConfig, labels: list[str], splits: dict, c
         return ClassificationMetrics(**json.loads(cached.read_text()))
     from ft_assets.lib.training.loop import fit
 
-    fitted = fit(head_recipe, labels, splits["train"], None, device=device)
+    fitted = fit(head_recipe, labels, splits["train"], validation, device=device)
     cfg = recipe.training
     predicted = _predict_labels(fitted.model, fitted.tokenizer, splits["test"]["text"], labels,
                                 cfg.max_length, cfg.batch_size, device)

@@ -64,6 +64,7 @@ def render_model_card(manifest: dict, report: dict | None = None) -> str:
               f"{manifest['train_info']['train_seconds']:.0f} s on {manifest['train_info']['device_name']} "
               f"({manifest['train_info']['precision']}); {manifest['train_info']['trainable_params']:,} of "
               f"{manifest['train_info']['total_params']:,} parameters trained.", ""]
+    lines += _published_step(manifest["train_info"])
     lines += _results_section(task, report)
     lines += _provenance_section(manifest)
     lines += ["## Intended use and limitations", "",
@@ -82,6 +83,22 @@ def _base_text(base: dict) -> str:
         return f"a new model from scratch ({json.dumps(base.get('scratch', {}))})"
     sha = f", sha256 `{base['sha256']}`" if base.get("sha256") else ""
     return f"`{base['id']}`{sha}"
+
+
+def _published_step(info: dict) -> list[str]:
+    """Which step's weights these are, and why (training.keep, early stopping)."""
+    if info.get("best_step") is None:
+        return []
+    stopped = (f" Training stopped early after {info['steps_run']} of {info['steps_planned']} planned steps: the "
+               "validation metric had stopped improving." if info.get("stopped_early") else "")
+    if info.get("keep") == "best":
+        kept = (f"These are the weights of step {info['best_step']} of {info['steps_run']}, the best validation "
+                f"evaluation (`{info['selection_metric']}` {info['best_metric']:.4f})"
+                + ("; the last step's weights are under `last/`." if info.get("last_saved") else "."))
+    else:
+        kept = (f"These are the weights of the last step ({info['steps_run']}); the best validation evaluation "
+                f"(`{info['selection_metric']}` {info['best_metric']:.4f}) was at step {info['best_step']}.")
+    return [kept + stopped, ""]
 
 
 def _data_section(dataset: dict, manifest: dict) -> list[str]:

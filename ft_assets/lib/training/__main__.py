@@ -100,7 +100,11 @@ def _train_from_spec(spec: TrainingSpec) -> None:
         info = manifest["train_info"]
         figures = {**TrainingCost.from_train_info(info).model_dump(exclude_none=True),
                    "final_train_loss": info["final_train_loss"], "processes": info["processes"],
-                   "precision": info["precision"], "resumed_from_step": info["resumed_from_step"] or 0}
+                   "precision": info["precision"], "resumed_from_step": info["resumed_from_step"] or 0,
+                   "published_step": info["published_step"], "steps_run": info["steps_run"],
+                   "stopped_early": info["stopped_early"],
+                   **({"best_step": info["best_step"], "best_metric": info["best_metric"]}
+                      if info["best_step"] is not None else {})}
         pipes.report_asset_materialization(metadata={
             "checkpoint_path": {"raw_value": spec.output_dir, "type": "path"},
             **{name: {"raw_value": value, "type": PIPES_TYPES[type(value)]} for name, value in figures.items()},

@@ -23,6 +23,8 @@ METRICS_FILE = "metrics.jsonl"
 
 # export: merged writes the adapter folded into the base here, loadable without PEFT.
 MERGED_DIR = "merged"
+# training.keep_last: the last step's weights, beside the best step's that the checkpoint holds.
+LAST_DIR = "last"
 
 
 
@@ -59,6 +61,8 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
     with atomic_directory(output_dir) as staging:
         result.model.save_pretrained(staging, safe_serialization=True)
         result.tokenizer.save_pretrained(staging)
+        if result.last_state is not None:
+            _save_last(result, staging / LAST_DIR)
         if recipe.export == "merged":
             _export_merged(staging, base_path, labels, result.tokenizer, causal=is_causal_lm(result.train_info),
                            loading=recipe.loading)
@@ -70,6 +74,15 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / CARD_FILE).write_text(render_model_card(manifest))
     return manifest
+
+
+def _save_last(result: FitResult, folder: Path) -> None:
+    """The last step's weights under `folder`; the model holds the best step's again afterwards."""
+    best = {name: p.detach().to("cpu", copy=True) for name, p in result.model.named_parameters() if p.requires_grad}
+    result.model.load_state_dict(result.last_state, strict=False)
+    result.model.save_pretrained(folder, safe_serialization=True)
+    result.tokenizer.save_pretrained(folder)
+    result.model.load_state_dict(best, strict=False)
 
 
 def _export_merged(adapter_dir: Path, base_path: str, labels: list[str], tokenizer, *, causal: bool,

@@ -23,6 +23,7 @@ from ft_assets.lib.training.device import (
     compiles, describe_device, peak_memory_bytes, resolve_device, resolve_precision,
 )
 from ft_assets.lib.training.methods import count_parameters, transformer_blocks
+from ft_assets.lib.training.selection import BestTracker
 
 
 class MetricLogger:
@@ -49,6 +50,8 @@ class FitResult:
     train_info: dict  # its "task" says which kind of checkpoint this is
     logger: MetricLogger = field(default_factory=MetricLogger)
     base_model_path: str | None = None  # the base as resolved for training; None for scratch
+    # With keep best and keep_last: the last step's trainable weights, when the model holds the best step's.
+    last_state: dict | None = None
 
 
 def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], validation_rows: dict[str, list] | None,
@@ -72,7 +75,8 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
             scores them in every run.
 
     Raises:
-        ValueError: in setup, before any training step, with the fix in the message.
+        ValueError: in setup, before any training step, with the fix in the message; when the training
+            diverges (a NaN or infinite train loss), or no validation evaluation is finite: nothing to publish.
     """
     import torch
 
@@ -99,6 +103,16 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     else:
         data = causal.setup(recipe, task, train_rows, validation_rows, base_model_path, device, world)
     model = _placed(data.model, recipe, device, quantized)
+    keep = cfg.keep or ("best" if data.validate is not None else "last")
+    if data.validate is None:
+        asked = [f for f, on in (("keep", keep == "best"), ("keep_last", cfg.keep_last),
+                                 ("early_stopping", cfg.early_stopping is not None)) if on]
+        if asked:
+            raise ValueError(f"recipe {recipe.name!r}: field training.{asked[0]}: needs validation examples, and "
+                             "the validation split is empty; raise the dataset's validation_fraction")
+    # The best validation evaluation so far, and its trainable weights (on the CPU, off the accelerator).
+    tracker = BestTracker.for_task(task, cfg.early_stopping) if data.validate is not None else None
+    best_state = None
     trainable, total = count_parameters(model)
     # A private generator: each epoch's iterator draws a seed from it, and drawing from torch's global one
     # would shift the dropout masks of a resumed run.
@@ -133,12 +147,33 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         step, epoch, batches_done, train_seconds, counts = (state["step"], state["epoch"], state["batches_done"],
                                                             state["train_seconds"], state["counts"])
         logger.records[:] = state["records"]
+        if tracker is not None and state.get("selection") is not None:
+            tracker = BestTracker.from_state(state["selection"])
+            # Saved only where the best is not the step saved, whose weights were just loaded.
+            best_state = state["best_trainable"] or (_cpu_copy(model) if tracker.best_step == step else None)
         resume.restore_rng(rng)
         resumed_from = step
         logger.log_dict({"resumed_from_step": step}, step)
 
+    def evaluate() -> bool:
+        """Validates (rank 0 only), logs it, keeps the weights if they are the best so far; whether to stop
+        early, the same answer on every process."""
+        nonlocal best_state
+        stop = 0.0
+        if world.is_main:
+            record = data.validate(model)
+            logger.log_dict({"epoch": epoch, **record}, step)
+            if tracker.update(record, step) and keep == "best":
+                best_state = _cpu_copy(model)
+            stop = float(tracker.stopped_early)
+        model.train()
+        stopping = distributed.sum_over_processes([stop], world, device)[0] > 0
+        tracker.stopped_early = stopping
+        return stopping
+
     # --- train ---
     last_train_loss = next((r["train_loss"] for r in reversed(logger.records) if "train_loss" in r), float("nan"))
+    stop = False
     for epoch in range(epoch, cfg.epochs + 1):
         model.train()
         data.batches.set_epoch(epoch)
@@ -186,22 +221,48 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
                                  "examples_per_sec": examples / elapsed, "tokens_per_sec": tokens / elapsed,
                                  "tokens_seen": int(tokens)}, step)
                 running, running_n = 0.0, 0
+                if not math.isfinite(last_train_loss):
+                    raise ValueError(
+                        f"recipe {recipe.name!r}: training diverged: the mean train loss up to step {step} (epoch "
+                        f"{epoch}) is {last_train_loss}, so nothing is saved. Lower training.learning_rate "
+                        f"({recipe.learning_rate:g}) or training.max_grad_norm ({cfg.max_grad_norm:g})"
+                        + (", or train in bf16 or fp32 (precision fp16 overflows)" if precision == "fp16" else ""))
+            if tracker is not None and cfg.eval_every_steps and (step % cfg.eval_every_steps == 0
+                                                                 or step == total_steps):
+                paused = time.perf_counter()
+                stop = evaluate()
+                started += time.perf_counter() - paused  # validation is not training time
             if resume_dir is not None and cfg.save_every_steps and step % cfg.save_every_steps == 0 and step < total_steps:
                 shared = None if not world.is_main else {
                     "trainable": resume.trainable_state(model), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                     "epoch": epoch, "batches_done": i + 1, "counts": counts,
                     "train_seconds": train_seconds + time.perf_counter() - started, "records": logger.records,
+                    "selection": tracker.state() if tracker is not None else None,
+                    "best_trainable": best_state if tracker is not None and tracker.best_step != step else None,
                 }
                 resume.save_step(resume_dir, step, world.rank, shared)
                 distributed.barrier(world)
                 if world.is_main:
                     resume.mark_complete(resume_dir, step, world.size)
+            if stop:
+                break
         batches_done = 0
         # Validation is not training time: the throughput figures count training steps only.
         train_seconds += time.perf_counter() - started
-        if data.validate is not None and world.is_main:
-            logger.log_dict({"epoch": epoch, **data.validate(model)}, step)
+        if tracker is not None and not cfg.eval_every_steps:
+            stop = evaluate()
+        if stop:
+            break
+
+    last_state = None
+    if keep == "best" and world.is_main:
+        if tracker.best_step is None:
+            raise ValueError(f"recipe {recipe.name!r}: no validation evaluation was finite (each had a NaN or "
+                             "infinite loss or metric), so no step's weights can be published; nothing is saved")
+        if tracker.best_step != step:
+            last_state = _cpu_copy(model) if cfg.keep_last else None
+            model.load_state_dict(best_state, strict=False)
 
     examples, tokens = distributed.sum_over_processes(counts, world, device)
     distributed.end_process_group(world)
@@ -225,14 +286,34 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         "global_batch_size": cfg.batch_size * accumulation * world.size,
         "resumed_from_step": resumed_from,
         "steps": step,
+        "steps_run": step,
+        "steps_planned": total_steps,
+        "stopped_early": bool(tracker is not None and tracker.stopped_early),
+        "keep": keep,
+        # The weights the checkpoint holds are those of this step.
+        "published_step": tracker.best_step if keep == "best" and tracker is not None else step,
+        "selection_metric": tracker.metric if tracker is not None else None,
+        "best_step": tracker.best_step if tracker is not None else None,
+        "best_metric": tracker.best_value if tracker is not None else None,
+        "best_eval": tracker.best_eval if tracker is not None else None,
+        "last_saved": last_state is not None,
         "epochs": cfg.epochs,
         "train_examples": len(data.train_set),
         "final_train_loss": last_train_loss,
         "final_eval": next((r for r in reversed(logger.records) if "eval_loss" in r), None),
         **data.info,
     }
+    # Only the main process validates, so only its figures name a best step (and only it saves).
+    published = train_info["published_step"] or step
+    train_info["train_loss_at_published_step"] = next(
+        (r["train_loss"] for r in reversed(logger.records) if "train_loss" in r and r["step"] <= published), None)
     return FitResult(model=model, tokenizer=data.tokenizer, train_info=train_info, logger=logger,
-                     base_model_path=data.base_model_path)
+                     base_model_path=data.base_model_path, last_state=last_state)
+
+
+def _cpu_copy(model) -> dict:
+    """The trainable parameters, copied to the CPU (what a best step or the last step is restored from)."""
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _placed(model, recipe: RecipeConfig, device: str, quantized: bool):
