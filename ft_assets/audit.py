@@ -20,6 +20,7 @@ import dagster as dg
 
 from ft_assets.defs.resources import metadata_values
 from ft_assets.lib.config import ProjectConfig
+from ft_assets.lib.evaluation.overfitting import OVERFITTING_CHECK
 from ft_assets.lib.lineage import AuditError
 from ft_assets.lib.training.checkpoint import MERGED_DIR
 from ft_assets.lib.storage import sha256_file
@@ -180,13 +181,16 @@ def _evaluation(history: _History, recipe: str, checkpoint_path: str) -> dict | 
         if meta.get("checkpoint_path") != checkpoint_path:
             continue
         checks = history.instance.all_logs(record.run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-        gates = [{"name": e.dagster_event.event_specific_data.check_name,
-                  "passed": e.dagster_event.event_specific_data.passed,
-                  "severity": e.dagster_event.event_specific_data.severity.value,
-                  "summary": e.dagster_event.event_specific_data.description}
-                 for e in checks if e.dagster_event.event_specific_data.asset_key == key]
+        evaluated = [{"name": e.dagster_event.event_specific_data.check_name,
+                      "passed": e.dagster_event.event_specific_data.passed,
+                      "severity": e.dagster_event.event_specific_data.severity.value,
+                      "summary": e.dagster_event.event_specific_data.description}
+                     for e in checks if e.dagster_event.event_specific_data.asset_key == key]
         metrics = {k: v for k, v in meta.items() if isinstance(v, float) and not k.startswith("baseline_")}
-        return {**history.event(record), "metrics": metrics, "gates": gates}
+        # The gates decide the champion; the overfitting check only warns, so it is listed apart.
+        return {**history.event(record), "metrics": metrics,
+                "gates": [c for c in evaluated if c["name"] != OVERFITTING_CHECK],
+                "warnings": [c for c in evaluated if c["name"] == OVERFITTING_CHECK]}
     return None
 
 
@@ -344,6 +348,8 @@ def format_chain(chain: dict, indent: str = "") -> str:
         for g in ev["gates"]:
             lines.append(f"{indent}    gate {g['name']}: {'pass' if g['passed'] else 'FAIL'} ({g['severity']}) — "
                          f"{g['summary']}")
+        for w in ev.get("warnings", []):
+            lines.append(f"{indent}    check {w['name']}: {'ok' if w['passed'] else 'WARN'} — {w['summary']}")
     if "base_checkpoint" in chain:
         lines.append(f"{indent}  starts from:")
         lines.append(format_chain(chain["base_checkpoint"], indent + "    "))

@@ -8,6 +8,7 @@ from ft_assets.defs.automation import automation_sensor
 from ft_assets.defs.datasets.assets import build_dataset_asset
 from ft_assets.defs.executor import one_step_in_process_executor
 from ft_assets.defs.evaluation.assets import build_leaderboard_asset, build_report_asset
+from ft_assets.defs.evaluation.learning_curve import build_learning_curve_assets
 from ft_assets.defs.ingest.assets import build_raw_corpus_asset
 from ft_assets.defs.ingest.sensors import build_landing_sensor
 from ft_assets.defs.models.assets import build_champion_asset
@@ -25,6 +26,7 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
             *(build_report_asset(r, config) for r in config.recipes),
             *(build(d, config) for d in config.datasets if any(r.dataset == d.name for r in config.recipes)
               for build in (build_leaderboard_asset, build_champion_asset)),
+            *(a for d in config.datasets if d.learning_curve is not None for a in build_learning_curve_assets(d, config)),
         ],
         sensors=[*(build_landing_sensor(c, config) for c in config.corpora), automation_sensor(config)],
         resources=build_resources(config),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, ValidationError, model_validator
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 # What a defs.yaml names the FineTuningProject component by (defs/component.py); its `attributes` are a project.
@@ -124,6 +124,31 @@ class ChampionConfig(_Strict):
     tie_break: list[ChampionTieBreak] = ["forgetting", "trainable_params"]
 
 
+class LearningCurveConfig(_Strict):
+    """Each of `recipes` trained again on nested, stratified shares of the train split (lib/datasets/subsets.py),
+    one Dagster partition per (recipe, fraction); fraction 1 is the recipe's own checkpoint and report."""
+
+    fractions: list[float] = Field(min_length=1)
+    recipes: list[Name] = Field(min_length=1)
+    # Which rows each share holds; the same seed gives the same nested shares on every machine.
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _fractions(cls, fractions: list[float]) -> list[float]:
+        wrong = [f for f in fractions if not 0.0 < f <= 1.0]
+        if wrong:
+            raise ValueError(f"each fraction must be in (0, 1]: {wrong}")
+        if len(set(fractions)) != len(fractions):
+            raise ValueError(f"fractions has duplicates: {fractions}")
+        return sorted(fractions)
+
+    @property
+    def partial_fractions(self) -> list[float]:
+        """The fractions that train a point of their own (1 is the recipe's checkpoint)."""
+        return [f for f in self.fractions if f < 1.0]
+
+
 class DatasetConfig(_Strict):
     name: Name
     corpus: Name
@@ -144,6 +169,8 @@ class DatasetConfig(_Strict):
     # PII replaced by a placeholder in the clean text (see lib/datasets/redaction.py); raw tables keep what arrived.
     redact: list[Literal["email", "phone", "card_number"]] = []
     champion: ChampionConfig = ChampionConfig()
+    # How much data each method needs: see LearningCurveConfig. None: no learning curve.
+    learning_curve: LearningCurveConfig | None = None
 
     @model_validator(mode="after")
     def _fractions(self) -> DatasetConfig:
@@ -797,6 +824,14 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
                 problems.append(f"datasets[{i}] ({d.name}): field {field}: corpus {ref!r} {problem}")
         if d.test_corpus is not None and d.test_corpus == d.corpus:
             problems.append(f"datasets[{i}] ({d.name}): field test_corpus: must differ from corpus")
+        if d.learning_curve is not None:
+            names = {r.name: r for r in config.recipes}
+            for name in d.learning_curve.recipes:
+                if name not in names:
+                    problems.append(f"datasets[{i}] ({d.name}): field learning_curve.recipes: no recipe named {name!r}")
+                elif names[name].dataset != d.name:
+                    problems.append(f"datasets[{i}] ({d.name}): field learning_curve.recipes: recipe {name!r} trains "
+                                    f"on datasets/{names[name].dataset}, not on {d.name}")
         metrics = TASK_METRICS[d.task][1]
         if d.champion.metric is not None and d.champion.metric not in metrics:
             problems.append(f"datasets[{i}] ({d.name}): field champion.metric: {d.champion.metric!r} is not a "
@@ -805,8 +840,8 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
     _fill_chain_objectives(config, recipes)
     for i, r in enumerate(config.recipes):
         where = f"recipes[{i}] ({r.name})"
-        if r.name == "leaderboard":
-            problems.append(f"{where}: field name: 'leaderboard' is taken by reports/leaderboard/")
+        if r.name in ("leaderboard", "learning_curve"):
+            problems.append(f"{where}: field name: {r.name!r} is taken by reports/{r.name}/")
         if r.dataset not in datasets:
             problems.append(f"{where}: field dataset: no dataset named {r.dataset!r}")
             continue

@@ -13,7 +13,7 @@ from ft_assets.lib.config import (
 )
 from ft_assets.lib.evaluation.forgetting import ForgettingTexts, forgetting_source
 from ft_assets.lib.evaluation.leaderboard import forgetting_figure, write_leaderboard
-from ft_assets.lib.evaluation.overfitting import overfitting_summary
+from ft_assets.lib.evaluation.overfitting import OVERFITTING_CHECK, overfitting_summary
 from ft_assets.lib.evaluation.report import evaluate_checkpoint
 from ft_assets.lib.ingest.readers import read_texts
 from ft_assets.lib.lineage import code_version
@@ -198,11 +198,11 @@ def _overfitting_check(recipe: RecipeConfig, training: dict | None) -> list[dg.A
     if recipe.gates.max_validation_rise is None:
         return []
     if training is None:
-        return [dg.AssetCheckResult(check_name="overfitting", passed=True, severity=dg.AssetCheckSeverity.WARN,
+        return [dg.AssetCheckResult(check_name=OVERFITTING_CHECK, passed=True, severity=dg.AssetCheckSeverity.WARN,
                                     description="no validation evaluations were logged: nothing to check")]
     summary = overfitting_summary(training)
     return [dg.AssetCheckResult(
-        check_name="overfitting", passed=not training["overfitting"], severity=dg.AssetCheckSeverity.WARN,
+        check_name=OVERFITTING_CHECK, passed=not training["overfitting"], severity=dg.AssetCheckSeverity.WARN,
         description=summary,
         metadata={k: training[k] for k in ("validation_loss_rise", "lowest_validation_loss",
                                            "lowest_validation_loss_step", "last_validation_loss",
@@ -220,7 +220,7 @@ def _gate_specs(recipe: RecipeConfig, key: dg.AssetKey, metric: str, forgetting_
     )]
     if gates.max_validation_rise is not None:
         specs.append(dg.AssetCheckSpec(
-            "overfitting", asset=key, blocking=False,
+            OVERFITTING_CHECK, asset=key, blocking=False,
             description=f"warns when the validation loss rose more than {gates.max_validation_rise:.0%} above its "
                         "lowest while the train loss kept falling (never blocks, and never keeps a champion out)",
         ))

@@ -3,6 +3,7 @@
 
 import json
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,88 +54,110 @@ def build_checkpoint_asset(recipe: RecipeConfig, config: ProjectConfig) -> dg.As
         required_resource_keys=resource_keys(config, "gpu", "launcher"),
     )
     def checkpoint(context: dg.AssetExecutionContext):
-        gpu: GpuResource = project_resource(context, config, "gpu")
-        launcher: TrainingLauncher = project_resource(context, config, "launcher")
-        kube = launcher.require_kubernetes(config)
         for partial in remove_partials(recipe_dir):
             context.log.warning(f"removed {partial}, left by an interrupted run")
         version = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{context.run_id[:8]}"
         output_dir = recipe_dir / version
-        base_model_path = _base_checkpoint_path(context, base_key, in_pod=kube is not None) if base_key else None
         # The rows and the version recorded together, from the snapshot Dagster's record names: never the
         # warehouse, which a run killed after its commit leaves ahead of that record.
         data = recorded_snapshot(context, dataset_key)
         if data.rows("train") == 0:
             raise dg.Failure(description=f"checkpoints/{recipe.name}: datasets/{dataset.name} version "
                                          f"{data.version[:16]} has no train rows; add data and materialize it again")
-        # A pod reads the snapshot's s3:// copy; a local process, the folder.
-        split_location = data.split_uri if kube else (lambda split: str(data.split_path(split)))
-        with tempfile.TemporaryDirectory(prefix=f"ft_assets_{recipe.name}_") as tmp:
-            spec = TrainingSpec(
-                recipe=recipe,
-                task=dataset.task,
-                labels=data.record["labels"],
-                base_model_path=base_model_path,
-                train_path=split_location("train"),
-                validation_path=split_location("validation") if data.rows("validation") else None,
-                output_dir=str(output_dir),
-                resume_dir=str(recipe_dir / RESUME_DIR),
-                # A pod's disk goes with the pod: there precompute_reference scores the pairs in every run.
-                reference_cache_dir=None if kube else str(config.root / REFERENCE_CACHE_DIR),
-                device=gpu.device,
-                precision=gpu.precision,
-                lineage={
-                    "dataset": {
-                        "name": dataset.name,
-                        "version": data.version,
-                        "config_hash": data.record["config_hash"],
-                        "rows": data.record["rows"],
-                        "snapshot": {"path": str(data.folder), "uri": data.uri},
-                        "raw_files": data.record["raw_files"],
-                    },
-                    "code": {"git": git_state(PROJECT_DIR), "config_file": str(config.source)},
-                    "dagster": {"run_id": context.run_id, "asset_key": context.asset_key.to_user_string()},
-                },
-            )
-            spec_path = Path(tmp) / "spec.json"
-            spec.write(str(spec_path))
-            context.log.info(f"training {recipe.name} ({recipe.method}) on {data.rows('train')} rows of "
-                             f"datasets/{dataset.name} version {data.version[:16]} into {output_dir}"
-                             + (f" in a pod with {gpu.processes} GPU(s)" if kube else ""))
-            spec_location = _stage_for_pod(config, context, spec, output_dir) if kube else str(spec_path)
-            error_file = training_error_path(spec_location)
-            try:
-                invocation = launcher.train(context, gpu, spec_location, kube)
-            except Exception as e:
-                reason = _read_text(error_file) or f"the process ended without one: {e}"
-                raise dg.Failure(description=f"checkpoints/{recipe.name}: training failed and nothing was "
-                                             f"registered (no folder at {output_dir}). Reason: {reason}") from e
-        reported = invocation.get_materialize_result()
-        if kube is not None:  # the pod published it, manifest last
-            published = {"published_uri": config.remote_uri(output_dir)}
-            manifest_text = _read_text(f"{published['published_uri']}/{MANIFEST_FILE}")
-            if manifest_text is None:
-                raise dg.Failure(description=f"checkpoints/{recipe.name}: the training pod ended without "
-                                             f"publishing {published['published_uri']}/{MANIFEST_FILE}, so nothing "
-                                             f"was registered. Reason: {_read_text(error_file) or 'none left'}")
-            manifest = json.loads(manifest_text)
-        else:
-            manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
-            # Manifest last: on S3 a checkpoint is complete once its manifest is there.
-            published = publish(config, output_dir, last=MANIFEST_FILE)
+        trained = train_checkpoint(context, config, recipe, data, output_dir, recipe_dir / RESUME_DIR, base_key)
         return dg.MaterializeResult(
             metadata={
-                **(reported.metadata or {}),
-                **published,
+                **trained.metadata,
                 "checkpoint_path": dg.MetadataValue.path(str(output_dir)),
                 "version": version,
-                "recipe_hash": manifest["recipe_hash"],
-                "manifest": dg.MetadataValue.json(manifest),
+                "recipe_hash": trained.manifest["recipe_hash"],
+                "manifest": dg.MetadataValue.json(trained.manifest),
             },
             data_version=dg.DataVersion(version),
         )
 
     return checkpoint
+
+
+@dataclass
+class TrainedCheckpoint:
+    manifest: dict
+    metadata: dict  # what the training process reported through Pipes, and where the checkpoint was published
+
+
+def train_checkpoint(context: dg.AssetExecutionContext, config: ProjectConfig, recipe: RecipeConfig, data,
+                     output_dir: Path, resume_dir: Path, base_key: dg.AssetKey | None,
+                     train_path: str | None = None) -> TrainedCheckpoint:
+    """Trains `recipe` on the snapshot `data` (or on the train rows at `train_path`) into `output_dir`, in its
+    own process (here or in a pod, as the launcher resource says), and publishes it.
+
+    Raises:
+        dg.Failure: training failed; nothing was registered, and the reason the process left is in the message.
+    """
+    dataset = config.dataset(recipe.dataset)
+    gpu: GpuResource = project_resource(context, config, "gpu")
+    launcher: TrainingLauncher = project_resource(context, config, "launcher")
+    kube = launcher.require_kubernetes(config)
+    what = context.asset_key.to_user_string()
+    base_model_path = _base_checkpoint_path(context, base_key, in_pod=kube is not None) if base_key else None
+    # A pod reads the snapshot's s3:// copy; a local process, the folder.
+    split_location = data.split_uri if kube else (lambda split: str(data.split_path(split)))
+    with tempfile.TemporaryDirectory(prefix=f"ft_assets_{recipe.name}_") as tmp:
+        spec = TrainingSpec(
+            recipe=recipe,
+            task=dataset.task,
+            labels=data.record["labels"],
+            base_model_path=base_model_path,
+            train_path=train_path or split_location("train"),
+            validation_path=split_location("validation") if data.rows("validation") else None,
+            output_dir=str(output_dir),
+            resume_dir=str(resume_dir),
+            # A pod's disk goes with the pod: there precompute_reference scores the pairs in every run.
+            reference_cache_dir=None if kube else str(config.root / REFERENCE_CACHE_DIR),
+            device=gpu.device,
+            precision=gpu.precision,
+            lineage={
+                "dataset": {
+                    "name": dataset.name,
+                    "version": data.version,
+                    "config_hash": data.record["config_hash"],
+                    "rows": data.record["rows"],
+                    "snapshot": {"path": str(data.folder), "uri": data.uri},
+                    "raw_files": data.record["raw_files"],
+                },
+                "code": {"git": git_state(PROJECT_DIR), "config_file": str(config.source)},
+                "dagster": {"run_id": context.run_id, "asset_key": what,
+                            **({"partition": context.partition_key} if context.has_partition_key else {})},
+            },
+        )
+        spec_path = Path(tmp) / "spec.json"
+        spec.write(str(spec_path))
+        context.log.info(f"training {recipe.name} ({recipe.method}) on "
+                         f"{'a subset of ' if train_path else ''}{data.rows('train')} rows of "
+                         f"datasets/{dataset.name} version {data.version[:16]} into {output_dir}"
+                         + (f" in a pod with {gpu.processes} GPU(s)" if kube else ""))
+        spec_location = _stage_for_pod(config, context, spec, output_dir) if kube else str(spec_path)
+        error_file = training_error_path(spec_location)
+        try:
+            invocation = launcher.train(context, gpu, spec_location, kube)
+        except Exception as e:
+            reason = _read_text(error_file) or f"the process ended without one: {e}"
+            raise dg.Failure(description=f"{what}: training failed and nothing was "
+                                         f"registered (no folder at {output_dir}). Reason: {reason}") from e
+    reported = invocation.get_materialize_result()
+    if kube is not None:  # the pod published it, manifest last
+        published = {"published_uri": config.remote_uri(output_dir)}
+        manifest_text = _read_text(f"{published['published_uri']}/{MANIFEST_FILE}")
+        if manifest_text is None:
+            raise dg.Failure(description=f"{what}: the training pod ended without "
+                                         f"publishing {published['published_uri']}/{MANIFEST_FILE}, so nothing "
+                                         f"was registered. Reason: {_read_text(error_file) or 'none left'}")
+        manifest = json.loads(manifest_text)
+    else:
+        manifest = json.loads((output_dir / MANIFEST_FILE).read_text())
+        # Manifest last: on S3 a checkpoint is complete once its manifest is there.
+        published = publish(config, output_dir, last=MANIFEST_FILE)
+    return TrainedCheckpoint(manifest=manifest, metadata={**(reported.metadata or {}), **published})
 
 
 def _base_checkpoint_path(context: dg.AssetExecutionContext, base_key: dg.AssetKey, in_pod: bool = False) -> str:

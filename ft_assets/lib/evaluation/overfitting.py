@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import math
 
+# The asset check on reports/<recipe> that reads this block. It warns only: not a gate, never blocks, never
+# keeps a recipe from champion.
+OVERFITTING_CHECK = "overfitting"
+
 
 def training_block(info: dict, records: list[dict], max_rise: float | None) -> dict | None:
     """The block, or None for a run without validation evaluations (or a checkpoint from before them)."""
