@@ -303,6 +303,11 @@ class TrainingConfig(_Strict):
     # `balanced_sampler` draws training batches with every class equally likely.
     imbalance: Literal["none", "class_weights", "balanced_sampler"] = "none"
 
+    def settings_needing_validation(self) -> list[str]:
+        """The fields set here that a run without validation examples cannot honour."""
+        return [field for field, on in (("keep", self.keep == "best"), ("keep_last", self.keep_last),
+                                        ("early_stopping", self.early_stopping is not None)) if on]
+
 
 class ScratchModelConfig(_Strict):
     """A causal LM initialised at random, with a byte-level BPE tokenizer trained on the recipe's data."""
@@ -811,6 +816,7 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
             problems.append(f"{kind}: name {dup!r} is used more than once")
     corpora = {c.name: c for c in config.corpora}
     datasets = {d.name for d in config.datasets}
+    recipes = {r.name: r for r in config.recipes}
     for i, d in enumerate(config.datasets):
         for field in ("corpus", "test_corpus"):
             ref = getattr(d, field)
@@ -825,18 +831,16 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
         if d.test_corpus is not None and d.test_corpus == d.corpus:
             problems.append(f"datasets[{i}] ({d.name}): field test_corpus: must differ from corpus")
         if d.learning_curve is not None:
-            names = {r.name: r for r in config.recipes}
             for name in d.learning_curve.recipes:
-                if name not in names:
+                if name not in recipes:
                     problems.append(f"datasets[{i}] ({d.name}): field learning_curve.recipes: no recipe named {name!r}")
-                elif names[name].dataset != d.name:
+                elif recipes[name].dataset != d.name:
                     problems.append(f"datasets[{i}] ({d.name}): field learning_curve.recipes: recipe {name!r} trains "
-                                    f"on datasets/{names[name].dataset}, not on {d.name}")
+                                    f"on datasets/{recipes[name].dataset}, not on {d.name}")
         metrics = TASK_METRICS[d.task][1]
         if d.champion.metric is not None and d.champion.metric not in metrics:
             problems.append(f"datasets[{i}] ({d.name}): field champion.metric: {d.champion.metric!r} is not a "
                             f"{d.task} metric (one of: {', '.join(metrics)})")
-    recipes = {r.name: r for r in config.recipes}
     _fill_chain_objectives(config, recipes)
     for i, r in enumerate(config.recipes):
         where = f"recipes[{i}] ({r.name})"
@@ -1006,11 +1010,8 @@ def _method_problems(recipe: RecipeConfig, dataset: DatasetConfig) -> list[tuple
     objective = recipe.objective_for(task)[0]
     cfg = recipe.training
     if dataset.validation_fraction == 0:
-        for field, asks in (("keep", cfg.keep == "best"), ("keep_last", cfg.keep_last),
-                            ("early_stopping", cfg.early_stopping is not None)):
-            if asks:
-                problems.append((f"training.{field}", f"needs a validation split, and datasets/{dataset.name} has "
-                                                      "validation_fraction 0"))
+        problems += [(f"training.{field}", f"needs a validation split, and datasets/{dataset.name} has "
+                                           "validation_fraction 0") for field in cfg.settings_needing_validation()]
     elif cfg.keep_last and cfg.keep == "last":
         problems.append(("training.keep_last", "keeps the last weights beside the best ones; with keep: last "
                                                "the checkpoint is the last: drop keep_last"))

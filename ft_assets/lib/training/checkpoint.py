@@ -13,6 +13,7 @@ from ft_assets.lib.storage import atomic_directory, file_sha256s
 from ft_assets.lib.training.base_models import load_causal_lm, load_classifier, model_sha256, quiet_hf_logging
 from ft_assets.lib.training.loop import FitResult
 from ft_assets.lib.training.preference import REWARD_LABELS
+from ft_assets.lib.training.resume import trainable_state
 
 
 # Files of a checkpoint directory that are not part of transformers' or PEFT's own layout.
@@ -78,7 +79,7 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
 
 def _save_last(result: FitResult, folder: Path) -> None:
     """The last step's weights under `folder`; the model holds the best step's again afterwards."""
-    best = {name: p.detach().to("cpu", copy=True) for name, p in result.model.named_parameters() if p.requires_grad}
+    best = trainable_state(result.model, "cpu")
     result.model.load_state_dict(result.last_state, strict=False)
     result.model.save_pretrained(folder, safe_serialization=True)
     result.tokenizer.save_pretrained(folder)

@@ -104,12 +104,9 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         data = causal.setup(recipe, task, train_rows, validation_rows, base_model_path, device, world)
     model = _placed(data.model, recipe, device, quantized)
     keep = cfg.keep or ("best" if data.validate is not None else "last")
-    if data.validate is None:
-        asked = [f for f, on in (("keep", keep == "best"), ("keep_last", cfg.keep_last),
-                                 ("early_stopping", cfg.early_stopping is not None)) if on]
-        if asked:
-            raise ValueError(f"recipe {recipe.name!r}: field training.{asked[0]}: needs validation examples, and "
-                             "the validation split is empty; raise the dataset's validation_fraction")
+    if data.validate is None and (asked := cfg.settings_needing_validation()):
+        raise ValueError(f"recipe {recipe.name!r}: field training.{asked[0]}: needs validation examples, and "
+                         "the validation split is empty; raise the dataset's validation_fraction")
     # The best validation evaluation so far, and its trainable weights (on the CPU, off the accelerator).
     tracker = BestTracker.for_task(task, cfg.early_stopping) if data.validate is not None else None
     best_state = None
@@ -150,7 +147,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         if tracker is not None and state.get("selection") is not None:
             tracker = BestTracker.from_state(state["selection"])
             # Saved only where the best is not the step saved, whose weights were just loaded.
-            best_state = state["best_trainable"] or (_cpu_copy(model) if tracker.best_step == step else None)
+            best_state = state["best_trainable"] or (resume.trainable_state(model, "cpu") if tracker.best_step == step else None)
         resume.restore_rng(rng)
         resumed_from = step
         logger.log_dict({"resumed_from_step": step}, step)
@@ -164,7 +161,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
             record = data.validate(model)
             logger.log_dict({"epoch": epoch, **record}, step)
             if tracker.update(record, step) and keep == "best":
-                best_state = _cpu_copy(model)
+                best_state = resume.trainable_state(model, "cpu")
             stop = float(tracker.stopped_early)
         model.train()
         stopping = distributed.sum_over_processes([stop], world, device)[0] > 0
@@ -261,7 +258,7 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
             raise ValueError(f"recipe {recipe.name!r}: no validation evaluation was finite (each had a NaN or "
                              "infinite loss or metric), so no step's weights can be published; nothing is saved")
         if tracker.best_step != step:
-            last_state = _cpu_copy(model) if cfg.keep_last else None
+            last_state = resume.trainable_state(model, "cpu") if cfg.keep_last else None
             model.load_state_dict(best_state, strict=False)
 
     examples, tokens = distributed.sum_over_processes(counts, world, device)
@@ -310,10 +307,6 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
     return FitResult(model=model, tokenizer=data.tokenizer, train_info=train_info, logger=logger,
                      base_model_path=data.base_model_path, last_state=last_state)
 
-
-def _cpu_copy(model) -> dict:
-    """The trainable parameters, copied to the CPU (what a best step or the last step is restored from)."""
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
 
 
 def _placed(model, recipe: RecipeConfig, device: str, quantized: bool):

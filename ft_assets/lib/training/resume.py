@@ -28,9 +28,11 @@ def resume_key(*parts: Any) -> str:
     return stable_hash(parts)[:16]
 
 
-def trainable_state(model) -> dict:
-    """The parameters that training changes; the frozen rest is rebuilt from the base model."""
-    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+def trainable_state(model, device: str | None = None) -> dict:
+    """The parameters that training changes, copied (to `device`, e.g. the CPU to keep them off the
+    accelerator; None: where they are); the frozen rest is rebuilt from the base model."""
+    return {name: p.detach().to(device, copy=True) if device else p.detach().clone()
+            for name, p in model.named_parameters() if p.requires_grad}
 
 
 def rng_state() -> dict:
