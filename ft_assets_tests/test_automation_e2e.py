@@ -9,7 +9,7 @@ import yaml
 from ft_assets.cli import main
 from ft_assets.lib.storage import sha256_file
 from ft_assets_tests.conftest import write_project
-from ft_assets_tests.helpers import dagster_dev, wait_for
+from ft_assets_tests.helpers import dagster_dev, wait_for, wait_for_run
 
 # Sensor intervals of 5 s and the default retrain interval (1h since the last request: a recipe never
 # trained trains at once): the whole chain fits well inside the bound.
@@ -41,6 +41,11 @@ def test_a_dropped_file_is_ingested_trained_and_reported_by_automation_alone(tmp
         shutil.copy(incoming / "part1.csv", landing / "tickets_2026_11.csv")
         wait_for(lambda: built_by_automation(server), BOUND_S,
                  "the dataset, checkpoint and report of the dropped file, by automation alone", server)
+        # The report's checks are recorded after its materialization, in the same step: let its run end
+        # before dagster dev stops, or the audit below can find the materialization without its gates. (The
+        # run may fail: a one-epoch head on the random encoder passes no gate, so its champion step fails.)
+        nodes = server.graphql(LATEST, {"keys": [{"path": ["reports", "auto"]}]})["assetNodes"]
+        wait_for_run(server, nodes[0]["assetMaterializations"][0]["runId"])
 
     code = main(["--config", str(config_path), "audit", "auto", "--json",
                  "--dagster-home", str(tmp_path / "dagster_home")])
