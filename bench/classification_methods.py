@@ -3,13 +3,15 @@
     python bench/classification_methods.py                      # every method that runs on this device
     python bench/classification_methods.py --methods full,lora  # a subset
     python bench/classification_methods.py --smoke              # 300 train rows, 1 epoch: checks the script
+    python bench/classification_methods.py --methods lora --search  # learning_rate: {search: auto}, on validation
     python bench/classification_methods.py --combine bench/work_a bench/work_b   # one table from earlier runs
 
 It builds a project YAML over ../shared/data/banking77, materializes the real asset graph
 (raw -> dataset -> checkpoints -> reports -> leaderboard) in a fresh Dagster instance under
 bench/work/, and copies the leaderboard (markdown, JSON, PNG) to bench/results/ with the device,
 library versions and settings written at the top. The test split is only scored, never tuned on:
-learning rates are each method's documented default, checked on the validation split only.
+learning rates are each method's documented default, checked on the validation split only, or with
+--search each method's `search: auto` grid, the rate chosen on the validation split by checkpoints/<recipe>.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def usable_methods(requested: list[str]) -> list[str]:
     return [m for m in requested if m != "qlora" or cuda]
 
 
-def write_project(work: Path, methods: list[str], smoke: bool) -> Path:
+def write_project(work: Path, methods: list[str], smoke: bool, search: bool = False) -> Path:
     train_path = BANKING77 / "train.csv"
     if smoke:
         # The first 300 rows cover only a few intents; good enough to check the plumbing.
@@ -50,6 +52,8 @@ def write_project(work: Path, methods: list[str], smoke: bool) -> Path:
         train_path.parent.mkdir(parents=True, exist_ok=True)
         train_path.write_text("\n".join(lines) + "\n")
     training = {**TRAINING, "epochs": 1} if smoke else TRAINING
+    if search:
+        training = {**training, "learning_rate": {"search": "auto"}}
     config = {
         "storage": {"root": "data"},
         "corpora": [
@@ -71,6 +75,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--smoke", action="store_true", help="300 train rows, 1 epoch: checks the script only")
+    parser.add_argument("--search", action="store_true",
+                        help="each method's learning_rate: {search: auto}, chosen on the validation split")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")
     parser.add_argument("--rescore", action="store_true",
                         help="keep the checkpoints in --work and only re-run the reports and the leaderboard")
@@ -92,13 +98,23 @@ def main() -> int:
     else:
         shutil.rmtree(args.work, ignore_errors=True)
         (args.work / "dagster").mkdir(parents=True)
-        config = load_config(write_project(args.work, methods, args.smoke))
+        config = load_config(write_project(args.work, methods, args.smoke, args.search))
     defs = build_definitions(config)
     started = datetime.now(timezone.utc)
+    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+    candidates = [a for a in assets if a.partitions_def is not None]
     with dg.DagsterInstance.local_temp(str(args.work / "dagster")) as instance:
-        result = dg.materialize([a for a in defs.assets if isinstance(a, dg.AssetsDefinition)],
-                                resources=defs.resources, instance=instance, raise_on_error=False,
-                                selection="key:reports/*" if args.rescore else None)
+        if candidates and not args.rescore:  # a run takes one partition: the data, each rate, then the rest
+            dg.materialize(assets, resources=defs.resources, instance=instance,
+                           selection=dg.AssetSelection.groups("raw", "datasets"))
+            for asset in candidates:
+                for rate in asset.partitions_def.get_partition_keys():
+                    dg.materialize([asset], resources=defs.resources, instance=instance, partition_key=rate,
+                                   raise_on_error=False)
+        rest = dg.AssetSelection.all() - dg.AssetSelection.assets(*candidates)
+        result = dg.materialize(assets, resources=defs.resources, instance=instance, raise_on_error=False,
+                                selection="key:reports/*" if args.rescore else
+                                rest - dg.AssetSelection.groups("raw", "datasets") if candidates else None)
     board = config.root / "reports" / "leaderboard" / "banking77"
     if not (board / "leaderboard.json").exists():
         print("no leaderboard was written; see the run log above", file=sys.stderr)
@@ -111,24 +127,36 @@ def main() -> int:
     from ft_assets.lib.training.device import describe_device, resolve_device
 
     device = describe_device(resolve_device("auto"))
-    slug = "smoke" if args.smoke else ("cuda" if torch.cuda.is_available() else "cpu")
+    slug = ("smoke" if args.smoke else ("cuda" if torch.cuda.is_available() else "cpu")) + ("-search" if args.search else "")
     stamp = started.strftime("%Y-%m-%d")
     out = REPO / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     header = (
         f"Banking77, train ({'first 300 rows, smoke run' if args.smoke else '10,003 rows, 10% held out for validation'})"
-        f" -> official test (3,080 rows). Base: all-MiniLM-L6-v2 (packaged). Training: {json.dumps(TRAINING if not args.smoke else {**TRAINING, 'epochs': 1})}.\n\n"
+        f" -> official test (3,080 rows). Base: all-MiniLM-L6-v2 (packaged). Training: {json.dumps(TRAINING if not args.smoke else {**TRAINING, 'epochs': 1})}"
+        + ("; learning rate: each method's `search: auto` grid, chosen on the validation split" if args.search else "")
+        + ".\n\n"
         f"Measured {stamp} on {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
         f"peft {peft.__version__}. Run {'succeeded' if result.success else 'had failures (see the table)'}; "
         + ("reports re-scored from the run's checkpoints (--rescore); " if args.rescore else "")
         + f"wall time {(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min.\n\n"
     )
     name = f"banking77-{slug}" + ("" if set(methods) == set(usable_methods(list(METHODS))) else "-" + "-".join(methods))
+    from ft_assets.lib.evaluation.rendering import learning_rate_search_markdown
+
+    searches = {}
+    for recipe in config.recipes:
+        eval_path = config.root / "reports" / recipe.name / "eval.json"
+        if eval_path.exists() and (search := json.loads(eval_path.read_text()).get("learning_rate_search")):
+            searches[recipe.name] = search
+    search_text = "".join(f"\n## {name}: learning rate chosen on the validation split\n\n"
+                          f"{learning_rate_search_markdown(search)}\n" for name, search in searches.items())
     (out / f"{name}.md").write_text(header + (board / "leaderboard.md").read_text().replace(
-        "](leaderboard.png)", f"]({name}.png)"))
+        "](leaderboard.png)", f"]({name}.png)") + search_text)
     (out / f"{name}.json").write_text(json.dumps({
         "device": device, "date": stamp, "training": TRAINING, "smoke": args.smoke,
-        **json.loads((board / "leaderboard.json").read_text())}, indent=2) + "\n")
+        **json.loads((board / "leaderboard.json").read_text()),
+        **({"learning_rate_search": searches} if searches else {})}, indent=2) + "\n")
     shutil.copy(board / "leaderboard.png", out / f"{name}.png")
     print((out / f"{name}.md").read_text())
     return 0 if result.success else 1

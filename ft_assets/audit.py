@@ -147,6 +147,8 @@ def _checkpoint_chain(history: _History, record) -> dict:
             "recipe": manifest["recipe"]["name"], "method": manifest["recipe"]["method"],
             "recipe_hash": manifest["recipe_hash"], "settings": manifest["recipe"],
             "git": manifest["code"]["git"], "libraries": manifest["libraries"], "base_model": manifest["base_model"],
+            # A searched learning rate: which candidate run these weights are, and what it was chosen over.
+            **({"learning_rate_search": manifest["learning_rate_search"]} if manifest.get("learning_rate_search") else {}),
         },
         "dataset": _dataset_version(history, manifest["dataset"], record.timestamp),
         "raw_files": manifest["dataset"]["raw_files"],
@@ -319,6 +321,12 @@ def format_chain(chain: dict, indent: str = "") -> str:
         f"{indent}  base model {base['id']}" + (f" at {base['path']}" if base.get("path") else "")
         + (f", sha256 {base['sha256']}" if base.get("sha256") else ""),
     ]
+    if "learning_rate_search" in ck:
+        search = ck["learning_rate_search"]
+        chosen = next(c for c in search["candidates"] if c["chosen"])
+        lines.append(f"{indent}  learning rate {search['chosen_learning_rate']:g} chosen on the validation split "
+                     f"({search['selection_metric']}) from " + ", ".join(f"{c['learning_rate']:g}" for c in search["candidates"])
+                     + f"; the weights of run {chosen['run_id']}, copied from {chosen['checkpoint_path']}")
     ds = chain["dataset"]
     if "run_id" in ds:
         rows = ds["rows"]

@@ -43,9 +43,26 @@ def summary(args: argparse.Namespace) -> int:
             print(f"\nchampion of {dataset}: {champion['recipe']}: {champion['why']}", end="")
     print(f"\nreports: {config.root / 'reports'}/<recipe>/report.md (and eval.json)")
     print(f"champions: {config.root / 'models'}/<dataset>/champion/")
+    for dataset in config.datasets:
+        if dataset.learning_curve is not None:
+            print(f"learning curve of {dataset.name}: "
+                  f"{config.root / 'reports' / 'learning_curve' / dataset.name / 'learning_curve.md'}")
     if missing:
         print(f"no report yet for: {', '.join(missing)}", file=sys.stderr)
         return 1
+    return 0
+
+
+def curve_points(args: argparse.Namespace) -> int:
+    """Every learning-curve point of the project, a line each: the asset key and the partition key, as
+    `dagster asset materialize --select 'key:"<asset>"' --partition '<partition>'` takes them (one at a time)."""
+    config = load_config(args.config)
+    for dataset in config.datasets:
+        curve = dataset.learning_curve
+        for recipe in curve.recipes if curve is not None else ():
+            for fraction in curve.partial_fractions:
+                # A multi-partition key joins its dimensions' keys in the order of their names: fraction, recipe.
+                print(f"{'/'.join(config.key_path('learning_curve', dataset.name))} {fraction:g}|{recipe}")
     return 0
 
 
@@ -169,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
                                          "else the packaged default)")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("summary", help=summary.__doc__).set_defaults(run=summary)
+    commands.add_parser("curve-points", help=curve_points.__doc__.splitlines()[0],
+                        description=curve_points.__doc__).set_defaults(run=curve_points)
     verifier = commands.add_parser("verify", help=verify.__doc__.splitlines()[0])
     verifier.add_argument("checkpoint", type=Path, help="a checkpoint directory, the one holding manifest.json")
     verifier.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")

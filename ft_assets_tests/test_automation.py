@@ -147,3 +147,30 @@ def test_a_failed_dataset_check_blocks_training(project):
         asset_key=DATASET, check_name="contract", passed=False, severity=dg.AssetCheckSeverity.ERROR))
     result, _ = evaluate(defs, instance, clock.at(1), cursor)
     assert not result.get_num_requested(AUTO)
+
+
+def test_a_searched_learning_rate_trains_every_candidate_then_publishes_once_they_are_all_done(tmp_path,
+                                                                                              tiny_model_dir):
+    """The default retrain gate, on a recipe with `learning_rate: {search: ...}`: new data trains each candidate
+    rate at once; the checkpoint that chooses among them waits for the last."""
+    search = dg.AssetKey(["learning_rate_search", "searched"])
+    chosen = dg.AssetKey(["checkpoints", "searched"])
+    config_path = write_project(tmp_path, tiny_model_dir, recipes=[
+        {"name": "searched", "dataset": "tickets", "base_model": str(tiny_model_dir), "method": "head_only",
+         "training": {**TRAINING, "learning_rate": {"search": [1e-3, 3e-3]}}}])
+    defs = build_definitions(load_config(config_path))
+    instance = dg.DagsterInstance.ephemeral()
+    assert materialize_all(defs, instance, selection=[RAW, DATASET]).success
+    clock = Clock()
+    result, cursor = evaluate(defs, instance, clock.at(-50))
+    assert result.get_num_requested(search) == 2 and not result.get_num_requested(chosen)
+    # Recorded, not trained: the conditions read the event log, not the weights.
+    instance.report_runless_asset_event(dg.AssetMaterialization(search, partition="1e-3"))
+    result, cursor = evaluate(defs, instance, clock.at(-49), cursor)
+    assert not result.get_num_requested(chosen) and not result.get_num_requested(search)
+    instance.report_runless_asset_event(dg.AssetMaterialization(search, partition="3e-3"))
+    result, cursor = evaluate(defs, instance, clock.at(-48), cursor)
+    assert result.get_num_requested(chosen) == 1 and not result.get_num_requested(search)
+    instance.report_runless_asset_event(dg.AssetMaterialization(chosen))
+    result, _ = evaluate(defs, instance, clock.at(-47), cursor)
+    assert not result.get_num_requested(chosen)

@@ -1,4 +1,5 @@
-"""The command-line path a user takes: FT_ASSETS_CONFIG + `dagster asset materialize`, then `ft-assets summary`."""
+"""The command-line path a user takes: FT_ASSETS_CONFIG + `make demo` (`dagster asset materialize`), then
+`ft-assets summary` and `ft-assets audit`."""
 
 import json
 import os
@@ -13,31 +14,39 @@ from ft_assets_tests.helpers import learning_recipes
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_materialize_the_whole_graph_through_the_cli_and_summarize(tmp_path, tiny_model_dir):
+def test_make_demo_materializes_the_whole_graph_with_its_learning_curve_and_summarizes(tmp_path, tiny_model_dir):
+    """`make demo`'s own commands (the graph, then each curve point: a run takes one partition, then the curve)
+    on a small project: FT_ASSETS_CONFIG points them at it."""
     # A recipe that learns, so its gates pass and the whole graph, champion included, materializes.
     recipe = {**learning_recipes(tiny_model_dir, full_gates={})[0], "name": "cli_full"}
-    config = write_project(tmp_path, tiny_model_dir, recipes=[recipe], n_per_label=60)
+    config = write_project(tmp_path, tiny_model_dir, recipes=[recipe], n_per_label=60,
+                           dataset={"learning_curve": {"fractions": [0.5, 1.0], "recipes": ["cli_full"]}})
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "data" / "dagster" / "dagster.yaml", home / "dagster.yaml")
     env = {**os.environ, "FT_ASSETS_CONFIG": str(config), "DAGSTER_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     bin_dir = Path(sys.executable).parent
 
-    run = subprocess.run([str(bin_dir / "dagster"), "asset", "materialize", "--select", "*",
-                          "-m", "ft_assets.definitions"], env=env, cwd=tmp_path, capture_output=True, text=True,
-                         timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    points = subprocess.run([str(bin_dir / "ft-assets"), "curve-points"], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert points.stdout == "learning_curve/tickets 0.5|cli_full\n", points.stderr
+    # The Makefile's setup is done (this suite runs in its .venv); its DAGSTER_HOME would be the repo's own.
+    run = subprocess.run(["make", "-C", str(REPO), "demo", f"DAGSTER_HOME={home}", f"BIN={bin_dir}"], env=env,
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     # Several steps: a process each (defs/executor.py).
     assert "Executing steps using multiprocess executor" in run.stderr
     report = json.loads((tmp_path / "data" / "reports" / "cli_full" / "eval.json").read_text())
     assert report["n_test"] > 0
+    curve = json.loads((tmp_path / "data" / "reports" / "learning_curve" / "tickets" / "learning_curve.json").read_text())
+    assert [p["fraction"] for p in curve["points"]] == [0.5, 1.0]
+    assert curve["points"][1]["metrics"]["accuracy"] == report["accuracy"]
 
-    summary = subprocess.run([str(bin_dir / "ft-assets"), "summary"], env=env, capture_output=True, text=True,
-                             timeout=60)
-    assert summary.returncode == 0, summary.stderr
-    line = next(x for x in summary.stdout.splitlines() if x.startswith("cli_full"))
+    # The summary make demo ends with: each recipe's line, where the reports and the curve are.
+    line = next(x for x in run.stdout.splitlines() if x.startswith("cli_full"))
     assert f"{report['accuracy']:.4f}" in line and f"{report['cost']['trainable_params']:,}" in line
-    assert str(tmp_path / "data" / "reports") in summary.stdout
+    assert str(tmp_path / "data" / "reports") in run.stdout
+    assert f"learning curve of tickets: {tmp_path / 'data' / 'reports' / 'learning_curve' / 'tickets'}" in run.stdout
 
     audit = subprocess.run([str(bin_dir / "ft-assets"), "audit", "champion:tickets"], env=env, capture_output=True,
                            text=True, timeout=120)

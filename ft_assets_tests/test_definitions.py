@@ -59,7 +59,8 @@ def test_only_training_assets_need_the_gpu_and_they_queue_on_its_pool():
     graph = defs.resolve_asset_graph()
     for assets_def in defs.assets:
         for key in assets_def.keys:
-            training = key.path[0] == "checkpoints"
+            # What trains: checkpoints, learning-curve points, learning-rate candidates.
+            training = key.path[0] in ("checkpoints", "learning_curve", "learning_rate_search")
             assert ("gpu" in assets_def.required_resource_keys) == training, key
             if training:
                 assert graph.get(key).pools == {"gpu"}
@@ -98,4 +99,5 @@ def test_sensors_run_from_the_start_and_every_asset_but_raw_has_an_automation_co
     assert statuses == {**{f"landing_{c}": dg.DefaultSensorStatus.RUNNING for c in corpora},
                         "ft_assets_automation": dg.DefaultSensorStatus.RUNNING}
     for spec in defs.resolve_all_asset_specs():
-        assert (spec.automation_condition is None) == (spec.key.path[0] == "raw"), spec.key
+        # Learning-curve points train when asked for, unless the curve says `retrain:` (a study, not a model).
+        assert (spec.automation_condition is None) == (spec.key.path[0] in ("raw", "learning_curve")), spec.key

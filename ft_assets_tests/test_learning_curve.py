@@ -181,3 +181,33 @@ def test_fractions_are_sorted_and_fraction_1_trains_no_point_of_its_own(tmp_path
                                                                                "recipes": ["tiny_head"]}})
     curve = load_config(path).datasets[0].learning_curve
     assert curve.fractions == [0.1, 0.3, 1.0] and curve.partial_fractions == [0.1, 0.3]
+
+
+def test_points_train_when_asked_unless_the_curve_retrains(tmp_path, tiny_model_dir):
+    for retrain, conditioned in ((None, False), ({"min_interval": "1d"}, True)):
+        curve = {"fractions": [0.5, 1.0], "recipes": ["tiny_head"], **({"retrain": retrain} if retrain else {})}
+        defs = build_definitions(load_config(write_project(tmp_path, tiny_model_dir, dataset={"learning_curve": curve})))
+        specs = {s.key.to_user_string(): s for s in defs.resolve_all_asset_specs()}
+        assert (specs["learning_curve/tickets"].automation_condition is not None) == conditioned
+        assert specs["reports/learning_curve/tickets"].automation_condition is not None
+
+
+# Last in this file: it gives the shared project a new dataset version.
+def test_points_of_an_older_dataset_version_are_left_out_and_named(curve_project):
+    config, defs, instance, _ = curve_project
+    extra = config.root / "raw" / "tickets" / "part3.csv"
+    extra.write_text("label,text\nbilling,my invoice shows a charge twice this month\n")
+    assert materialize_all(defs, instance, selection=["raw/tickets", "datasets/tickets"]).success
+    result = materialize_all(defs, instance, selection=["reports/learning_curve/tickets"], raise_on_error=False)
+    assert not result.success
+    failure = str(next(e for e in result.all_events if e.is_step_failure).event_specific_data.error)
+    assert "no point on the latest version of datasets/tickets yet" in failure
+    assert "tiny_full × 0.5 (trained on datasets/tickets version" in failure
+    assert "tiny_head × 1 (reports/tiny_head, trained on datasets/tickets version" in failure
+    # The recipe retrained on the new version: its full-data point is back, the older shares are still named.
+    assert materialize_all(defs, instance, selection=["checkpoints/tiny_head", "reports/tiny_head"]).success
+    assert materialize_all(defs, instance, selection=["reports/learning_curve/tickets"]).success
+    record = instance.get_latest_materialization_event(dg.AssetKey(["reports", "learning_curve", "tickets"]))
+    assert record.asset_materialization.metadata["points"].value == 1
+    missing = record.asset_materialization.metadata["missing"].value
+    assert len(missing) == 5 and all("not the latest" in m for m in missing)

@@ -14,6 +14,7 @@ from ft_assets.defs.ingest.sensors import build_landing_sensor
 from ft_assets.defs.models.assets import build_champion_asset
 from ft_assets.defs.resources import build_resources
 from ft_assets.defs.training.assets import build_checkpoint_asset
+from ft_assets.defs.training.lr_search import build_learning_rate_search_assets
 from ft_assets.lib.config import ProjectConfig
 
 
@@ -22,7 +23,9 @@ def build_definitions(config: ProjectConfig) -> dg.Definitions:
         assets=[
             *(build_raw_corpus_asset(c, config) for c in config.corpora),
             *(build_dataset_asset(d, config) for d in config.datasets),
-            *(build_checkpoint_asset(r, config) for r in config.recipes),
+            *(build_checkpoint_asset(r, config) for r in config.recipes if r.learning_rate_candidates is None),
+            *(a for r in config.recipes if r.learning_rate_candidates is not None
+              for a in build_learning_rate_search_assets(r, config)),
             *(build_report_asset(r, config) for r in config.recipes),
             *(build(d, config) for d in config.datasets if any(r.dataset == d.name for r in config.recipes)
               for build in (build_leaderboard_asset, build_champion_asset)),

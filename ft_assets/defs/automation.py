@@ -3,6 +3,9 @@
 raw/<corpus>        the landing sensors (defs/ingest/sensors.py), never on a condition
 datasets/<dataset>  eager: after any raw corpus it reads is updated, once its raw checks passed
 checkpoints/<r>     retraining, gated (see `retraining`); never for `retrain: manual`
+learning_rate_search/<r>
+                    the same retraining, per candidate rate, for a recipe that searches its learning rate;
+                    its checkpoints/<r> then eager: it follows once no candidate is missing or running
 reports, leaderboards, champions
                     eager: follow a new checkpoint or report
 """

@@ -120,6 +120,13 @@ def latest_metadata(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict:
     return metadata_values(event.asset_materialization)
 
 
+def latest_partition_metadata(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> dict:
+    """The metadata of one partition's latest materialization as plain values; empty when there is none."""
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]),
+                                              limit=1).records
+    return metadata_values(records[0].asset_materialization) if records else {}
+
+
 def unrecorded_commit(conn, instance: dg.DagsterInstance, key: dg.AssetKey, table: str) -> Commit | None:
     """The warehouse's last commit of `table` when Dagster holds no record of it: the run that committed
     it is not the run of `key`'s latest materialization (killed between its COMMIT and that record, or

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, ValidationError, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Discriminator, Field, PrivateAttr, Tag, ValidationError, field_validator, model_validator,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 # What a defs.yaml names the FineTuningProject component by (defs/component.py); its `attributes` are a project.
@@ -132,6 +134,9 @@ class LearningCurveConfig(_Strict):
     recipes: list[Name] = Field(min_length=1)
     # Which rows each share holds; the same seed gives the same nested shares on every machine.
     seed: int = 0
+    # A curve is a study: by default its points train when asked for. {min_interval: 1d} (or a cron) retrains
+    # them after new data, gated as a recipe's retraining is; reports/learning_curve follows its inputs.
+    retrain: RetrainConfig | Literal["manual"] = "manual"
 
     @field_validator("fractions")
     @classmethod
@@ -251,6 +256,51 @@ DEFAULT_LEARNING_RATE = {
 }
 
 
+# learning_rate: {search: auto}: the method's default with a step below and one above it; each candidate trains,
+# and the best on validation is published (defs/training/lr_search.py).
+LEARNING_RATE_GRID = {
+    "full": [2e-5, 5e-5, 1e-4], "freeze": [3e-5, 1e-4, 3e-4], "head_only": [5e-4, 2e-3, 5e-3],
+    "lora": [3e-4, 1e-3, 3e-3], "rslora": [3e-4, 1e-3, 3e-3], "dora": [3e-4, 1e-3, 3e-3], "qlora": [3e-4, 1e-3, 3e-3],
+    "ia3": [2e-3, 5e-3, 1e-2], "prompt_tuning": [1e-2, 3e-2, 1e-1], "prefix_tuning": [3e-3, 1e-2, 3e-2],
+}
+
+
+class LearningRateSearch(_Strict):
+    """Train the recipe once per rate and publish the run with the best validation metric; `auto`: the
+    method's LEARNING_RATE_GRID. The test split plays no part in the choice."""
+
+    search: Annotated[
+        Annotated[list[Annotated[float, Field(gt=0)]], Tag("rates")] | Annotated[Literal["auto"], Tag("the grid")],
+        Discriminator(lambda v: "the grid" if isinstance(v, str) else "rates"),
+    ]
+
+    @field_validator("search")
+    @classmethod
+    def _rates(cls, search):
+        if search == "auto":
+            return search
+        if len(search) < 2:
+            raise ValueError(f"a search needs at least two rates (got {search}); for one, give it as learning_rate")
+        if len({learning_rate_key(r) for r in search}) != len(search):
+            raise ValueError(f"search has duplicates: {search}")
+        return sorted(search)
+
+
+def learning_rate_key(rate: float) -> str:
+    """A rate as a partition key and folder name: 1e-4, 3e-4, 2.5e-5."""
+    mantissa, exponent = f"{rate:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+# One rate, or a {search: ...} block: told apart by the input's shape, so a wrong value gets the one error that
+# fits it (an untagged union reports both), and _describe_errors leaves the tags out of the field's path.
+_UNION_TAGS = {"one rate", "a search", "rates", "the grid"}
+LearningRate = Annotated[
+    Annotated[Annotated[float, Field(gt=0)], Tag("one rate")] | Annotated[LearningRateSearch, Tag("a search")],
+    Discriminator(lambda v: "a search" if isinstance(v, (dict, LearningRateSearch)) else "one rate"),
+]
+
+
 class EarlyStoppingConfig(_Strict):
     """Stop after `patience` evaluations whose validation metric did not improve by more than `min_delta`."""
 
@@ -260,7 +310,8 @@ class EarlyStoppingConfig(_Strict):
 
 class TrainingConfig(_Strict):
     epochs: int = Field(3, gt=0)
-    learning_rate: float | None = Field(None, gt=0)  # None: DEFAULT_LEARNING_RATE[method]
+    # None: DEFAULT_LEARNING_RATE[method]; {search: [...] | auto}: a run per rate, the best on validation kept.
+    learning_rate: LearningRate | None = None
     # The freshly initialised head (pooler + classifier) learns at this rate; None: the method's
     # DEFAULT_HEAD_LEARNING_RATE, else learning_rate.
     head_learning_rate: float | None = Field(None, gt=0)
@@ -306,7 +357,9 @@ class TrainingConfig(_Strict):
     def settings_needing_validation(self) -> list[str]:
         """The fields set here that a run without validation examples cannot honour."""
         return [field for field, on in (("keep", self.keep == "best"), ("keep_last", self.keep_last),
-                                        ("early_stopping", self.early_stopping is not None)) if on]
+                                        ("early_stopping", self.early_stopping is not None),
+                                        ("learning_rate.search", isinstance(self.learning_rate, LearningRateSearch)))
+                if on]
 
 
 class ScratchModelConfig(_Strict):
@@ -524,10 +577,26 @@ class RecipeConfig(_Strict):
                                              self.objective)
             object.__setattr__(self, "objective_args", objective_args.model_dump())
         lr = self.training.learning_rate or DEFAULT_LEARNING_RATE[self.method]
-        head_lr = self.training.head_learning_rate or DEFAULT_HEAD_LEARNING_RATE.get(self.method, lr)
-        training = self.training.model_copy(update={"learning_rate": lr, "head_learning_rate": head_lr})
+        if isinstance(lr, LearningRateSearch):
+            # The grid written out, so the recipe hash covers it; the head's rate is each candidate's own.
+            rates = LEARNING_RATE_GRID[self.method] if lr.search == "auto" else lr.search
+            training = self.training.model_copy(update={"learning_rate": LearningRateSearch(search=rates)})
+        else:
+            head_lr = self.training.head_learning_rate or DEFAULT_HEAD_LEARNING_RATE.get(self.method, lr)
+            training = self.training.model_copy(update={"learning_rate": lr, "head_learning_rate": head_lr})
         object.__setattr__(self, "training", training)
         return self
+
+    @property
+    def learning_rate_candidates(self) -> list[float] | None:
+        """The rates a `learning_rate: {search: ...}` recipe tries, smallest first; None for one rate."""
+        lr = self.training.learning_rate
+        return list(lr.search) if isinstance(lr, LearningRateSearch) else None
+
+    def with_learning_rate(self, rate: float) -> RecipeConfig:
+        """The recipe one candidate of its search trains: the same settings at `rate`."""
+        training = {**self.training.model_dump(mode="json"), "learning_rate": rate}
+        return RecipeConfig.model_validate({**self.model_dump(mode="json"), "training": training})
 
     def objective_for(self, task: str) -> tuple[str, dict[str, Any]]:
         """(objective, its resolved arguments) on a dataset of `task`: the recipe's, or default_objective."""
@@ -539,6 +608,9 @@ class RecipeConfig(_Strict):
     @property
     def learning_rate(self) -> float:
         """The training learning rate, with the method's default filled in at validation."""
+        if self.learning_rate_candidates is not None:
+            raise ValueError(f"recipe {self.name} searches its learning rate: each candidate is "
+                             "with_learning_rate(rate)")
         return self.training.learning_rate  # type: ignore[return-value]
 
     def recipe_hash(self) -> str:
@@ -792,7 +864,7 @@ def _quoted(value) -> str:
 def _describe_errors(path: Path, raw: dict, error: ValidationError) -> str:
     lines = []
     for err in error.errors():
-        loc = list(err["loc"])
+        loc = [p for p in err["loc"] if p not in _UNION_TAGS]
         where = ".".join(str(p) for p in loc)
         # Name list entries by their `name`, e.g. "recipes[1] (tickets_lora)".
         if len(loc) >= 2 and isinstance(loc[1], int) and isinstance(raw.get(loc[0]), list):
@@ -837,6 +909,10 @@ def _cross_reference_problems(config: ProjectConfig) -> list[str]:
                 elif recipes[name].dataset != d.name:
                     problems.append(f"datasets[{i}] ({d.name}): field learning_curve.recipes: recipe {name!r} trains "
                                     f"on datasets/{recipes[name].dataset}, not on {d.name}")
+                elif recipes[name].learning_rate_candidates is not None:
+                    problems.append(f"datasets[{i}] ({d.name}): field learning_curve.recipes: recipe {name!r} "
+                                    "searches its learning rate; a curve compares fixed settings across data sizes: "
+                                    "give it the rate its search chose (reports/<recipe> names it)")
         metrics = TASK_METRICS[d.task][1]
         if d.champion.metric is not None and d.champion.metric not in metrics:
             problems.append(f"datasets[{i}] ({d.name}): field champion.metric: {d.champion.metric!r} is not a "

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
+from ft_assets.defs.automation import retraining
 from ft_assets.defs.datasets.snapshots import recorded_snapshot
 from ft_assets.defs.resources import GPU_POOL, asset_key, latest_metadata, resource_keys
 from ft_assets.defs.training.assets import RESUME_DIR, train_checkpoint
@@ -58,6 +59,7 @@ def build_learning_curve_assets(dataset: DatasetConfig, config: ProjectConfig) -
             kinds={"pytorch"},
             pool=GPU_POOL,
             partitions_def=learning_curve_partitions(dataset),
+            automation_condition=None if curve.retrain == "manual" else retraining(curve.retrain),
             deps=[dataset_key, *base_keys],
             code_version=code_version(settings + "".join(recipes[n].recipe_hash() for n in curve.recipes),
                                       "ft_assets.lib.training.__main__", "ft_assets.lib.evaluation.report",
@@ -121,6 +123,8 @@ def build_learning_curve_assets(dataset: DatasetConfig, config: ProjectConfig) -
     @dg.asset(
         key=report_key,
         group_name="evaluation",
+        # After a new dataset version it shows the recipes' new full-data points and names the stale ones.
+        automation_condition=dg.AutomationCondition.eager(),
         kinds={"python"},
         deps=([points_key] if curve.partial_fractions else []) + list(report_keys.values()),
         code_version=code_version(settings, "ft_assets.lib.evaluation.learning_curve"),
@@ -132,25 +136,37 @@ def build_learning_curve_assets(dataset: DatasetConfig, config: ProjectConfig) -
         ),
     )
     def curve_report(context: dg.AssetExecutionContext):
+        # One curve, one dataset version: the latest. A point trained on an older one is left out, and named.
+        version = latest_metadata(context.instance, dataset_key).get("dataset_version")
         found, missing = [], []
+
+        def stale(trained_on: str) -> str:
+            return f"trained on datasets/{dataset.name} version {trained_on[:16]}, not the latest {(version or '')[:16]}"
+
         for name in curve.recipes:
             for fraction in curve.partial_fractions:
                 path = curve_dir / name / fraction_key(fraction) / POINT_FILE
-                if path.is_file():
-                    found.append(json.loads(path.read_text()))
-                else:
+                point = json.loads(path.read_text()) if path.is_file() else None
+                if point is None:
                     missing.append(f"{name} × {fraction_key(fraction)}")
+                elif point["dataset_version"] != version:
+                    missing.append(f"{name} × {fraction_key(fraction)} ({stale(point['dataset_version'])})")
+                else:
+                    found.append(point)
         full = {}
         for name, key in report_keys.items():
             eval_path = config.root / "reports" / name / "eval.json"
             manifest = latest_metadata(context.instance, asset_key(config, "checkpoints", name)).get("manifest")
-            if eval_path.is_file() and manifest:
-                full[name] = (json.loads(eval_path.read_text()), manifest["train_info"]["train_examples"])
-            else:
+            if not (eval_path.is_file() and manifest):
                 missing.append(f"{name} × 1 (reports/{name})")
+            elif manifest["dataset"]["version"] != version:
+                missing.append(f"{name} × 1 (reports/{name}, {stale(manifest['dataset']['version'])})")
+            else:
+                full[name] = (json.loads(eval_path.read_text()), manifest["train_info"]["train_examples"])
         if not found and not full:
-            raise dg.Failure(description=f"{context.asset_key.to_user_string()}: no point is materialized yet; "
-                                         f"materialize partitions of {points_key.to_user_string()} first")
+            raise dg.Failure(description=f"{context.asset_key.to_user_string()}: no point on the latest version of "
+                                         f"datasets/{dataset.name} yet ({'; '.join(missing)}); materialize the "
+                                         f"partitions of {points_key.to_user_string()} and the recipes' reports first")
         built = learning_curve(dataset.name, found, full, curve.seed)
         out_dir = config.root / "reports" / "learning_curve" / dataset.name
         markdown = write_learning_curve(built, out_dir)

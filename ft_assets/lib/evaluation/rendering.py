@@ -65,6 +65,11 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
         body += _forgetting_markdown(report["forgetting"])
     if report.get("training"):
         body += _training_markdown(report["training"])
+    if report.get("learning_rate_search"):
+        search = report["learning_rate_search"]
+        body += (f"\n## Learning rate: chosen on the validation split\n\n{learning_rate_search_markdown(search)}\n\n"
+                 f"All candidates together trained for {search['train_seconds_all_candidates']:.1f} s; "
+                 "the cost above is the chosen run's alone.\n")
     if report.get("gates"):
         body += _gates_markdown(report["gates"])
     for name, heading in FIGURES.items():
@@ -193,6 +198,23 @@ def _training_markdown(t: dict) -> str:
     if t["max_validation_rise"] is not None:
         lines.append(f"- {overfitting_summary(t)}")
     return "\n".join(lines) + "\n"
+
+
+def learning_rate_search_markdown(search: dict) -> str:
+    """Every candidate of a learning-rate search with its validation figures, the chosen one marked."""
+    metric = search["selection_metric"]
+    lines = [f"| learning rate | validation {metric} | validation loss | published step | train s | |",
+             "|---|---|---|---|---|---|"]
+    for c in search["candidates"]:
+        v = c["validation"] or {}
+        lines.append(f"| {c['learning_rate']:g} | {_figure_or_dash(v.get(metric))} | "
+                     f"{_figure_or_dash(v.get('eval_loss'))} | {c['published_step']} of {c['steps_run']} | "
+                     f"{c['train_seconds']:.1f} | {'**chosen**' if c['chosen'] else ''} |")
+    return "\n".join(lines)
+
+
+def _figure_or_dash(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
 
 
 def _forgetting_markdown(f: dict) -> str:

@@ -114,6 +114,13 @@ def _training(checkpoint_dir: Path, recipe: RecipeConfig) -> dict | None:
     return training_block(info, records, recipe.gates.max_validation_rise)
 
 
+def _learning_rate_search(checkpoint_dir: Path) -> dict:
+    """Which learning rate, and how each candidate did on validation (defs/training/lr_search.py); nothing for
+    a recipe with one rate."""
+    search = json.loads((checkpoint_dir / MANIFEST_FILE).read_text()).get("learning_rate_search")
+    return {"learning_rate_search": search} if search else {}
+
+
 def _cost(checkpoint_dir: Path) -> TrainingCost:
     info = json.loads((checkpoint_dir / TRAIN_INFO_FILE).read_text())
     return TrainingCost.from_train_info(info).model_copy(update={"checkpoint_bytes": directory_bytes(checkpoint_dir)})
@@ -246,6 +253,7 @@ def _report(task: str, headline: dict, n_test: int, recipe: RecipeConfig, checkp
         "labels": labels,
         **blocks,
         "training": _training(checkpoint_dir, recipe),
+        **_learning_rate_search(checkpoint_dir),
         "cost": _cost(checkpoint_dir).model_dump(),
     }
     return {**report, "gates": evaluate_gates(report, recipe.gates)}

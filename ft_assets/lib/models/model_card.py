@@ -65,6 +65,7 @@ def render_model_card(manifest: dict, report: dict | None = None) -> str:
               f"({manifest['train_info']['precision']}); {manifest['train_info']['trainable_params']:,} of "
               f"{manifest['train_info']['total_params']:,} parameters trained.", ""]
     lines += _published_step(manifest["train_info"])
+    lines += _learning_rate_search(manifest.get("learning_rate_search"))
     lines += _results_section(task, report)
     lines += _provenance_section(manifest)
     lines += ["## Intended use and limitations", "",
@@ -99,6 +100,14 @@ def _published_step(info: dict) -> list[str]:
         kept = (f"These are the weights of the last step ({info['steps_run']}); the best validation evaluation "
                 f"(`{info['selection_metric']}` {info['best_metric']:.4f}) was at step {info['best_step']}.")
     return [kept + stopped, ""]
+
+
+def _learning_rate_search(search: dict | None) -> list[str]:
+    if not search:
+        return []
+    tried = ", ".join(f"{c['learning_rate']:g}" for c in search["candidates"])
+    return [f"The learning rate {search['chosen_learning_rate']:g} was chosen from {tried}: its run had the best "
+            f"`{search['selection_metric']}` on the validation split (the test split was not read to choose).", ""]
 
 
 def _data_section(dataset: dict, manifest: dict) -> list[str]:

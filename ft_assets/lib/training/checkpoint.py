@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -72,6 +73,18 @@ def save_checkpoint(result: FitResult, recipe: RecipeConfig, labels: list[str], 
         result.logger.write_jsonl(staging / METRICS_FILE)
         # Last, so every file is in place: `ft-assets verify` re-hashes them against this map.
         manifest["files"] = file_sha256s(staging)
+        (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+        (staging / CARD_FILE).write_text(render_model_card(manifest))
+    return manifest
+
+
+def copy_checkpoint(source: Path, output_dir: Path, **manifest_fields) -> dict:
+    """Publishes a copy of the checkpoint at `source` as `output_dir` (atomically, as save_checkpoint writes
+    one), its manifest and model card extended with `manifest_fields`; returns the new manifest."""
+    manifest = {**json.loads((source / MANIFEST_FILE).read_text()), **manifest_fields,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "copied_from": str(source)}
+    with atomic_directory(output_dir) as staging:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
         (staging / CARD_FILE).write_text(render_model_card(manifest))
     return manifest

@@ -68,3 +68,13 @@ class BestTracker:
     @classmethod
     def from_state(cls, state: dict) -> BestTracker:
         return cls(**state)
+
+
+def best_candidate(task: str, evaluations: list[dict | None]) -> int | None:
+    """Which of several runs' validation figures (their published weights' evaluation; None for a run without
+    one) is best, by the rule that picks a run's best step: its index, or None when none is finite."""
+    tracker = BestTracker.for_task(task)
+    for index, record in enumerate(evaluations):
+        if record is not None:
+            tracker.update(record, index)
+    return tracker.best_step
