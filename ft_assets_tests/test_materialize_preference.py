@@ -102,13 +102,13 @@ def test_each_report_carries_the_preference_figures_beside_the_same_keys_for_its
     assert {"rouge_l", "exact_match"} <= set(causal["metrics"]) and {"rouge_l"} <= set(causal["baselines"]["reference"])
     assert causal["samples"] and "base_generated" in causal["samples"][0]
     # Learnable in two epochs: the reward model ranks the answer first more often than its untuned head and
-    # than length alone (half the pairs each way); the SFT model already prefers it, and DPO keeps that with a
-    # positive implicit reward margin.
+    # than length alone (half the pairs each way); the SFT model already prefers it, DPO keeps that, and its
+    # implicit reward says training moved the odds further towards the preferred answer.
     reward = _report(config, "reward")
     assert reward["preference_accuracy"] > max(b["preference_accuracy"] for b in reward["baselines"].values())
     assert abs(causal["baselines"]["length"]["preference_accuracy"] - 0.5) < 0.2
     assert causal["preference_accuracy"] >= causal["baselines"]["reference"]["preference_accuracy"]
-    assert causal["reward_margin"] > 0
+    assert causal["metrics"]["implicit_reward_margin"] > 0 and causal["metrics"]["implicit_reward_accuracy"] > 0.5
 
 
 def test_the_reference_of_each_recipe_is_recorded_as_the_model_it_started_from(project):

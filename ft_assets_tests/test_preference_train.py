@@ -219,3 +219,26 @@ def test_the_report_counts_only_the_test_pairs_it_scored_and_judges_length_on_th
     assert report["metrics"]["dropped_no_answer_tokens"] == 1
     assert report["baselines"]["length"]["n"] == 6
     assert "1 more left out" in evaluated.markdown
+
+
+def test_a_policy_training_did_not_move_ranks_the_pairs_as_its_reference_does(tiny_llama_dir, tmp_path):
+    # The headline is the tuned model's own ranking, the measure its reference is scored by. DPO's implicit
+    # reward (log-ratio to the reference) is 0 for an unmoved policy, so it scores 0.5 whatever the reference
+    # prefers: as the headline it set a coin toss against the reference's own ranking, and the demo's gate
+    # failed a DPO model that ranked better than its SFT reference.
+    from ft_assets.lib.evaluation.report import evaluate_checkpoint
+
+    # An update of 1e-12 is below float32's resolution at these weights: the saved model is its base.
+    recipe = preference_recipe(tiny_llama_dir, "full", "dpo", learning_rate=1e-12, epochs=1)
+    result = fit(recipe, [], causal_rows(preference_texts(16)), None, task="preference", device="cpu")
+    save_checkpoint(result, recipe, [], tmp_path / "ckpt", {})
+    evaluated = evaluate_checkpoint(recipe, tmp_path / "ckpt", {"train": causal_rows(preference_texts(16)),
+                                                                "test": causal_rows(preference_texts(12, seed=4))},
+                                    tmp_path / "report", tmp_path / "cache", device="cpu", task="preference")
+    report, reference = evaluated.report, evaluated.report["baselines"]["reference"]
+    assert reference["preference_accuracy"] != 0.5  # the random model leans one way: the test can tell
+    assert report["preference_accuracy"] == pytest.approx(reference["preference_accuracy"])
+    assert report["reward_margin"] == pytest.approx(reference["reward_margin"], abs=1e-5)
+    assert report["metrics"]["implicit_reward_accuracy"] == 0.5
+    assert report["metrics"]["implicit_reward_margin"] == pytest.approx(0.0, abs=1e-6)
+    assert "Implicit reward" in evaluated.markdown

@@ -1,16 +1,20 @@
 """A preference recipe's report: how often the tuned model ranks the preferred answer of a test pair first.
 
-preference_accuracy is the share of test pairs whose chosen answer gets the higher reward (a tie counts
-half); reward_margin the mean of reward(chosen) - reward(rejected). The reward is the objective's own:
+preference_accuracy is the share of test pairs whose chosen answer the tuned model itself ranks first (a
+tie counts half); reward_margin the mean of score(chosen) - score(rejected). The score is the model's own:
   reward model         its score of (prompt, answer);
-  dpo, ipo             the implicit reward beta * (log p_tuned(answer) - log p_reference(answer)), summed
-                       over the answer's tokens;
-  simpo, orpo          beta * the mean log-probability per answer token (they have no reference).
+  dpo, ipo             beta * the summed log-probability of the answer's tokens under the tuned model;
+  simpo, orpo          beta * the mean log-probability per answer token (their reward, they have no reference).
+dpo and ipo also report their implicit reward, beta * (log p_tuned(answer) - log p_reference(answer)) summed
+over the answer's tokens, as implicit_reward_accuracy and implicit_reward_margin: on how many pairs training
+moved the odds towards the chosen answer (TRL's rewards/accuracies). It is not the headline, because it says
+nothing of the pairs the reference already ranked right: a policy still equal to its reference scores 0.5
+there whatever the reference prefers, and the gate compares the headline with the reference's ranking.
 Beside them, the same keys for
   baselines.reference  the model training started from (the reference of dpo and ipo; the untuned base,
                        or the SFT model for a recipe that continued an SFT adapter; for a reward model the
-                       base with its freshly initialised head), ranking by its own likelihood in the same
-                       units (beta * summed, or mean, log-probability): its preference before tuning;
+                       base with its freshly initialised head), scored the same way: its preference before
+                       tuning;
   baselines.length     the longer answer wins, or the shorter, whichever the train split favours: length
                        alone often predicts preference, so a model must beat it to have learned more.
 Causal models also answer the first test prompts (greedy) beside the reference, scored against the
@@ -111,26 +115,23 @@ def causal_figures(model, tokenizer, manifest: dict, test_texts: list[str], gene
     prompts, preferred = [p for p, _, _ in pairs], [c for _, c, _ in pairs]
 
     def measured(m):
-        """(answers to the prompts, per-batch answer log-probs and token counts, general-text loss) of m."""
+        """(answers to the prompts, general-text loss) of m."""
         answers = generate_answers(m, tokenizer, prompts, max_new_tokens=generation.max_new_tokens,
                                    batch_size=batch_size, device=device)
-        general = mean_causal_loss(m, general_blocks, pad, batch_size, device) if general_blocks else None
-        return answers, _batch_logps(m, examples, pad, batch_size, device), general
+        return answers, mean_causal_loss(m, general_blocks, pad, batch_size, device) if general_blocks else None
 
-    tuned_answers, tuned_logps, tuned_general = measured(model)
+    tuned_answers, tuned_general = measured(model)
     # With the adapter off, `start` is `model` itself: it is measured inside the block only.
     with starting_model(model, manifest) as start:
-        start_answers, start_logps, start_general = measured(start)
+        start_answers, start_general = measured(start)
+        start_logps = _batch_logps(start, examples, pad, batch_size, device)
     reference_batches = iter([logps for logps, _ in start_logps])
     scored = score_pairs(model, examples, pad, objective, args, lambda batch: next(reference_batches).to(device),
                          batch_size, device)
-    figures = pair_figures(scored)
-    tuned_own = pair_figures(_likelihood_rewards(tuned_logps, objective, args["beta"]))
+    figures = pair_figures(scored)  # the tuned model's own ranking, in the units start_own is measured in
     start_own = pair_figures(_likelihood_rewards(start_logps, objective, args["beta"]))
-    metrics = {"preference_accuracy": figures["preference_accuracy"], "reward_margin": figures["reward_margin"],
-               "n": figures["n"], "dropped_no_answer_tokens": len(test_texts) - len(scored_texts),
-               "eval_loss": float(scored.loss),
-               "likelihood_accuracy": tuned_own["preference_accuracy"], "objective": objective, **args,
+    metrics = {**figures, "dropped_no_answer_tokens": len(test_texts) - len(scored_texts),
+               "eval_loss": float(scored.loss), "objective": objective, **args,
                **generation_metrics(tuned_answers, preferred)}
     reference = {"preference_accuracy": start_own["preference_accuracy"], "reward_margin": start_own["reward_margin"],
                  "n": start_own["n"], "kind": info["reference"]["kind"],

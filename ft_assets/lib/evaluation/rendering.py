@@ -152,10 +152,14 @@ def _render_preference(report: dict) -> str:
         + (f" ({m['dropped_no_answer_tokens']} more left out: their prompt fills max_length)"
            if m.get("dropped_no_answer_tokens") else "")
         + ". Preference accuracy: the "
-        "share of pairs whose preferred answer gets the higher reward (ties count half); reward margin: the mean "
-        "reward difference, preferred minus other, in the reward's own units (characters for the length "
+        "share of pairs whose preferred answer the model itself ranks first (ties count half: a reward model by "
+        "its score, a causal LM by its likelihood of the answer); reward margin: the mean score difference, "
+        "preferred minus other, in the objective's units (characters for the length "
         f"baseline, which prefers the {length['direction']} answer as the train split does: "
         f"{length['train_share_longer_preferred']:.0%} of its pairs prefer the longer)."
+        + (f" Implicit reward (beta * log-probability ratio to the reference, as in TRL): "
+           f"{m['implicit_reward_accuracy']:.4f} of pairs moved towards the preferred answer, mean margin "
+           f"{m['implicit_reward_margin']:.4f}." if "implicit_reward_accuracy" in m else "")
         + (" Exact match and ROUGE-L: greedy answers to the test prompts against the preferred answers."
            if generated else ""),
         "",

@@ -198,8 +198,8 @@ def _causal_report(recipe: RecipeConfig, task: str, checkpoint_dir: Path, manife
 
 def _preference_report(recipe: RecipeConfig, checkpoint_dir: Path, manifest: dict, splits: dict, device: str,
                        forgetting_texts: ForgettingTexts | None) -> tuple[dict, list[dict]]:
-    """Preference accuracy and reward margin of the tuned model (a reward model, or a causal LM's implicit
-    reward) against its starting model and the length-only baseline; see lib/evaluation/preference.py."""
+    """Preference accuracy and reward margin of the tuned model's own ranking (a reward model's score, a causal
+    LM's likelihood) against its starting model's and the length-only baseline; see lib/evaluation/preference.py."""
     from ft_assets.lib.evaluation import preference
 
     cfg = recipe.training

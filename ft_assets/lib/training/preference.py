@@ -237,42 +237,60 @@ def pair_loss(model, batch: dict, objective: str, args: dict, score_reference) -
 
 
 def pair_figures(losses) -> dict:
-    """Preference accuracy (a tie counts half) and mean reward margin of a PreferenceLoss's rewards."""
-    margin = (losses.chosen_rewards - losses.rejected_rewards).float()
+    """Preference accuracy (a tie counts half) and mean margin of the model's own ranking of each pair, the
+    measure its starting model is scored by; for dpo and ipo also their implicit reward's, as
+    implicit_reward_accuracy and implicit_reward_margin (how often training moved the odds towards the
+    preferred answer: 0.5 for a policy still equal to its reference, whatever that reference ranks first)."""
+    own = (losses.chosen_rewards, losses.rejected_rewards) if losses.chosen_likelihood is None else (
+        losses.chosen_likelihood, losses.rejected_likelihood)
+    accuracy, margin = _ranking(*own)
+    figures = {"preference_accuracy": accuracy, "reward_margin": margin, "n": int(own[0].numel())}
+    if losses.chosen_likelihood is not None:
+        accuracy, margin = _ranking(losses.chosen_rewards, losses.rejected_rewards)
+        figures |= {"implicit_reward_accuracy": accuracy, "implicit_reward_margin": margin}
+    return figures
+
+
+def _ranking(chosen, rejected) -> tuple[float, float]:
+    margin = (chosen - rejected).float()
     wins = (margin > 0).float() + 0.5 * (margin == 0).float()
-    return {"preference_accuracy": float(wins.mean()), "reward_margin": float(margin.mean()), "n": int(margin.numel())}
+    return float(wins.mean()), float(margin.mean())
+
+
+_SCORES = ("chosen_rewards", "rejected_rewards", "chosen_likelihood", "rejected_likelihood")
 
 
 def score_pairs(policy, examples: list[dict], pad_token_id: int, objective: str, args: dict, score_reference,
                 batch_size: int, device: str):
-    """The objective's loss per batch and the chosen/rejected rewards of every pair, in eval mode.
+    """The objective's loss and the scores of every pair, in eval mode.
 
     Returns:
-        (mean loss over pairs, chosen rewards (n,), rejected rewards (n,)) as CPU tensors.
+        a PreferenceLoss: the mean loss over pairs, every pair's rewards and (dpo, ipo) likelihoods, as CPU tensors.
     """
     import torch
 
     policy.eval()
-    total, chosen, rejected = 0.0, [], []
+    total, scores = 0.0, {name: [] for name in _SCORES}
     with torch.no_grad():
         for start in range(0, len(examples), batch_size):
             rows = examples[start:start + batch_size]
             batch = {k: v.to(device) for k, v in collate_pairs(rows, pad_token_id).items()}
             scored = pair_loss(policy, batch, objective, args, score_reference)
             total += float(scored.loss) * len(rows)
-            chosen.append(scored.chosen_rewards.float().cpu())
-            rejected.append(scored.rejected_rewards.float().cpu())
-    merged = PreferenceLoss(loss=torch.tensor(total / max(len(examples), 1)),
-                            chosen_rewards=torch.cat(chosen) if chosen else torch.zeros(0),
-                            rejected_rewards=torch.cat(rejected) if rejected else torch.zeros(0))
-    return merged
+            for name, parts in scores.items():
+                if getattr(scored, name) is not None:
+                    parts.append(getattr(scored, name).float().cpu())
+    merged = {name: torch.cat(parts) if parts else None for name, parts in scores.items()}
+    for name in ("chosen_rewards", "rejected_rewards"):
+        merged[name] = torch.zeros(0) if merged[name] is None else merged[name]
+    return PreferenceLoss(loss=torch.tensor(total / max(len(examples), 1)), **merged)
 
 
 def _validation_figures(policy, examples, pad_token_id, objective, args, score_reference, batch_size, device) -> dict:
     scored = score_pairs(policy, examples, pad_token_id, objective, args, score_reference, batch_size, device)
     figures = pair_figures(scored)
-    return {"eval_loss": float(scored.loss), "eval_preference_accuracy": figures["preference_accuracy"],
-            "eval_reward_margin": figures["reward_margin"]}
+    figures.pop("n")
+    return {"eval_loss": float(scored.loss), **{f"eval_{name}": value for name, value in figures.items()}}
 
 
 def _reference_cache_key(reference: dict, tokenizer, max_length: int, examples: list[dict]) -> str:

@@ -87,6 +87,11 @@ class PreferenceLoss:
     loss: object  # scalar tensor, mean over pairs (ORPO: plus its SFT term)
     chosen_rewards: object  # (B,), detached
     rejected_rewards: object  # (B,), detached
+    # dpo and ipo only: the policy's own preference, beta * its summed answer log-probability, (B,) each, detached.
+    # Their rewards say how far training moved each answer from the reference, not which answer the policy
+    # itself ranks first; simpo's, orpo's and a reward model's rewards are already the model's own.
+    chosen_likelihood: object = None
+    rejected_likelihood: object = None
 
 
 def preference_loss(objective: str, args: dict, *, policy_chosen, policy_rejected, chosen_tokens, rejected_tokens,
@@ -136,7 +141,9 @@ def preference_loss(objective: str, args: dict, *, policy_chosen, policy_rejecte
         else:
             h = chosen_logratios / chosen_tokens - rejected_logratios / rejected_tokens
             losses = (h - 1 / (2 * beta)) ** 2
-        return PreferenceLoss(losses.mean(), beta * chosen_logratios.detach(), beta * rejected_logratios.detach())
+        return PreferenceLoss(losses.mean(), beta * chosen_logratios.detach(), beta * rejected_logratios.detach(),
+                              chosen_likelihood=beta * policy_chosen.detach(),
+                              rejected_likelihood=beta * policy_rejected.detach())
 
     chosen_average, rejected_average = policy_chosen / chosen_tokens, policy_rejected / rejected_tokens
     if objective == "simpo":
