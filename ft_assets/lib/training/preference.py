@@ -277,17 +277,23 @@ def score_pairs(policy, examples: list[dict], pad_token_id: int, objective: str,
             batch = {k: v.to(device) for k, v in collate_pairs(rows, pad_token_id).items()}
             scored = pair_loss(policy, batch, objective, args, score_reference)
             total += float(scored.loss) * len(rows)
-            for name, parts in scores.items():
-                if getattr(scored, name) is not None:
-                    parts.append(getattr(scored, name).float().cpu())
-    merged = {name: torch.cat(parts) if parts else None for name, parts in scores.items()}
-    for name in ("chosen_rewards", "rejected_rewards"):
-        merged[name] = torch.zeros(0) if merged[name] is None else merged[name]
-    return PreferenceLoss(loss=torch.tensor(total / max(len(examples), 1)), **merged)
+            for name in _SCORES:
+                if (value := getattr(scored, name)) is not None:
+                    scores[name].append(value.float().cpu())
+    merged = {name: torch.cat(parts) for name, parts in scores.items() if parts}
+    empty = torch.zeros(0)
+    return PreferenceLoss(loss=torch.tensor(total / max(len(examples), 1)),
+                          chosen_rewards=merged.pop("chosen_rewards", empty),
+                          rejected_rewards=merged.pop("rejected_rewards", empty), **merged)
 
 
 def _validation_figures(policy, examples, pad_token_id, objective, args, score_reference, batch_size, device) -> dict:
-    scored = score_pairs(policy, examples, pad_token_id, objective, args, score_reference, batch_size, device)
+    return _eval_figures(score_pairs(policy, examples, pad_token_id, objective, args, score_reference, batch_size,
+                                     device))
+
+
+def _eval_figures(scored) -> dict:
+    """A validation pass's loss and pair_figures, as the run log's eval_ keys."""
     figures = pair_figures(scored)
     figures.pop("n")
     return {"eval_loss": float(scored.loss), **{f"eval_{name}": value for name, value in figures.items()}}
@@ -357,10 +363,7 @@ def _reward_model_setup(recipe, train_rows, validation_rows, base_model_path, de
     if validation_set:
         def validate(trained):
             chosen, rejected = reward_scores(trained, tokenizer, validation_set, cfg.batch_size, device)
-            scored = bradley_terry_loss(chosen, rejected)
-            figures = pair_figures(scored)
-            return {"eval_loss": float(scored.loss), "eval_preference_accuracy": figures["preference_accuracy"],
-                    "eval_reward_margin": figures["reward_margin"]}
+            return _eval_figures(bradley_terry_loss(chosen, rejected))
 
     return TrainingData(model=model, tokenizer=tokenizer, train_set=train_set, collate=collate, loss=loss,
                         validate=validate, heads=set(head_modules(model)), base_model_path=base_path,
