@@ -5,6 +5,9 @@
     python bench/classification_methods.py --smoke              # 300 train rows, 1 epoch: checks the script
     python bench/classification_methods.py --methods lora --search  # learning_rate: {search: auto}, on validation
     python bench/classification_methods.py --combine bench/work_a bench/work_b   # one table from earlier runs
+    python bench/classification_methods.py --methods full,lora --rates full=5e-5,1e-4,2e-4 \
+        --method-args 'lora={"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"]}'
+    python bench/classification_methods.py --methods full,lora,head_only --curve 0.01,0.03,0.1,0.3
 
 It builds a project YAML over ../shared/data/banking77, materializes the real asset graph
 (raw -> dataset -> checkpoints -> reports -> leaderboard) in a fresh Dagster instance under
@@ -43,7 +46,9 @@ def usable_methods(requested: list[str]) -> list[str]:
     return [m for m in requested if m != "qlora" or cuda]
 
 
-def write_project(work: Path, methods: list[str], smoke: bool, search: bool = False) -> Path:
+def write_project(work: Path, methods: list[str], smoke: bool, search: bool = False,
+                  rates: dict[str, list[float]] | None = None, method_args: dict[str, dict] | None = None,
+                  curve: list[float] | None = None) -> Path:
     train_path = BANKING77 / "train.csv"
     if smoke:
         # The first 300 rows cover only a few intents; good enough to check the plumbing.
@@ -52,8 +57,12 @@ def write_project(work: Path, methods: list[str], smoke: bool, search: bool = Fa
         train_path.parent.mkdir(parents=True, exist_ok=True)
         train_path.write_text("\n".join(lines) + "\n")
     training = {**TRAINING, "epochs": 1} if smoke else TRAINING
-    if search:
-        training = {**training, "learning_rate": {"search": "auto"}}
+    rates = rates or {}
+
+    def recipe_training(method: str) -> dict:
+        if method in rates:
+            return {**training, "learning_rate": {"search": rates[method]}}
+        return {**training, "learning_rate": {"search": "auto"}} if search else training
     config = {
         "storage": {"root": "data"},
         "corpora": [
@@ -62,9 +71,12 @@ def write_project(work: Path, methods: list[str], smoke: bool, search: bool = Fa
         ],
         "datasets": [{"name": "banking77", "corpus": "banking77_train", "test_corpus": "banking77_test",
                       "labels": json.loads((BANKING77 / "categories.json").read_text()),
-                      "validation_fraction": 0.1}],
+                      "validation_fraction": 0.1,
+                      **({"learning_curve": {"fractions": [*curve, 1.0], "recipes": [f"b77_{m}" for m in methods]}}
+                         if curve else {})}],
         "recipes": [{"name": f"b77_{m}", "dataset": "banking77", "base_model": "default", "method": m,
-                     "method_args": METHOD_ARGS.get(m, {}), "training": training} for m in methods],
+                     "method_args": {**METHOD_ARGS.get(m, {}), **(method_args or {}).get(m, {})},
+                     "training": recipe_training(m)} for m in methods],
     }
     path = work / "banking77.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -77,6 +89,12 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="300 train rows, 1 epoch: checks the script only")
     parser.add_argument("--search", action="store_true",
                         help="each method's learning_rate: {search: auto}, chosen on the validation split")
+    parser.add_argument("--rates", action="append", default=[], metavar="METHOD=R1,R2,...",
+                        help="search these learning rates for METHOD on the validation split")
+    parser.add_argument("--method-args", action="append", default=[], metavar="METHOD=JSON",
+                        help="method_args for METHOD over the defaults above")
+    parser.add_argument("--curve", help="learning-curve fractions below 1 (comma-separated), every method's recipe")
+    parser.add_argument("--name", help="results file name (default banking77-<device>[-search][-methods])")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")
     parser.add_argument("--rescore", action="store_true",
                         help="keep the checkpoints in --work and only re-run the reports and the leaderboard")
@@ -98,7 +116,10 @@ def main() -> int:
     else:
         shutil.rmtree(args.work, ignore_errors=True)
         (args.work / "dagster").mkdir(parents=True)
-        config = load_config(write_project(args.work, methods, args.smoke, args.search))
+        rates = {m: [float(r) for r in rs.split(",")] for m, rs in (a.split("=", 1) for a in args.rates)}
+        method_args = {m: json.loads(js) for m, js in (a.split("=", 1) for a in args.method_args)}
+        curve = [float(f) for f in args.curve.split(",")] if args.curve else None
+        config = load_config(write_project(args.work, methods, args.smoke, args.search, rates, method_args, curve))
     defs = build_definitions(config)
     started = datetime.now(timezone.utc)
     assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
@@ -135,13 +156,17 @@ def main() -> int:
         f"Banking77, train ({'first 300 rows, smoke run' if args.smoke else '10,003 rows, 10% held out for validation'})"
         f" -> official test (3,080 rows). Base: all-MiniLM-L6-v2 (packaged). Training: {json.dumps(TRAINING if not args.smoke else {**TRAINING, 'epochs': 1})}"
         + ("; learning rate: each method's `search: auto` grid, chosen on the validation split" if args.search else "")
-        + ".\n\n"
+        + ".\n\nRecipes: " + "; ".join(
+            f"{r.name} ({r.method}, method_args {json.dumps({k: v for k, v in r.method_args.items() if v is not None})}, "
+            f"learning rate {r.training.learning_rate if r.training.learning_rate is not None else 'default'})"
+            for r in config.recipes) + ".\n\n"
         f"Measured {stamp} on {device}; torch {torch.__version__}, transformers {transformers.__version__}, "
         f"peft {peft.__version__}. Run {'succeeded' if result.success else 'had failures (see the table)'}; "
         + ("reports re-scored from the run's checkpoints (--rescore); " if args.rescore else "")
         + f"wall time {(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min.\n\n"
     )
-    name = f"banking77-{slug}" + ("" if set(methods) == set(usable_methods(list(METHODS))) else "-" + "-".join(methods))
+    name = args.name or f"banking77-{slug}" + (
+        "" if set(methods) == set(usable_methods(list(METHODS))) else "-" + "-".join(methods))
     from ft_assets.lib.evaluation.rendering import learning_rate_search_markdown
 
     searches = {}
@@ -158,6 +183,13 @@ def main() -> int:
         **json.loads((board / "leaderboard.json").read_text()),
         **({"learning_rate_search": searches} if searches else {})}, indent=2) + "\n")
     shutil.copy(board / "leaderboard.png", out / f"{name}.png")
+    curve = config.root / "reports" / "learning_curve" / "banking77"
+    if (curve / "learning_curve.json").exists():
+        (out / f"{name}-curve.md").write_text(header + (curve / "learning_curve.md").read_text().replace(
+            "](learning_curve.png)", f"]({name}-curve.png)"))
+        shutil.copy(curve / "learning_curve.json", out / f"{name}-curve.json")
+        shutil.copy(curve / "learning_curve.png", out / f"{name}-curve.png")
+        print((out / f"{name}-curve.md").read_text())
     print((out / f"{name}.md").read_text())
     return 0 if result.success else 1
 
