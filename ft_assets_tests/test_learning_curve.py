@@ -11,7 +11,7 @@ import pytest
 from ft_assets.defs import build_definitions
 from ft_assets.lib.config import ConfigError, load_config
 from ft_assets.lib.datasets.subsets import nested_subset
-from ft_assets.lib.evaluation.learning_curve import learning_curve
+from ft_assets.lib.evaluation.learning_curve import learning_curve, render_markdown
 from ft_assets_tests.conftest import LABELS, LEARNING_TRAINING, write_project
 from ft_assets_tests.helpers import classification_rows, materialize_all
 
@@ -64,6 +64,9 @@ def test_the_curve_names_the_smallest_fraction_within_one_point_of_full_data():
     assert curve["recipes"]["r_lora"] == {"method": "lora", "full_data": 0.91, "smallest_fraction_within_1_point": 0.3,
                                           "n_train_within_1_point": 30}
     assert curve["baselines"] == {"untuned": 0.6, "majority class": 0.25}
+    # A classifier's untuned line had a head trained on all the data: the text says so, not "untuned" alone.
+    assert "Baselines: untuned base + head trained on all the data 0.6000, majority class 0.2500." in \
+        render_markdown(curve, "c.png")
     assert [p["fraction"] for p in curve["points"]] == [0.1, 0.3, 0.5, 1.0]
     assert curve["points"][-1]["n_train"] == 100 and curve["points"][-1]["train_seconds"] == 5.0
 

@@ -68,6 +68,14 @@ def learning_curve(dataset: str, points: list[dict], full_reports: dict[str, tup
             "baselines": baselines, "missing_full_data": sorted(r for r, v in per_recipe.items() if v["full_data"] is None)}
 
 
+def baseline_label(curve: dict, name: str) -> str:
+    """A classifier cannot answer without a head, so its untuned baseline is the frozen base with a head trained
+    on the whole train split: a reader must not take the line for a model that learned nothing."""
+    if name == "untuned" and curve["metric"] == TASK_METRICS["classification"][0]:
+        return "untuned base + head trained on all the data"
+    return name
+
+
 def curve_chart(curve: dict) -> bytes:
     """Metric against training examples (log scale), one line per recipe, the baselines as horizontal lines."""
     plt = pyplot()
@@ -77,7 +85,7 @@ def curve_chart(curve: dict) -> bytes:
         ax.plot([p["n_train"] for p in mine], [p["metrics"][curve["metric"]] for p in mine], marker="o",
                 label=f"{recipe} ({summary['method']})")
     for (name, value), style in zip(curve["baselines"].items(), ("--", ":", "-.")):
-        ax.axhline(value, color="grey", linestyle=style, label=name)
+        ax.axhline(value, color="grey", linestyle=style, label=baseline_label(curve, name))
     ax.set_xscale("log")
     ax.set_xlabel("training examples")
     ax.set_ylabel(f"test {curve['metric']}")
@@ -105,7 +113,8 @@ def render_markdown(curve: dict, image: str) -> str:
                   else f"{s['smallest_fraction_within_1_point']:g} ({s['n_train_within_1_point']:,} examples)")
         lines.append(f"| {recipe} | {s['method']} | {full} | {enough} |")
     if curve["baselines"]:
-        lines += ["", "Baselines: " + ", ".join(f"{k} {v:.4f}" for k, v in curve["baselines"].items()) + "."]
+        lines += ["", "Baselines: " + ", ".join(f"{baseline_label(curve, k)} {v:.4f}"
+                                                for k, v in curve["baselines"].items()) + "."]
     if curve["missing_full_data"]:
         lines += ["", "No full-data report yet for: " + ", ".join(curve["missing_full_data"])
                   + " (materialize reports/<recipe>)."]
