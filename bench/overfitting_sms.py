@@ -2,6 +2,7 @@
 
     python bench/overfitting_sms.py            # 1,200 train rows, 10 epochs, two recipes (about 15 min on 2 cores)
     python bench/overfitting_sms.py --smoke    # 200 rows, 3 epochs: checks the script
+    python bench/overfitting_sms.py --rows 600 --epochs 15 --learning-rate 1e-4   # other settings
 
 A project YAML over a seeded sample of ../shared/data/sms_spam/train.tsv (the fixed test.tsv as the test
 split), materialized whole in a fresh Dagster instance under bench/work_overfitting/: `sms_full_long`
@@ -28,13 +29,13 @@ SMS = (REPO / ".." / "shared" / "data" / "sms_spam").resolve()
 TRAINING = {"epochs": 10, "learning_rate": 5.0e-5, "batch_size": 32, "max_length": 64, "seed": 0}
 
 
-def write_project(work: Path, rows: int, epochs: int) -> Path:
+def write_project(work: Path, rows: int, epochs: int, learning_rate: float) -> Path:
     lines = (SMS / "train.tsv").read_text().splitlines()
     sample = random.Random(0).sample(lines, rows)
     train = work / "raw" / "train.tsv"
     train.parent.mkdir(parents=True, exist_ok=True)
     train.write_text("\n".join(sample) + "\n")
-    training = {**TRAINING, "epochs": epochs}
+    training = {**TRAINING, "epochs": epochs, "learning_rate": learning_rate}
     config = {
         "storage": {"root": "data"},
         "corpora": [
@@ -72,8 +73,12 @@ def last_step_test_accuracy(checkpoint: Path, test: dict, labels: list[str]) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--rows", type=int, default=1200, help="train rows sampled (seeded) from train.tsv")
+    parser.add_argument("--epochs", type=int, default=TRAINING["epochs"])
+    parser.add_argument("--learning-rate", type=float, default=TRAINING["learning_rate"])
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work_overfitting")
     args = parser.parse_args()
+    args.work = args.work.resolve()  # the project YAML names its files from here; a relative path would nest them
     import dagster as dg
 
     from ft_assets.defs import build_definitions
@@ -81,9 +86,10 @@ def main() -> int:
     from ft_assets.lib.datasets.snapshot import open_snapshot
     from ft_assets.lib.training.device import describe_device
 
-    rows, epochs = (200, 3) if args.smoke else (1200, TRAINING["epochs"])
+    rows, epochs, rate = (200, 3, TRAINING["learning_rate"]) if args.smoke else (args.rows, args.epochs,
+                                                                                 args.learning_rate)
     args.work.mkdir(parents=True, exist_ok=True)
-    config = load_config(write_project(args.work, rows, epochs))
+    config = load_config(write_project(args.work, rows, epochs, rate))
     defs = build_definitions(config)
     (args.work / "dagster_home").mkdir(exist_ok=True)
     instance = dg.DagsterInstance.local_temp(str(args.work / "dagster_home"))
@@ -94,7 +100,8 @@ def main() -> int:
         print("the materialization failed; see the run log above", file=sys.stderr)
         return 1
     out = {"script": "bench/overfitting_sms.py", "date": started.date().isoformat(), "device": describe_device("cpu"),
-           "train_rows_sampled": rows, "training": {**TRAINING, "epochs": epochs}, "recipes": {}}
+           "train_rows_sampled": rows, "training": {**TRAINING, "epochs": epochs, "learning_rate": rate},
+           "recipes": {}}
     for recipe in ("sms_full_long", "sms_full_early"):
         report = json.loads((config.root / "reports" / recipe / "eval.json").read_text())
         checkpoint = Path(report["checkpoint"])
@@ -115,7 +122,9 @@ def main() -> int:
             entry["test_accuracy_last_step"] = last_step_test_accuracy(
                 checkpoint, snapshot.read_split("test").to_pydict(), report["labels"])
         out["recipes"][recipe] = entry
-    name = f"overfitting-sms-{'smoke-' if args.smoke else ''}cpu-{out['date']}.json"
+    settings = "" if (rows, epochs, rate) == (1200, TRAINING["epochs"], TRAINING["learning_rate"]) else \
+        f"-{rows}rows-{epochs}ep-{rate:g}"
+    name = f"overfitting-sms-{'smoke-' if args.smoke else ''}cpu-{out['date']}{settings}.json"
     (REPO / "bench" / "results" / name).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({r: {k: v for k, v in e.items() if k not in ("validation", "training_block")}
                       for r, e in out["recipes"].items()}, indent=2))
