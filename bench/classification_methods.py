@@ -183,12 +183,12 @@ def main() -> int:
         **json.loads((board / "leaderboard.json").read_text()),
         **({"learning_rate_search": searches} if searches else {})}, indent=2) + "\n")
     shutil.copy(board / "leaderboard.png", out / f"{name}.png")
-    curve = config.root / "reports" / "learning_curve" / "banking77"
-    if (curve / "learning_curve.json").exists():
-        (out / f"{name}-curve.md").write_text(header + (curve / "learning_curve.md").read_text().replace(
+    curve_dir = config.root / "reports" / "learning_curve" / "banking77"
+    if (curve_dir / "learning_curve.json").exists():
+        (out / f"{name}-curve.md").write_text(header + (curve_dir / "learning_curve.md").read_text().replace(
             "](learning_curve.png)", f"]({name}-curve.png)"))
-        shutil.copy(curve / "learning_curve.json", out / f"{name}-curve.json")
-        shutil.copy(curve / "learning_curve.png", out / f"{name}-curve.png")
+        shutil.copy(curve_dir / "learning_curve.json", out / f"{name}-curve.json")
+        shutil.copy(curve_dir / "learning_curve.png", out / f"{name}-curve.png")
         print((out / f"{name}-curve.md").read_text())
     print((out / f"{name}.md").read_text())
     return 0 if result.success else 1

@@ -26,6 +26,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SMS = (REPO / ".." / "shared" / "data" / "sms_spam").resolve()
+ROWS = 1200
 TRAINING = {"epochs": 10, "learning_rate": 5.0e-5, "batch_size": 32, "max_length": 64, "seed": 0}
 
 
@@ -73,7 +74,7 @@ def last_step_test_accuracy(checkpoint: Path, test: dict, labels: list[str]) -> 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true")
-    parser.add_argument("--rows", type=int, default=1200, help="train rows sampled (seeded) from train.tsv")
+    parser.add_argument("--rows", type=int, default=ROWS, help="train rows sampled (seeded) from train.tsv")
     parser.add_argument("--epochs", type=int, default=TRAINING["epochs"])
     parser.add_argument("--learning-rate", type=float, default=TRAINING["learning_rate"])
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work_overfitting")
@@ -122,7 +123,7 @@ def main() -> int:
             entry["test_accuracy_last_step"] = last_step_test_accuracy(
                 checkpoint, snapshot.read_split("test").to_pydict(), report["labels"])
         out["recipes"][recipe] = entry
-    settings = "" if (rows, epochs, rate) == (1200, TRAINING["epochs"], TRAINING["learning_rate"]) else \
+    settings = "" if (rows, epochs, rate) == (ROWS, TRAINING["epochs"], TRAINING["learning_rate"]) else \
         f"-{rows}rows-{epochs}ep-{rate:g}"
     name = f"overfitting-sms-{'smoke-' if args.smoke else ''}cpu-{out['date']}{settings}.json"
     (REPO / "bench" / "results" / name).write_text(json.dumps(out, indent=2) + "\n")
