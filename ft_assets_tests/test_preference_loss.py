@@ -75,6 +75,22 @@ def test_simpo_and_orpo_rewards_are_beta_times_the_average_log_prob():
         assert result.rejected_rewards.tolist() == pytest.approx([beta * -3.0])
 
 
+@pytest.mark.parametrize("objective", ["dpo", "ipo", "simpo", "orpo"])
+def test_the_policys_own_preference_is_scored_as_evaluation_scores_the_untuned_start(objective):
+    # The report compares the tuned model's own ranking (training's scores) with the untuned start's
+    # (evaluation's _likelihood_rewards): both must be beta * summed (dpo, ipo) or mean (simpo, orpo) log-probs.
+    from ft_assets.lib.evaluation.preference import _likelihood_rewards
+
+    beta = ARGS[objective]["beta"]
+    result = preference_loss(objective, ARGS[objective], **_pair_inputs(-8.0, -9.0, tokens=(4, 3)))
+    own = ((result.chosen_rewards, result.rejected_rewards) if result.chosen_likelihood is None
+           else (result.chosen_likelihood, result.rejected_likelihood))
+    expected = (beta * -8.0, beta * -9.0) if objective in ("dpo", "ipo") else (beta * -2.0, beta * -3.0)
+    assert [own[0].item(), own[1].item()] == pytest.approx(expected)
+    start = _likelihood_rewards([(torch.tensor([-8.0, -9.0]), torch.tensor([4, 3]))], objective, beta)
+    assert [start.chosen_rewards.item(), start.rejected_rewards.item()] == pytest.approx(expected)
+
+
 @pytest.mark.parametrize("objective", ["dpo", "ipo"])
 def test_a_missing_reference_raises_naming_the_objective(objective):
     inputs = _pair_inputs(-10.0, -11.0)

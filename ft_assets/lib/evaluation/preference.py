@@ -30,7 +30,7 @@ from ft_assets.lib.training.preference import (
     REWARD_LABELS, collate_pairs, frozen, pair_figures, read_pair, reward_examples, reward_scores, score_pairs,
     sequence_logps, tokenize_pairs,
 )
-from ft_assets.lib.training.preference_loss import PreferenceLoss, bradley_terry_loss
+from ft_assets.lib.training.preference_loss import PreferenceLoss, bradley_terry_loss, own_preference
 
 
 def length_baseline(train_texts: list[str], test_texts: list[str]) -> dict:
@@ -159,16 +159,14 @@ def _batch_logps(model, examples: list[dict], pad_token_id: int, batch_size: int
 
 
 def _likelihood_rewards(batch_logps: list, objective: str, beta: float):
-    """A model's own preference in the objective's units: beta * summed (dpo, ipo) or mean (simpo, orpo)
-    answer log-probs, as a PreferenceLoss's rewards."""
+    """A model's own preference in the objective's units (own_preference), as a PreferenceLoss's rewards."""
     import torch
 
     chosen, rejected = [], []
     for logps, tokens in batch_logps:
-        if objective in ("simpo", "orpo"):
-            logps = logps / tokens.clamp(min=1)
-        n = logps.shape[0] // 2
-        chosen.append(beta * logps[:n])
-        rejected.append(beta * logps[n:])
+        scores = own_preference(objective, float(beta), logps, tokens)
+        n = scores.shape[0] // 2
+        chosen.append(scores[:n])
+        rejected.append(scores[n:])
     return PreferenceLoss(loss=torch.tensor(float("nan")), chosen_rewards=torch.cat(chosen),
                           rejected_rewards=torch.cat(rejected))

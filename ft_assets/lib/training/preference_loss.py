@@ -142,8 +142,9 @@ def preference_loss(objective: str, args: dict, *, policy_chosen, policy_rejecte
             h = chosen_logratios / chosen_tokens - rejected_logratios / rejected_tokens
             losses = (h - 1 / (2 * beta)) ** 2
         return PreferenceLoss(losses.mean(), beta * chosen_logratios.detach(), beta * rejected_logratios.detach(),
-                              chosen_likelihood=beta * policy_chosen.detach(),
-                              rejected_likelihood=beta * policy_rejected.detach())
+                              chosen_likelihood=own_preference(objective, beta, policy_chosen, chosen_tokens).detach(),
+                              rejected_likelihood=own_preference(objective, beta, policy_rejected,
+                                                                 rejected_tokens).detach())
 
     chosen_average, rejected_average = policy_chosen / chosen_tokens, policy_rejected / rejected_tokens
     if objective == "simpo":
@@ -152,7 +153,19 @@ def preference_loss(objective: str, args: dict, *, policy_chosen, policy_rejecte
     else:
         log_odds = (chosen_average - rejected_average) - (_log1mexp(chosen_average) - _log1mexp(rejected_average))
         loss = chosen_nll.float() - beta * F.logsigmoid(log_odds).mean()
-    return PreferenceLoss(loss, beta * chosen_average.detach(), beta * rejected_average.detach())
+    return PreferenceLoss(loss, own_preference(objective, beta, policy_chosen, chosen_tokens).detach(),
+                          own_preference(objective, beta, policy_rejected, rejected_tokens).detach())
+
+
+def own_preference(objective: str, beta: float, logps, tokens):
+    """A model's own score of its answers in `objective`'s units, (B,): beta * the summed answer log-probability
+    for dpo and ipo, beta * its per-token mean for simpo and orpo (a row with no answer tokens counts one).
+
+    It is the reward simpo and orpo train on, and for dpo and ipo the preference of the policy itself rather than
+    its move from the reference; evaluation scores the untuned start with it, so both sides share one rule."""
+    if objective in _NEEDS_REFERENCE:
+        return beta * logps.float()
+    return beta * logps.float() / tokens.clamp(min=1)
 
 
 def _log1mexp(x):
