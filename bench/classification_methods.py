@@ -8,6 +8,7 @@
     python bench/classification_methods.py --methods full,lora --rates full=5e-5,1e-4,2e-4 \
         --method-args 'lora={"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"]}'
     python bench/classification_methods.py --methods full,lora,head_only --curve 0.01,0.03,0.1,0.3
+    python bench/classification_methods.py --methods full --rates full=1e-4 --epochs 10   # a fixed rate, longer
 
 It builds a project YAML over ../shared/data/banking77, materializes the real asset graph
 (raw -> dataset -> checkpoints -> reports -> leaderboard) in a fresh Dagster instance under
@@ -46,7 +47,7 @@ def usable_methods(requested: list[str]) -> list[str]:
     return [m for m in requested if m != "qlora" or cuda]
 
 
-def write_project(work: Path, methods: list[str], smoke: bool, search: bool = False,
+def write_project(work: Path, methods: list[str], smoke: bool, training: dict, search: bool = False,
                   rates: dict[str, list[float]] | None = None, method_args: dict[str, dict] | None = None,
                   curve: list[float] | None = None) -> Path:
     train_path = BANKING77 / "train.csv"
@@ -56,12 +57,12 @@ def write_project(work: Path, methods: list[str], smoke: bool, search: bool = Fa
         train_path = work / "smoke_train" / "train.csv"
         train_path.parent.mkdir(parents=True, exist_ok=True)
         train_path.write_text("\n".join(lines) + "\n")
-    training = {**TRAINING, "epochs": 1} if smoke else TRAINING
     rates = rates or {}
 
     def recipe_training(method: str) -> dict:
-        if method in rates:
-            return {**training, "learning_rate": {"search": rates[method]}}
+        if method in rates:  # one rate is a fixed rate, not a search
+            rate = rates[method][0] if len(rates[method]) == 1 else {"search": rates[method]}
+            return {**training, "learning_rate": rate}
         return {**training, "learning_rate": {"search": "auto"}} if search else training
     config = {
         "storage": {"root": "data"},
@@ -90,9 +91,11 @@ def main() -> int:
     parser.add_argument("--search", action="store_true",
                         help="each method's learning_rate: {search: auto}, chosen on the validation split")
     parser.add_argument("--rates", action="append", default=[], metavar="METHOD=R1,R2,...",
-                        help="search these learning rates for METHOD on the validation split")
+                        help="search these learning rates for METHOD on the validation split (one: that rate)")
     parser.add_argument("--method-args", action="append", default=[], metavar="METHOD=JSON",
                         help="method_args for METHOD over the defaults above")
+    parser.add_argument("--epochs", type=int, default=TRAINING["epochs"],
+                        help="epochs of every recipe (the published checkpoint is still the best on validation)")
     parser.add_argument("--curve", help="learning-curve fractions below 1 (comma-separated), every method's recipe")
     parser.add_argument("--name", help="results file name (default banking77-<device>[-search][-methods])")
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "work")
@@ -113,13 +116,16 @@ def main() -> int:
     if args.rescore:
         config = load_config(args.work / "banking77.yaml")
         methods = [r.method for r in config.recipes]
+        training = {**TRAINING, "epochs": config.recipes[0].training.epochs}
     else:
         shutil.rmtree(args.work, ignore_errors=True)
         (args.work / "dagster").mkdir(parents=True)
         rates = {m: [float(r) for r in rs.split(",")] for m, rs in (a.split("=", 1) for a in args.rates)}
         method_args = {m: json.loads(js) for m, js in (a.split("=", 1) for a in args.method_args)}
         curve = [float(f) for f in args.curve.split(",")] if args.curve else None
-        config = load_config(write_project(args.work, methods, args.smoke, args.search, rates, method_args, curve))
+        training = {**TRAINING, "epochs": 1 if args.smoke else args.epochs}
+        config = load_config(write_project(args.work, methods, args.smoke, training, args.search, rates, method_args,
+                                           curve))
     defs = build_definitions(config)
     started = datetime.now(timezone.utc)
     assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
@@ -154,7 +160,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     header = (
         f"Banking77, train ({'first 300 rows, smoke run' if args.smoke else '10,003 rows, 10% held out for validation'})"
-        f" -> official test (3,080 rows). Base: all-MiniLM-L6-v2 (packaged). Training: {json.dumps(TRAINING if not args.smoke else {**TRAINING, 'epochs': 1})}"
+        f" -> official test (3,080 rows). Base: all-MiniLM-L6-v2 (packaged). Training: {json.dumps(training)}"
         + ("; learning rate: each method's `search: auto` grid, chosen on the validation split" if args.search else "")
         + ".\n\nRecipes: " + "; ".join(
             f"{r.name} ({r.method}, method_args {json.dumps({k: v for k, v in r.method_args.items() if v is not None})}, "
@@ -179,7 +185,7 @@ def main() -> int:
     (out / f"{name}.md").write_text(header + (board / "leaderboard.md").read_text().replace(
         "](leaderboard.png)", f"]({name}.png)") + search_text)
     (out / f"{name}.json").write_text(json.dumps({
-        "device": device, "date": stamp, "training": TRAINING, "smoke": args.smoke,
+        "device": device, "date": stamp, "training": training, "smoke": args.smoke,
         **json.loads((board / "leaderboard.json").read_text()),
         **({"learning_rate_search": searches} if searches else {})}, indent=2) + "\n")
     shutil.copy(board / "leaderboard.png", out / f"{name}.png")
