@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from ft_assets.lib.config import EarlyStoppingConfig
 from ft_assets.lib.training.checkpoint import LAST_DIR, load_checkpoint, save_checkpoint
 from ft_assets.lib.training.classification import predict_logits
 from ft_assets.lib.training.loop import MetricLogger, fit
@@ -82,6 +83,36 @@ def test_early_stopping_stops_after_patience_evaluations_without_improvement(tin
                for e in evals if e["step"] > info["best_step"])
 
 
+def test_early_stopping_on_the_loss_stops_patience_evaluations_after_the_lowest_validation_loss(tiny_model_dir,
+                                                                                                 tmp_path):
+    recipe = classification_recipe(tiny_model_dir, "full", epochs=20, learning_rate=3e-3, eval_every_steps=1,
+                                   early_stopping={"patience": 3, "monitor": "loss"})
+    result = fit(recipe, LABELS, classification_rows(20), misleading_validation(), device="cpu")
+    info = result.train_info
+    assert info["stopped_early"] and info["early_stopping_monitor"] == "loss"
+    evals = evaluations(result)
+    lowest = min(evals, key=lambda e: e["eval_loss"])
+    assert info["steps_run"] == lowest["step"] + 3 == evals[-1]["step"]
+    save_checkpoint(result, recipe, LABELS, tmp_path / "ckpt", {"dataset": {"name": "d"}})
+    assert "the validation loss had stopped improving" in (tmp_path / "ckpt" / "README.md").read_text()
+
+
+def test_watching_the_loss_outlasts_a_saturated_accuracy_and_leaves_the_best_step_to_the_metric():
+    # A small validation split: accuracy saturates at the second evaluation while the loss falls until the fifth.
+    history = [(0.9, 0.40), (1.0, 0.20), (1.0, 0.10), (1.0, 0.05), (1.0, 0.03), (1.0, 0.04), (1.0, 0.06)]
+    stops = {}
+    for monitor in ("metric", "loss"):
+        tracker = BestTracker.for_task("classification", EarlyStoppingConfig(patience=2, monitor=monitor))
+        for step, (accuracy, loss) in enumerate(history, start=1):
+            tracker.update({"eval_accuracy": accuracy, "eval_loss": loss}, step)
+            if tracker.stopped_early:
+                break
+        stops[monitor] = (step, tracker.best_step)
+        assert BestTracker.from_state(tracker.state()) == tracker
+    assert stops["metric"] == (4, 4)  # two evaluations without an accuracy gain after the second
+    assert stops["loss"] == (7, 5)  # two evaluations above the lowest loss; the best is still the metric's rule
+
+
 def test_a_crashed_run_resumes_with_its_best_so_far_and_publishes_what_an_uninterrupted_run_does(
         tiny_model_dir, tmp_path):
     recipe = classification_recipe(tiny_model_dir, "full", epochs=4, learning_rate=3e-3, eval_every_steps=1,
@@ -130,10 +161,7 @@ def test_a_nan_or_infinite_evaluation_is_never_the_best():
 
 
 def test_min_delta_counts_small_gains_as_no_improvement_but_still_keeps_the_best():
-    class Stop:
-        patience, min_delta = 2, 0.05
-
-    tracker = BestTracker.for_task("classification", Stop)
+    tracker = BestTracker.for_task("classification", EarlyStoppingConfig(patience=2, min_delta=0.05))
     for step, accuracy in enumerate([0.50, 0.52, 0.54], start=1):
         tracker.update({"eval_accuracy": accuracy, "eval_loss": 1.0}, step)
     assert tracker.best_step == 3 and tracker.stopped_early  # +0.02 and +0.04 over 0.50: below min_delta

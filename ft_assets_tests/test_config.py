@@ -143,6 +143,8 @@ def test_combinations_that_cannot_run_fail_at_load_naming_the_recipe(tmp_path, u
     ({"early_stopping": {"patience": 0}}, None, "field training.early_stopping.patience: Input should be greater than 0"),
     ({"eval_every_steps": 0}, None, "field training.eval_every_steps: Input should be greater than 0"),
     ({"keep": "first"}, None, "field training.keep: Input should be 'best' or 'last'"),
+    ({"early_stopping": {"patience": 2, "monitor": "accuracy"}}, None,
+     "field training.early_stopping.monitor: Input should be 'metric' or 'loss'"),
 ])
 def test_best_checkpoint_settings_that_cannot_hold_fail_at_load(tmp_path, training, validation_fraction, expected):
     payload = yaml.safe_load(yaml.safe_dump(MINIMAL_CONFIG))

@@ -302,10 +302,13 @@ LearningRate = Annotated[
 
 
 class EarlyStoppingConfig(_Strict):
-    """Stop after `patience` evaluations whose validation metric did not improve by more than `min_delta`."""
+    """Stop after `patience` evaluations whose monitored figure did not improve by more than `min_delta`."""
 
     patience: int = Field(gt=0)
     min_delta: float = Field(0.0, ge=0.0)
+    # metric: the task's selection metric (the one that picks the published step); loss: the validation loss,
+    # which keeps improving after a small validation split's accuracy has saturated.
+    monitor: Literal["metric", "loss"] = "metric"
 
 
 class TrainingConfig(_Strict):

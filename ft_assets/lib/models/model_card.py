@@ -90,8 +90,9 @@ def _published_step(info: dict) -> list[str]:
     """Which step's weights these are, and why (training.keep, early stopping)."""
     if info.get("best_step") is None:
         return []
+    watched = "loss" if info.get("early_stopping_monitor") == "loss" else "metric"
     stopped = (f" Training stopped early after {info['steps_run']} of {info['steps_planned']} planned steps: the "
-               "validation metric had stopped improving." if info.get("stopped_early") else "")
+               f"validation {watched} had stopped improving." if info.get("stopped_early") else "")
     if info.get("keep") == "best":
         kept = (f"These are the weights of step {info['best_step']} of {info['steps_run']}, the best validation "
                 f"evaluation (`{info['selection_metric']}` {info['best_metric']:.4f})"

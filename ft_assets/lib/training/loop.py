@@ -286,6 +286,8 @@ def fit(recipe: RecipeConfig, labels: list[str], train_rows: dict[str, list], va
         "steps_run": step,
         "steps_planned": total_steps,
         "stopped_early": bool(tracker is not None and tracker.stopped_early),
+        # What early stopping watched (training.early_stopping.monitor); None without early stopping.
+        "early_stopping_monitor": tracker.monitor if tracker is not None and tracker.patience is not None else None,
         "keep": keep,
         # The weights the checkpoint holds are those of this step.
         "published_step": tracker.best_step if keep == "best" and tracker is not None else step,

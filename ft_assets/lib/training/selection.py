@@ -3,8 +3,9 @@
 Every evaluation is scored by its task's validation metric (SELECTION_METRIC). An evaluation is the new best
 when its metric beats the best so far; on an equal metric (small validation splits make accuracies tie), a
 lower eval_loss wins. An evaluation with a NaN or infinite metric or loss is never best. Early stopping
-counts the evaluations since the metric last improved by more than `min_delta` and stops after `patience`
-of them. The tracker's state is plain values, so it lives in the step state and survives a kill and resume.
+counts the evaluations since the monitored figure (the metric, or with `monitor: loss` the eval_loss) last
+improved by more than `min_delta` and stops after `patience` of them; it never changes which step is best.
+The tracker's state is plain values, so it lives in the step state and survives a kill and resume.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class BestTracker:
     higher_is_better: bool
     patience: int | None = None  # None: never stops early
     min_delta: float = 0.0
+    monitor: str = "metric"  # or "loss": what early stopping watches
     best_step: int | None = None
     best_value: float | None = None
     best_loss: float | None = None
@@ -41,7 +43,8 @@ class BestTracker:
         metric, higher = SELECTION_METRIC[task]
         return cls(metric=metric, higher_is_better=higher,
                    patience=early_stopping.patience if early_stopping else None,
-                   min_delta=early_stopping.min_delta if early_stopping else 0.0)
+                   min_delta=early_stopping.min_delta if early_stopping else 0.0,
+                   monitor=early_stopping.monitor if early_stopping else "metric")
 
     def update(self, record: dict, step: int) -> bool:
         """Takes one evaluation's record (the validate() figures); whether it is the new best."""
@@ -54,8 +57,10 @@ class BestTracker:
         if is_best:
             self.best_step, self.best_value, self.best_loss = step, value, loss
             self.best_eval = {k: v for k, v in record.items() if k != "epoch"}
-        if finite and (self.reference_value is None or sign * (value - self.reference_value) > self.min_delta):
-            self.reference_value, self.stale = value, 0
+        watched, watched_sign = (loss, -1.0) if self.monitor == "loss" else (value, sign)
+        if finite and watched is not None and (
+                self.reference_value is None or watched_sign * (watched - self.reference_value) > self.min_delta):
+            self.reference_value, self.stale = watched, 0
         else:
             self.stale += 1
         if self.patience is not None and self.stale >= self.patience:
