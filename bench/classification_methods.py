@@ -5,6 +5,8 @@
     python bench/classification_methods.py --smoke              # 300 train rows, 1 epoch: checks the script
     python bench/classification_methods.py --methods lora --search  # learning_rate: {search: auto}, on validation
     python bench/classification_methods.py --combine bench/work_a bench/work_b   # one table from earlier runs
+    python bench/classification_methods.py --combine-curves bench/results/a-curve.json bench/results/b-curve.json \
+        --name banking77-cpu-curve-combined                                      # one curve from earlier runs
     python bench/classification_methods.py --methods full,lora --rates full=5e-5,1e-4,2e-4 \
         --method-args 'lora={"r": 16, "alpha": 32, "target_modules": ["query", "key", "value", "dense"]}'
     python bench/classification_methods.py --methods full,lora,head_only --curve 0.01,0.03,0.1,0.3
@@ -103,9 +105,13 @@ def main() -> int:
                         help="keep the checkpoints in --work and only re-run the reports and the leaderboard")
     parser.add_argument("--combine", nargs="+", type=Path, metavar="WORK",
                         help="write one leaderboard from the reports of earlier runs' --work folders")
+    parser.add_argument("--combine-curves", nargs="+", type=Path, metavar="CURVE_JSON",
+                        help="write one learning curve (--name) from earlier runs' bench/results/*-curve.json")
     args = parser.parse_args()
     if args.combine:
         return combine(args.combine)
+    if args.combine_curves:
+        return combine_curves(args.combine_curves, args.name or "banking77-cpu-curve-combined")
 
     import dagster as dg
 
@@ -234,6 +240,37 @@ def combine(works: list[Path]) -> int:
                                                   **json.loads((board / "leaderboard.json").read_text())}, indent=2) + "\n")
     shutil.move(board / "leaderboard.png", out / f"{name}.png")
     shutil.rmtree(board)
+    print((out / f"{name}.md").read_text())
+    return 0
+
+
+
+def combine_curves(files: list[Path], name: str) -> int:
+    """<name>.{md,json,png}: the learning curves of several runs in one table and one chart.
+
+    The runs must share the dataset, the metric and the subset seed (so their shares are the same rows);
+    the baselines are the first run's (the untuned base + head is trained on the same data in each run).
+    """
+    from ft_assets.lib.evaluation.learning_curve import curve_chart, render_markdown
+
+    curves = [json.loads(path.read_text()) for path in files]
+    if len({(c["dataset"], c["metric"], c["seed"]) for c in curves}) != 1:
+        print("the curves differ in dataset, metric or seed: " + ", ".join(
+            f"{path} ({c['dataset']}, {c['metric']}, seed {c['seed']})" for path, c in zip(files, curves)),
+            file=sys.stderr)
+        return 1
+    recipes = {}
+    for curve in curves:
+        recipes.update(curve["recipes"])  # a later file wins for a recipe in two
+    points = [p for c in curves for p in c["points"] if c["recipes"].get(p["recipe"]) is recipes[p["recipe"]]]
+    merged = {**curves[0], "points": sorted(points, key=lambda p: (p["recipe"], p["fraction"])),
+              "recipes": dict(sorted(recipes.items())),
+              "missing_full_data": sorted({r for c in curves for r in c["missing_full_data"]} & set(recipes))}
+    out = REPO / "bench" / "results"
+    header = "Combined from " + ", ".join(f"`{path.name}`" for path in files) + " (each point as its run wrote it).\n\n"
+    (out / f"{name}.json").write_text(json.dumps({"sources": [path.name for path in files], **merged}, indent=2) + "\n")
+    (out / f"{name}.png").write_bytes(curve_chart(merged))
+    (out / f"{name}.md").write_text(header + render_markdown(merged, f"{name}.png"))
     print((out / f"{name}.md").read_text())
     return 0
 
