@@ -244,7 +244,6 @@ def combine(works: list[Path]) -> int:
     return 0
 
 
-
 def combine_curves(files: list[Path], name: str) -> int:
     """<name>.{md,json,png}: the learning curves of several runs in one table and one chart.
 
@@ -259,12 +258,10 @@ def combine_curves(files: list[Path], name: str) -> int:
             f"{path} ({c['dataset']}, {c['metric']}, seed {c['seed']})" for path, c in zip(files, curves)),
             file=sys.stderr)
         return 1
-    recipes = {}
-    for curve in curves:
-        recipes.update(curve["recipes"])  # a later file wins for a recipe in two
-    points = [p for c in curves for p in c["points"] if c["recipes"].get(p["recipe"]) is recipes[p["recipe"]]]
-    merged = {**curves[0], "points": sorted(points, key=lambda p: (p["recipe"], p["fraction"])),
-              "recipes": dict(sorted(recipes.items())),
+    source = {recipe: curve for curve in curves for recipe in curve["recipes"]}  # a later file wins for a recipe
+    points = [p for recipe, curve in source.items() for p in curve["points"] if p["recipe"] == recipe]
+    recipes = {recipe: source[recipe]["recipes"][recipe] for recipe in sorted(source)}
+    merged = {**curves[0], "points": sorted(points, key=lambda p: (p["recipe"], p["fraction"])), "recipes": recipes,
               "missing_full_data": sorted({r for c in curves for r in c["missing_full_data"]} & set(recipes))}
     out = REPO / "bench" / "results"
     header = "Combined from " + ", ".join(f"`{path.name}`" for path in files) + " (each point as its run wrote it).\n\n"
